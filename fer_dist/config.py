@@ -1,0 +1,326 @@
+"""One typed, frozen training config; presets are code.
+
+    python jobs/train.py --preset seed --set dropout=0.4 --set global_batch_size=64
+
+`resolve(preset, overrides, config_file)` is the only way a run gets its config:
+the preset's values, then the fields of a saved `config.json` (if given), then the
+`--set key=value` overrides, then validation. Unknown keys and ill-typed values
+raise `UserError` naming the key. The resolved config is saved as `config.json`
+beside every run and inside every checkpoint (`to_json` / `from_json`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from fer_dist.errors import UserError
+
+BACKBONES = ("resnet50", "compact")
+OPTIMIZERS = ("adam", "sgd")
+POOLINGS = ("flatten", "avg")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a training run, with its default. Field names are flag names."""
+
+    # --- data -----------------------------------------------------------------
+    data: str = "builtin"  # "builtin", a FER-2013 CSV (.csv/.csv.gz, path or gs://), or an image folder
+    builtin_size: int = 12000  # images of the built-in synthetic set (train+val+test)
+    val_fraction: float = 0.1  # carved from train (stratified) when the data has no PublicTest
+    skip_bad_rows: bool = False  # skip malformed CSV rows / unreadable images instead of failing
+
+    # --- model ----------------------------------------------------------------
+    backbone: str = "resnet50"  # "resnet50" (the mission) or "compact" (small CNN for CPU demos)
+    image_size: int = 48  # input side in pixels; faces are resized inside the pipeline
+    weights: str = "imagenet"  # "imagenet", "none", or a path to a Keras weights file
+    freeze_layers: int = 143  # the first N backbone layers are frozen (BatchNorm in inference mode)
+    train_batchnorm: bool = True  # BatchNorm past freeze_layers trains (False: every BatchNorm stays in inference mode)
+    head_pooling: str = "flatten"  # how the backbone's feature map enters the head
+    head_units: tuple[int, ...] = (1024, 512)  # Dense(he_uniform) + BatchNorm + ReLU + Dropout per entry
+    dropout: float = 0.5
+
+    # --- optimisation -----------------------------------------------------------
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 0.0
+    decay_factor: float = 0.9  # learning rate *= decay_factor when val_loss plateaus
+    decay_patience: int = 2  # epochs without val_loss improvement before a decay
+    min_learning_rate: float = 1e-6
+    early_stop_patience: int = 6  # epochs without val_loss improvement before stopping (0: never)
+    label_smoothing: float = 0.0
+    epochs: int = 30
+    steps_per_epoch: int = 0  # cap on training steps per epoch for quick looks; 0 = the full epoch
+    global_batch_size: int = 32  # summed over all workers; each gets global_batch_size / num_workers
+
+    # --- runtime ----------------------------------------------------------------
+    seed: int = 0
+    deterministic: bool = False  # op determinism: a resumed run ends with the same weights
+    mixed_precision: bool = False  # mixed_float16 compute, float32 logits (GPU)
+    jit_compile: bool = False  # XLA-compile the train step
+    keep_checkpoints: int = 2  # best K by val_accuracy are kept, plus the latest
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["head_units"] = list(self.head_units)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "config.json") -> "TrainConfig":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{source} line {e.lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{source}: expected a JSON object of config fields")
+        return validate(replace(cls(), raw, source=source))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return validate(replace(self, changes))
+
+
+# ------------------------------------------------------------------------------
+# Presets. Each is the set of fields that differ from the defaults above.
+# ------------------------------------------------------------------------------
+PRESETS: dict[str, dict[str, Any]] = {
+    # The seed recipe, faithfully: ResNet50 with ImageNet weights, first 143 layers
+    # frozen, Dense(he_uniform)+BatchNorm+Dropout(0.5) head, Adam, LR x0.9 on
+    # val_loss plateau, early stopping, small batches. It reached 53.2% test accuracy.
+    "seed": dict(
+        backbone="resnet50",
+        weights="imagenet",
+        freeze_layers=143,
+        head_pooling="flatten",
+        head_units=(1024, 512),
+        dropout=0.5,
+        optimizer="adam",
+        learning_rate=1e-3,
+        decay_factor=0.9,
+        decay_patience=2,
+        early_stop_patience=6,
+        global_batch_size=32,
+        epochs=30,
+    ),
+    # Seconds on a CPU: the compact backbone, a few hundred built-in images.
+    "smoke": dict(
+        backbone="compact",
+        weights="none",
+        freeze_layers=0,
+        head_pooling="avg",
+        head_units=(32,),
+        dropout=0.2,
+        builtin_size=600,
+        epochs=2,
+        global_batch_size=32,
+        early_stop_patience=0,
+    ),
+    # The embedded default run: the compact backbone on the built-in dataset,
+    # >= 90% test accuracy in a few minutes on a 2-core CPU.
+    "demo": dict(
+        backbone="compact",
+        weights="none",
+        freeze_layers=0,
+        head_pooling="avg",
+        head_units=(64,),
+        dropout=0.3,
+        learning_rate=3e-3,
+        decay_factor=0.5,
+        decay_patience=1,
+        early_stop_patience=3,
+        builtin_size=12000,
+        global_batch_size=64,
+        epochs=12,
+    ),
+}
+# The default search's trials (`python jobs/tune.py`): the demo recipe on fewer images and
+# epochs, so that >= 6 trials fit in a few minutes on a 2-core CPU.
+PRESETS["quick"] = dict(PRESETS["demo"], builtin_size=3500, epochs=4, early_stop_patience=0)
+DEFAULT_PRESET = "demo"
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
+    """Turns a JSON value or a `--set` string into the field's type, or raises UserError."""
+    where = f"{source}: " if source else ""
+    bad = UserError(f"{where}{key}={value!r}: expected {_type_name(kind)}")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
+            return False
+        raise bad
+    if kind is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                raise bad from None
+        raise bad
+    if kind is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                raise bad from None
+        raise bad
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if typing.get_origin(kind) is tuple:
+        if isinstance(value, str):
+            parts = [p for p in value.replace(" ", "").split(",") if p != ""]
+        elif isinstance(value, (list, tuple)):
+            parts = list(value)
+        else:
+            raise bad
+        try:
+            return tuple(_coerce(key, p, int, source) for p in parts)
+        except UserError:
+            raise bad from None
+    raise bad  # pragma: no cover - every field type is handled above
+
+
+def _type_name(kind: Any) -> str:
+    if typing.get_origin(kind) is tuple:
+        return "comma-separated integers"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+
+
+def replace(base: TrainConfig, changes: Mapping[str, Any], source: str = "") -> TrainConfig:
+    """Applies `changes` (typed or string values) to `base`; unknown keys are errors."""
+    types = _field_types()
+    coerced = {}
+    for key, value in changes.items():
+        if key not in types:
+            where = f"{source}: " if source else ""
+            raise UserError(f"{where}unknown config key {key!r} (known: {', '.join(types)})")
+        coerced[key] = _coerce(key, value, types[key], source)
+    return dataclasses.replace(base, **coerced)
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, str]:
+    """`["dropout=0.3", "head_units=256,128"]` -> {"dropout": "0.3", ...}."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def validate(c: TrainConfig) -> TrainConfig:
+    """Range checks. Each message names the field (which is also the --set key / flag)."""
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise UserError(msg)
+
+    need(c.backbone in BACKBONES, f"backbone={c.backbone!r}: expected one of {', '.join(BACKBONES)}")
+    need(c.optimizer in OPTIMIZERS, f"optimizer={c.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+    need(c.head_pooling in POOLINGS, f"head_pooling={c.head_pooling!r}: expected one of {', '.join(POOLINGS)}")
+    need(c.epochs >= 1, f"epochs={c.epochs}: must be >= 1")
+    need(c.steps_per_epoch >= 0, f"steps_per_epoch={c.steps_per_epoch}: must be >= 0 (0 = full epoch)")
+    need(c.global_batch_size >= 1, f"global_batch_size={c.global_batch_size}: must be >= 1")
+    need(0.0 <= c.dropout < 1.0, f"dropout={c.dropout}: must be in [0, 1)")
+    need(c.learning_rate > 0, f"learning_rate={c.learning_rate}: must be > 0")
+    need(0.0 < c.decay_factor <= 1.0, f"decay_factor={c.decay_factor}: must be in (0, 1]")
+    need(c.decay_patience >= 1, f"decay_patience={c.decay_patience}: must be >= 1")
+    need(c.early_stop_patience >= 0, f"early_stop_patience={c.early_stop_patience}: must be >= 0")
+    need(c.min_learning_rate >= 0, f"min_learning_rate={c.min_learning_rate}: must be >= 0")
+    need(0.0 <= c.label_smoothing < 1.0, f"label_smoothing={c.label_smoothing}: must be in [0, 1)")
+    need(c.weight_decay >= 0, f"weight_decay={c.weight_decay}: must be >= 0")
+    need(0.0 <= c.momentum < 1.0, f"momentum={c.momentum}: must be in [0, 1)")
+    need(0.0 < c.val_fraction < 1.0, f"val_fraction={c.val_fraction}: must be in (0, 1)")
+    need(c.builtin_size >= 70, f"builtin_size={c.builtin_size}: must be >= 70 (10 per class)")
+    need(c.keep_checkpoints >= 1, f"keep_checkpoints={c.keep_checkpoints}: must be >= 1")
+    need(c.freeze_layers >= 0, f"freeze_layers={c.freeze_layers}: must be >= 0")
+    need(all(u >= 1 for u in c.head_units), f"head_units={list(c.head_units)}: every width must be >= 1")
+    min_size = 32 if c.backbone == "resnet50" else 16
+    need(
+        min_size <= c.image_size <= 512,
+        f"image_size={c.image_size}: must be in [{min_size}, 512] for backbone {c.backbone}",
+    )
+    need(c.weights.strip() != "", "weights='': expected imagenet, none or a path to a weights file")
+    return c
+
+
+def resolve(
+    preset: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    config_file: str | None = None,
+) -> TrainConfig:
+    """preset -> config file -> overrides -> validation. The one place a run's config is made."""
+    name = preset or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise UserError(f"--preset {name!r}: unknown preset (known: {', '.join(PRESETS)})")
+    config = replace(TrainConfig(), PRESETS[name], source=f"preset {name}")
+    if config_file:
+        from fer_dist import storage
+
+        try:
+            text = storage.read_text(config_file)
+        except FileNotFoundError:
+            raise UserError(f"--config {config_file}: no such file") from None
+        raw = TrainConfig.from_json(text, source=config_file)
+        config = replace(config, {k: getattr(raw, k) for k in _explicit_keys(text)}, source=config_file)
+    if overrides:
+        config = replace(config, overrides, source="--set")
+    return validate(config)
+
+
+def _explicit_keys(text: str) -> list[str]:
+    return list(json.loads(text).keys())
+
+
+def describe(config: TrainConfig) -> str:
+    """A one-line summary for logs."""
+    return (
+        f"backbone={config.backbone} weights={config.weights} image_size={config.image_size} "
+        f"freeze_layers={config.freeze_layers} head={list(config.head_units)} dropout={config.dropout} "
+        f"{config.optimizer} lr={config.learning_rate:g} global_batch_size={config.global_batch_size} "
+        f"epochs={config.epochs}"
+    )
+
+
+__all__ = [
+    "TrainConfig",
+    "PRESETS",
+    "DEFAULT_PRESET",
+    "resolve",
+    "parse_overrides",
+    "replace",
+    "validate",
+    "field_names",
+    "describe",
+    "field",
+]

@@ -1,0 +1,475 @@
+"""Data loaders: FER-2013 CSV files, image folders and the built-in set -> uint8 face arrays.
+
+    python jobs/train.py --data ../shared/data/fer2013/fer2013.csv.gz --preset seed
+
+`load(uri)` accepts "builtin", a FER-2013 CSV (`emotion,pixels,Usage`; plain or gzip,
+local path or `gs://`) or an image folder (`<root>/train/<emotion>/*.jpg`, as the data set
+is downloaded from Kaggle). Usage `Training`/`PublicTest`/`PrivateTest` (folders
+`train`/`val`/`test`) become the train/val/test splits. Without a validation split one is
+carved from train (stratified, seeded); without a test split `test` is None.
+
+Every problem with the input raises `UserError` with one line that names the file, the
+1-based physical line for a CSV (header = line 1) and what is wrong. With
+`skip_bad_rows=True` bad rows and unreadable images are skipped and reported in
+`Dataset.notes` instead; structural problems (missing file or column, empty or non-text
+file) are always errors. No TensorFlow here: the tf.data pipeline lives in `pipeline.py`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from fer_dist import EMOTIONS, IMAGE_PIXELS, NUM_CLASSES, storage
+from fer_dist.errors import UserError
+
+PIXELS = IMAGE_PIXELS * IMAGE_PIXELS
+CSV_USAGES = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+FOLDER_SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MAX_LISTED = 10  # skipped rows/images named in a note before "…"
+_CHUNK_ROWS = 512  # CSV rows whose pixels are parsed in one vectorised pass
+_GZIP_MAGIC = b"\x1f\x8b"
+_SNIFF_BYTES = 65536
+
+
+@dataclass(frozen=True)
+class Split:
+    """Faces and their labels: images uint8 [N, H, W] grayscale, labels int64 [N] in 0..6."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: Split
+    val: Split
+    test: Split | None  # None when the data has no test split
+    source: str  # the uri/path, or "builtin"
+    notes: tuple[str, ...]  # human-readable lines for the log
+
+
+@dataclass(frozen=True)
+class _Skipped:
+    """A bad row or image that was skipped: where (a line number or a relative path) and why."""
+
+    where: str
+    message: str
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a layout names its splits, for notes and errors."""
+
+    train: str
+    val: str
+    test: str
+    unit: str  # "rows" or "images"
+
+
+_CSV_LAYOUT = _Layout("Training", "PublicTest", "PrivateTest", "rows")
+_FOLDER_LAYOUT = _Layout("train/", "val/", "test/", "images")
+
+
+# ------------------------------------------------------------------------------
+# load
+# ------------------------------------------------------------------------------
+def load(
+    uri: str, *, skip_bad_rows: bool = False, val_fraction: float = 0.1, seed: int = 0, builtin_size: int = 12000
+) -> Dataset:
+    """The train/val/test splits of "builtin", a FER-2013 CSV (.csv/.csv.gz) or an image folder."""
+    if uri == "builtin":
+        return _load_builtin(builtin_size, seed)
+    try:
+        is_dir, exists = storage.is_dir(uri), storage.exists(uri)
+    except OSError as e:
+        raise UserError(f"{uri}: cannot read ({_one_line(e)})") from None
+    if not exists:
+        raise UserError(f"{uri}: no such file or directory")
+    if is_dir:
+        splits, skipped = _read_image_folder(uri, skip_bad_rows)
+        layout = _FOLDER_LAYOUT
+    else:
+        splits, skipped = _read_csv(uri, skip_bad_rows)
+        layout = _CSV_LAYOUT
+    return _assemble(uri, splits, skipped, layout, val_fraction, seed)
+
+
+def _load_builtin(size: int, seed: int) -> Dataset:
+    from fer_dist import synthetic
+
+    images, labels = synthetic.generate(size, seed)
+    rest, test = stratified_split(Split(images, labels), 0.1, seed)
+    train, val = stratified_split(rest, 1 / 9, seed)
+    note = f"built-in synthetic faces: {size} images split 80/10/10 stratified (seed {seed})"
+    return Dataset(train=train, val=val, test=test, source="builtin", notes=(note,))
+
+
+def _assemble(
+    uri: str, splits: dict[str, Split], skipped: list[_Skipped], layout: _Layout, val_fraction: float, seed: int
+) -> Dataset:
+    """Checks the splits found, carves a validation split if needed and writes the notes."""
+    if "train" not in splits:
+        found = ", ".join(getattr(layout, name) for name in splits) or "none"
+        raise UserError(f"{uri}: no {layout.train} {layout.unit} (found: {found}); a training split is required")
+    notes = []
+    train, val = splits["train"], splits.get("val")
+    if val is None:
+        train, val = stratified_split(train, val_fraction, seed)
+        if len(val) == 0:
+            raise UserError(
+                f"{uri}: only {len(train)} {layout.train} {layout.unit}, too few to carve a validation split"
+            )
+        notes.append(
+            f"no {layout.val}: carved a stratified {val_fraction * 100:g}% validation split "
+            f"from {layout.train} (seed {seed})"
+        )
+    test = splits.get("test")
+    if test is None:
+        notes.append(f"no {layout.test}: no test split, no test metrics")
+    if skipped:
+        notes.append(_skipped_note(skipped, layout.unit))
+    return Dataset(train=train, val=val, test=test, source=uri, notes=tuple(notes))
+
+
+def _skipped_note(skipped: list[_Skipped], unit: str) -> str:
+    places = [s.where for s in skipped[:MAX_LISTED]] + (["…"] if len(skipped) > MAX_LISTED else [])
+    prefix = "lines " if unit == "rows" else ""
+    return f"skipped {len(skipped)} bad {unit}: {prefix}{', '.join(places)} (first: {skipped[0].message})"
+
+
+# ------------------------------------------------------------------------------
+# splitting and counting
+# ------------------------------------------------------------------------------
+def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """(rest, carved): `fraction` of the rows (at least 1, at most all but 1) carved per class.
+
+    Each class gives floor(fraction * its count) rows, and the rounding remainder goes to the
+    classes with the largest fractional parts, so the classes keep their proportions and the
+    carved size is round(fraction * N). Deterministic for a seed; both parts keep row order."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction={fraction}: must be in (0, 1)")
+    n = len(split)
+    total = min(max(round(fraction * n), 1), n - 1) if n >= 2 else 0
+    counts = np.asarray(class_counts(split))
+    exact = fraction * counts
+    take = np.floor(exact).astype(np.int64)
+    by_remainder = np.argsort(-(exact - take), kind="stable")
+    take[by_remainder[: max(total - int(take.sum()), 0)]] += 1
+    rng = np.random.default_rng(seed)
+    carved = np.zeros(n, dtype=bool)
+    for label, k in enumerate(take):
+        members = np.flatnonzero(split.labels == label)
+        carved[rng.permutation(members)[:k]] = True
+    return _subset(split, ~carved), _subset(split, carved)
+
+
+def _subset(split: Split, mask: np.ndarray) -> Split:
+    return Split(split.images[mask], split.labels[mask])
+
+
+def class_counts(split: Split) -> list[int]:
+    """Rows per class, in EMOTIONS order."""
+    return np.bincount(split.labels, minlength=NUM_CLASSES).tolist()
+
+
+# ------------------------------------------------------------------------------
+# FER-2013 CSV
+# ------------------------------------------------------------------------------
+class _RowError(Exception):
+    """What is wrong with one CSV row: the message after `<file> line N: `."""
+
+
+def read_csv(uri: str, *, skip_bad_rows: bool = False) -> tuple[dict[str, Split], list[str]]:
+    """A FER-2013 CSV -> ({"train"|"val"|"test": Split}, messages of the skipped rows)."""
+    splits, skipped = _read_csv(uri, skip_bad_rows)
+    return splits, [s.message for s in skipped]
+
+
+def _read_csv(uri: str, skip_bad_rows: bool) -> tuple[dict[str, Split], list[_Skipped]]:
+    lines = _read_text_bytes(uri).split(b"\n")
+    columns = _header_columns(uri, lines[0])
+    rows = [(lineno, line) for lineno, line in enumerate(lines[1:], start=2) if line and not line.isspace()]
+    if not rows:
+        raise UserError(f"{uri}: no data rows (only a header)")
+    skipped: list[_Skipped] = []
+    per_split: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for start in range(0, len(rows), _CHUNK_ROWS):
+        chunk = rows[start : start + _CHUNK_ROWS]
+        for split, images, labels in _parse_chunk(uri, chunk, columns, skip_bad_rows, skipped):
+            per_split.setdefault(split, []).append((images, labels))
+    if not per_split:
+        raise UserError(f"{uri}: every data row is bad ({len(skipped)} rows; first: {skipped[0].message})")
+    return {split: _concat(parts) for split, parts in per_split.items()}, skipped
+
+
+def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> Split:
+    images = np.concatenate([p[0] for p in parts]).reshape(-1, IMAGE_PIXELS, IMAGE_PIXELS)
+    return Split(images, np.concatenate([p[1] for p in parts]))
+
+
+def _read_text_bytes(uri: str) -> bytes:
+    """The file's bytes, gunzipped if gzip (by magic bytes); errors unless it looks like text."""
+    try:
+        with storage.open_read(uri) as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise UserError(f"{uri}: no such file or directory") from None
+    except OSError as e:
+        raise UserError(f"{uri}: cannot read ({_one_line(e)})") from None
+    if data.startswith(_GZIP_MAGIC):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise UserError(f"{uri}: not a CSV text file (corrupt gzip data: {_one_line(e)})") from None
+    data = data.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+    if not data or data.isspace():
+        raise UserError(f"{uri}: empty file")
+    if not _looks_like_text(data[:_SNIFF_BYTES]):
+        raise UserError(f"{uri}: not a CSV text file (binary data)")
+    return data
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """No NUL bytes and valid UTF-8 (a multi-byte character may be cut at the end of `head`)."""
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return len(head) == _SNIFF_BYTES and e.start >= len(head) - 3
+    return True
+
+
+def _fields(line: bytes) -> list[bytes]:
+    if b'"' in line:
+        return [f.encode("utf-8") for f in next(csv.reader([line.decode("utf-8", errors="replace")]))]
+    return line.split(b",")
+
+
+@dataclass(frozen=True)
+class _Columns:
+    count: int  # fields in the header
+    emotion: int
+    pixels: int
+    usage: int | None  # without a Usage column every row is Training
+
+
+def _header_columns(uri: str, header: bytes) -> _Columns:
+    """Where emotion, pixels and Usage are (names matched without case); other columns are ignored."""
+    names = [_show(f).strip() for f in _fields(header.rstrip(b"\r"))]
+    index = {name.lower(): i for i, name in reversed(list(enumerate(names)))}
+    for required in ("emotion", "pixels"):
+        if required not in index:
+            shown = ", ".join(names[:MAX_LISTED]) + (", …" if len(names) > MAX_LISTED else "")
+            raise UserError(f"{uri} line 1: missing column {required!r} (header has: {shown[:200]})")
+    return _Columns(len(names), index["emotion"], index["pixels"], index.get("usage"))
+
+
+def _parse_chunk(
+    uri: str, chunk: list[tuple[int, bytes]], columns: _Columns, skip: bool, skipped: list[_Skipped]
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Parses up to _CHUNK_ROWS (line number, line) rows -> (split, images [n, PIXELS], labels) per split.
+
+    Bad rows raise, or are appended to `skipped`, in line order."""
+    rows = [_fields(line.rstrip(b"\r")) for _, line in chunk]
+    metas = [_row_meta(fields, columns) for fields in rows]
+    pixel_fields = [fields[columns.pixels] if isinstance(meta, tuple) else b"" for fields, meta in zip(rows, metas)]
+    fast, ok = _parse_pixels_fast(pixel_fields)
+    images = np.empty((len(chunk), PIXELS), dtype=np.uint8)
+    images[ok] = fast
+    good = np.zeros(len(chunk), dtype=bool)
+    for i, ((lineno, _), meta) in enumerate(zip(chunk, metas)):
+        try:
+            if isinstance(meta, str):
+                raise _RowError(meta)
+            if not ok[i]:
+                images[i] = _parse_pixels_slow(pixel_fields[i])
+        except _RowError as e:
+            message = f"{uri} line {lineno}: {e}"
+            if not skip:
+                raise UserError(message) from None
+            skipped.append(_Skipped(str(lineno), message))
+            continue
+        good[i] = True
+    splits = np.array([meta[0] if isinstance(meta, tuple) else "" for meta in metas])
+    labels = np.array([meta[1] if isinstance(meta, tuple) else -1 for meta in metas], dtype=np.int64)
+    return [
+        (split, images[good & (splits == split)], labels[good & (splits == split)])
+        for split in ("train", "val", "test")
+        if (good & (splits == split)).any()
+    ]
+
+
+def _row_meta(fields: list[bytes], columns: _Columns) -> tuple[str, int] | str:
+    """(split, label) of a row, or what is wrong with its field count, emotion or Usage."""
+    if len(fields) != columns.count:
+        return f"expected {columns.count} comma-separated fields, got {len(fields)}"
+    raw_label = fields[columns.emotion].strip()
+    try:
+        label = int(raw_label)
+    except ValueError:
+        return f"emotion {_show(raw_label)!r} is not an integer 0-{NUM_CLASSES - 1}"
+    if not 0 <= label < NUM_CLASSES:
+        return f"emotion {label} is outside 0-{NUM_CLASSES - 1}"
+    if columns.usage is None:
+        return "train", label
+    usage = _show(fields[columns.usage].strip())
+    if usage not in CSV_USAGES:
+        return f"Usage {usage!r} is not one of {', '.join(CSV_USAGES)}"
+    return CSV_USAGES[usage], label
+
+
+def _show(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
+
+
+def _parse_pixels_fast(fields: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised parse of the rows that are plainly good: (pixels uint8 [k, PIXELS], ok bool [n]).
+
+    A row is ok when it holds exactly PIXELS space-separated tokens of 1-3 ASCII digits, each
+    <= 255. The other rows (ok False) go to `_parse_pixels_slow`, which accepts or explains them."""
+    n = len(fields)
+    joined = b"\n".join(fields) + b"\n"
+    blob = np.frombuffer(joined, dtype=np.uint8)
+    row_ends = np.cumsum(np.fromiter(map(len, fields), dtype=np.int64, count=n) + 1) - 1  # each row's "\n"
+    digit = blob - np.uint8(ord("0"))
+    is_digit = digit < 10
+    digit *= is_digit  # 0 at separators
+    ends = np.flatnonzero(is_digit[:-1] & ~is_digit[1:])  # last digit of each token
+    # value of the up-to-3-digit token ending at each byte: d[i] + 10 d[i-1] + 100 d[i-2]
+    value = digit.astype(np.uint16)
+    value[1:] += digit[:-1] * np.uint16(10)
+    value[2:] += (digit[:-2] * is_digit[1:-1]) * np.uint16(100)
+    values = value[ends]
+    counts = np.diff(np.searchsorted(ends, row_ends), prepend=0)
+    bad = counts != PIXELS
+    if joined.translate(None, b"0123456789 \n"):  # other characters
+        bad[np.searchsorted(row_ends, np.flatnonzero(~is_digit & (blob != ord(" ")) & (blob != ord("\n"))))] = True
+    long_runs = is_digit[:-3] & is_digit[1:-2] & is_digit[2:-1] & is_digit[3:]  # tokens of > 3 digits
+    if long_runs.any():
+        bad[np.searchsorted(row_ends, np.flatnonzero(long_runs))] = True
+    bad[np.searchsorted(row_ends, ends[values > 255])] = True
+    if bad.any():
+        values = values[np.repeat(~bad, counts)]
+    return values.astype(np.uint8).reshape(-1, PIXELS), ~bad
+
+
+def _parse_pixels_slow(field: bytes) -> np.ndarray:
+    """One row's pixels, or a _RowError saying which pixel (1-based) is wrong."""
+    tokens = field.split()
+    if len(tokens) != PIXELS:
+        raise _RowError(f"expected {PIXELS} pixels, got {len(tokens)}")
+    pixels = np.empty(PIXELS, dtype=np.uint8)
+    for i, token in enumerate(tokens):
+        try:
+            value = int(token)
+        except ValueError:
+            raise _RowError(f"pixel {i + 1} is {_show(token)!r}, not an integer") from None
+        if not 0 <= value <= 255:
+            raise _RowError(f"pixel {i + 1} is {value}, outside 0-255")
+        pixels[i] = value
+    return pixels
+
+
+# ------------------------------------------------------------------------------
+# image folders
+# ------------------------------------------------------------------------------
+def read_image_folder(uri: str, *, skip_bad_rows: bool = False) -> tuple[dict[str, Split], list[str]]:
+    """`<root>/{train,val|validation,test}/<emotion>/*.jpg|jpeg|png` -> ({split: Split}, skipped messages)."""
+    splits, skipped = _read_image_folder(uri, skip_bad_rows)
+    return splits, [s.message for s in skipped]
+
+
+def _read_image_folder(uri: str, skip_bad_rows: bool) -> tuple[dict[str, Split], list[_Skipped]]:
+    split_dirs = _split_dirs(uri)
+    files: list[tuple[str, str, int]] = []  # (split, relative path, label)
+    for split, name in split_dirs.items():
+        for emotion in _visible(storage.listdir(storage.join(uri, name))):
+            label = _emotion_label(uri, f"{name}/{emotion}", emotion)
+            entries = _visible(storage.listdir(storage.join(uri, name, emotion)))
+            files += [(split, f"{name}/{emotion}/{f}", label) for f in entries]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        decoded = list(pool.map(lambda rel: _decode_image(storage.join(uri, rel)), [f[1] for f in files]))
+    per_split: dict[str, tuple[list[np.ndarray], list[int]]] = {}
+    skipped: list[_Skipped] = []
+    for (split, rel, label), image in zip(files, decoded):
+        if isinstance(image, str):
+            message = f"{storage.join(uri, rel)}: {image}"
+            if not skip_bad_rows:
+                raise UserError(message)
+            skipped.append(_Skipped(rel, message))
+            continue
+        images, labels = per_split.setdefault(split, ([], []))
+        images.append(image)
+        labels.append(label)
+    if not per_split and skipped:
+        raise UserError(f"{uri}: every image is bad ({len(skipped)} images; first: {skipped[0].message})")
+    splits = {s: Split(np.stack(images), np.array(labels, dtype=np.int64)) for s, (images, labels) in per_split.items()}
+    return splits, skipped
+
+
+def _visible(names: list[str]) -> list[str]:
+    return [n for n in names if not n.startswith(".")]
+
+
+def _split_dirs(uri: str) -> dict[str, str]:
+    """{split: folder name} of the split folders under the root; train/ is required."""
+    names = _visible(storage.listdir(uri))
+    found: dict[str, str] = {}
+    for name in names:
+        split = FOLDER_SPLITS.get(name.lower())
+        if split is None:
+            continue
+        if split in found:
+            raise UserError(f"{uri}: both {found[split]}/ and {name}/ are there; keep one {split} folder")
+        found[split] = name
+    if "train" not in found:
+        raise UserError(
+            f"{uri}: no train/ folder (has: {', '.join(names[:MAX_LISTED]) or 'nothing'}); "
+            f"expected {uri}/train/<emotion>/*.jpg"
+        )
+    return found
+
+
+def _emotion_label(uri: str, rel: str, name: str) -> int:
+    key = name.lower()
+    if key in EMOTIONS:
+        return EMOTIONS.index(key)
+    if key.isdigit() and int(key) < NUM_CLASSES:
+        return int(key)
+    raise UserError(
+        f"{storage.join(uri, rel)}: unknown emotion folder {name!r} "
+        f"(known: {', '.join(EMOTIONS)}, or 0-{NUM_CLASSES - 1})"
+    )
+
+
+def _decode_image(uri: str) -> np.ndarray | str:
+    """A uint8 [48, 48] grayscale face, or what is wrong with the file."""
+    if not uri.lower().endswith(IMAGE_SUFFIXES):
+        return f"not an image file (expected {', '.join(IMAGE_SUFFIXES)})"
+    try:
+        with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
+            gray = image.convert("L")
+    except UnidentifiedImageError:
+        return "not a readable image (unknown format or corrupt data)"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return f"not a readable image ({_one_line(e)})"
+    if gray.size != (IMAGE_PIXELS, IMAGE_PIXELS):
+        gray = gray.resize((IMAGE_PIXELS, IMAGE_PIXELS), Image.Resampling.BILINEAR)
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__

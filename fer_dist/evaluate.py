@@ -1,0 +1,392 @@
+"""Scores a trained run: metrics, reports, confusion matrices and plots.
+
+    python jobs/evaluate.py RUN_DIR --data PATH
+
+This part is model-independent (numpy, pandas and matplotlib only): it turns true labels
+and predicted class probabilities into a JSON-able metrics dict (`compute_metrics`), a
+terminal report (`format_report`), a confusion-matrix CSV + PNG (`write_confusion`),
+training curves from a run's `history.csv` (`write_history_plot`), an ensemble of several
+models' probabilities (`average_probs`) and a grid of the most confident mistakes
+(`mistakes_grid`). Every file goes through `fer_dist.storage`, so `RUN_DIR` may be a
+local directory or a `gs://` prefix.
+
+Macro averages (F1, precision, recall) are taken over the classes that occur in the
+labels or in the predictions, as scikit-learn does; a class that is in neither has no
+bearing on them. Per-class precision/recall/F1 are 0 where undefined (no support or no
+predictions).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from fer_dist import EMOTIONS, NUM_CLASSES, storage  # noqa: E402
+from fer_dist.errors import UserError  # noqa: E402
+
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "curves.png"
+_TABLE_COLUMNS = ("precision", "recall", "f1", "support")
+_MACRO_ROW = "macro avg"
+
+
+# --- metrics -------------------------------------------------------------------------
+
+
+def _check_predictions(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels as int64 [N], probs as float64 [N, NUM_CLASSES]); UserError if they do not fit."""
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != NUM_CLASSES:
+        raise UserError(f"probabilities must have shape [N, {NUM_CLASSES}], got {list(probs.shape)}")
+    if labels.ndim != 1 or len(labels) != len(probs):
+        raise UserError(f"labels must have shape [{len(probs)}] to match the probabilities, got {list(labels.shape)}")
+    if len(labels) == 0:
+        raise UserError("no examples to evaluate")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise UserError(f"labels must lie in 0..{NUM_CLASSES - 1}, got {labels.min()}..{labels.max()}")
+    if not np.isfinite(probs).all():
+        raise UserError("probabilities contain NaN or infinity")
+    return labels.astype(np.int64), probs
+
+
+def _confusion(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """[NUM_CLASSES, NUM_CLASSES] counts, rows = true class, columns = predicted class."""
+    flat = np.bincount(labels * NUM_CLASSES + preds, minlength=NUM_CLASSES * NUM_CLASSES)
+    return flat.reshape(NUM_CLASSES, NUM_CLASSES)
+
+
+def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den elementwise, 0 where den is 0 (no warnings)."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den != 0)
+
+
+def compute_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
+    """Accuracy, macro scores, per-class scores and the confusion matrix, as plain Python types.
+
+    labels: int [N] in 0..6; probs: float [N, 7] (only the argmax of each row matters).
+    Keys: accuracy, macro_f1, macro_precision, macro_recall, n, per_class
+    ({emotion: {precision, recall, f1, support}}, in EMOTIONS order) and confusion_matrix
+    (7x7 list of ints, rows = true, columns = predicted).
+    """
+    labels, probs = _check_predictions(labels, probs)
+    cm = _confusion(labels, probs.argmax(axis=1))
+    true_pos = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    precision = _safe_ratio(true_pos, predicted)
+    recall = _safe_ratio(true_pos, support)
+    f1 = _safe_ratio(2 * precision * recall, precision + recall)
+    seen = (support > 0) | (predicted > 0)
+    return {
+        "accuracy": float(true_pos.sum() / len(labels)),
+        "macro_f1": float(f1[seen].mean()),
+        "macro_precision": float(precision[seen].mean()),
+        "macro_recall": float(recall[seen].mean()),
+        "n": int(len(labels)),
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(EMOTIONS)
+        },
+        "confusion_matrix": cm.astype(int).tolist(),
+    }
+
+
+def per_class_table(metrics: dict) -> pd.DataFrame:
+    """One row per emotion plus a "macro avg" row; columns precision, recall, f1, support."""
+    table = pd.DataFrame.from_dict(metrics["per_class"], orient="index").reindex(columns=list(_TABLE_COLUMNS))
+    table.loc[_MACRO_ROW] = [metrics["macro_precision"], metrics["macro_recall"], metrics["macro_f1"], metrics["n"]]
+    table["support"] = table["support"].astype(int)
+    return table
+
+
+def format_report(metrics: dict, title: str) -> str:
+    """A plain-text report for the terminal: title, accuracy, macro-F1, per-class table."""
+    table = per_class_table(metrics).to_string(float_format=lambda x: f"{x:.3f}")
+    return (
+        f"{title}\n{'=' * len(title)}\n"
+        f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   n {metrics['n']}\n\n"
+        f"{table}\n"
+    )
+
+
+# --- files and figures ---------------------------------------------------------------
+
+
+def _png(fig: plt.Figure) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def _confusion_frame(metrics: dict) -> pd.DataFrame:
+    frame = pd.DataFrame(metrics["confusion_matrix"], index=list(EMOTIONS), columns=list(EMOTIONS))
+    frame.index.name = "true"
+    return frame
+
+
+def _confusion_png(metrics: dict, prefix: str) -> bytes:
+    """Counts in each cell, cells coloured by the row-normalised share (recall on the diagonal)."""
+    cm = np.asarray(metrics["confusion_matrix"])
+    shares = _safe_ratio(cm, cm.sum(axis=1, keepdims=True))
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    for (row, col), count in np.ndenumerate(cm):
+        colour = "white" if shares[row, col] > 0.5 else "black"
+        ax.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=9)
+    recalls = [metrics["per_class"][name]["recall"] for name in EMOTIONS]
+    ax.set_xticks(range(NUM_CLASSES), EMOTIONS, rotation=45, ha="right")
+    ax.set_yticks(range(NUM_CLASSES), [f"{name} ({r:.2f})" for name, r in zip(EMOTIONS, recalls)])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (recall)")
+    ax.set_title(f"{prefix}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, n {metrics['n']}")
+    return _png(fig)
+
+
+def write_confusion(run_dir: str, metrics: dict, prefix: str) -> list[str]:
+    """Writes <prefix>_confusion.csv and <prefix>_confusion.png into run_dir; returns their URIs.
+
+    The CSV reads back with `pd.read_csv(uri, index_col=0)`: columns = predicted emotions,
+    index (named "true") = true emotions.
+    """
+    csv_uri = storage.join(run_dir, f"{prefix}_confusion.csv")
+    png_uri = storage.join(run_dir, f"{prefix}_confusion.png")
+    storage.write_text(csv_uri, _confusion_frame(metrics).to_csv())
+    storage.write_bytes(png_uri, _confusion_png(metrics, prefix))
+    return [csv_uri, png_uri]
+
+
+# --- training curves -----------------------------------------------------------------
+
+
+def _parse_history(history_csv_text: str) -> pd.DataFrame:
+    """history.csv text -> DataFrame; UserError if it is not a CSV with an `epoch` column."""
+    try:
+        history = pd.read_csv(io.StringIO(history_csv_text))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise UserError(f"{HISTORY_FILE} is not a readable CSV: {exc}") from exc
+    if "epoch" not in history.columns:
+        raise UserError(f"{HISTORY_FILE} has no 'epoch' column (columns: {', '.join(map(str, history.columns))})")
+    return history
+
+
+def _plot_series(ax: plt.Axes, history: pd.DataFrame, columns: tuple[str, ...], title: str) -> None:
+    for column in columns:
+        if column in history.columns:
+            ax.plot(history["epoch"], history[column], marker="o", markersize=3, label=column)
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.get_lines():
+        ax.legend()
+
+
+def _history_png(history: pd.DataFrame) -> bytes:
+    fig, (loss_ax, acc_ax, lr_ax) = plt.subplots(1, 3, figsize=(15, 4))
+    _plot_series(loss_ax, history, ("loss", "val_loss"), "loss")
+    _plot_series(acc_ax, history, ("accuracy", "val_accuracy"), "accuracy")
+    _plot_series(lr_ax, history, ("learning_rate",), "learning rate")
+    if "learning_rate" in history.columns and (history["learning_rate"] > 0).all():
+        lr_ax.set_yscale("log")
+    return _png(fig)
+
+
+def plot_history(history_csv_text: str) -> bytes:
+    """PNG bytes of three panels: loss (train/val), accuracy (train/val), learning rate (log y).
+
+    Columns missing from the CSV are left out of their panel; a CSV with no rows is a UserError.
+    """
+    history = _parse_history(history_csv_text)
+    if history.empty:
+        raise UserError(f"{HISTORY_FILE} has no epochs to plot")
+    return _history_png(history)
+
+
+def write_history_plot(run_dir: str) -> str | None:
+    """Plots <run_dir>/history.csv into <run_dir>/curves.png; its URI, or None without history."""
+    history_uri = storage.join(run_dir, HISTORY_FILE)
+    if not storage.exists(history_uri):
+        return None
+    history = _parse_history(storage.read_text(history_uri))
+    if history.empty:
+        return None
+    curves_uri = storage.join(run_dir, CURVES_FILE)
+    storage.write_bytes(curves_uri, _history_png(history))
+    return curves_uri
+
+
+# --- ensembles and mistakes ----------------------------------------------------------
+
+
+def average_probs(prob_list: list[np.ndarray]) -> np.ndarray:
+    """The ensemble's probabilities: the elementwise mean of each model's [N, 7] array."""
+    if not prob_list:
+        raise UserError("no models' probabilities to average")
+    arrays = [np.asarray(p, dtype=np.float64) for p in prob_list]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        raise UserError(f"models' probabilities differ in shape: {sorted(map(list, shapes))}")
+    if arrays[0].ndim != 2 or arrays[0].shape[1] != NUM_CLASSES:
+        raise UserError(f"probabilities must have shape [N, {NUM_CLASSES}], got {list(arrays[0].shape)}")
+    return np.mean(np.stack(arrays), axis=0)
+
+
+def _most_confident_mistakes(labels: np.ndarray, probs: np.ndarray, k: int) -> np.ndarray:
+    """Indices of at most k wrong predictions, most confident (highest predicted probability) first."""
+    preds = probs.argmax(axis=1)
+    wrong = np.flatnonzero(preds != labels)
+    confidence = probs[wrong, preds[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")[:k]]
+
+
+def _gray_images(images: np.ndarray, n: int) -> np.ndarray:
+    """[N, H, W] (a trailing channel axis of 1 is dropped); UserError otherwise."""
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim != 3 or len(images) != n:
+        raise UserError(f"images must have shape [{n}, H, W], got {list(images.shape)}")
+    return images
+
+
+def mistakes_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, k: int = 25) -> bytes:
+    """PNG bytes: the k most confident wrong predictions, each titled "true→pred p=0.93".
+
+    images: uint8 gray [N, H, W] (or [N, H, W, 1]), aligned with labels [N] and probs [N, 7].
+    With no mistakes the PNG says so.
+    """
+    if k < 1:
+        raise UserError(f"k must be at least 1, got {k}")
+    labels, probs = _check_predictions(labels, probs)
+    images = _gray_images(images, len(labels))
+    picked = _most_confident_mistakes(labels, probs, k)
+    cols = max(1, math.ceil(math.sqrt(len(picked))))
+    rows = max(1, math.ceil(len(picked) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 2.1 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, picked):
+        pred = int(probs[i].argmax())
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{EMOTIONS[labels[i]]}→{EMOTIONS[pred]} p={probs[i, pred]:.2f}", fontsize=8)
+    if len(picked) == 0:
+        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    return _png(fig)
+
+
+# --- trained models (TensorFlow from here on, imported lazily) -------------------------
+
+METRICS_FILE = "metrics.json"
+MODEL_FILE = "model.keras"
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def predict_probs(model, images: np.ndarray, config, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities [N, 7] of uint8 gray faces [N, H, W], in order."""
+    import tensorflow as tf
+
+    from fer_dist.pipeline import predict_dataset
+
+    @tf.function
+    def probs_of(x):
+        return tf.nn.softmax(tf.cast(model(x, training=False), tf.float32), axis=-1)
+
+    out = [probs_of(batch).numpy() for batch in predict_dataset(images, config, batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
+
+
+def evaluate_run(model, dataset, config, run_dir: str, state) -> dict:
+    """After training: metrics.json, confusion matrices, curves and mistakes, all in `run_dir`."""
+    import json
+    import logging
+
+    log = logging.getLogger(__name__)
+    summary: dict = {
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "stopped_early": state.stopped_early,
+        "best_val_loss": state.best_val_loss,
+    }
+    splits = {"val": dataset.val, "test": dataset.test}
+    for name, split in splits.items():
+        if split is None:
+            log.info("no test split in %s: no test metrics", dataset.source)
+            continue
+        probs = predict_probs(model, split.images, config)
+        metrics = compute_metrics(split.labels, probs)
+        summary[f"{name}_accuracy"] = metrics["accuracy"]
+        summary[f"{name}_macro_f1"] = metrics["macro_f1"]
+        summary[name] = metrics
+        write_confusion(run_dir, metrics, name)
+        if name == "val":
+            storage.write_bytes(storage.join(run_dir, "val_mistakes.png"), mistakes_grid(split.images, split.labels, probs))
+        print(format_report(metrics, f"{name} ({len(split)} images, best epoch {state.best_epoch})"), flush=True)
+    write_history_plot(run_dir)
+    storage.write_text(storage.join(run_dir, METRICS_FILE), json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def load_run(run_dir: str):
+    """(config, Keras model) of a finished run, local or gs://."""
+    import tempfile
+
+    import keras
+
+    from fer_dist.config import TrainConfig
+
+    config_uri = storage.join(run_dir, "config.json")
+    if not storage.exists(config_uri):
+        raise UserError(f"{run_dir}: not a run directory (no config.json)")
+    config = TrainConfig.from_json(storage.read_text(config_uri), source=config_uri)
+    model_uri = storage.join(run_dir, MODEL_FILE)
+    if not storage.exists(model_uri):
+        raise UserError(f"{run_dir}: no {MODEL_FILE} (has the run finished? resume it with --resume)")
+    with tempfile.TemporaryDirectory(prefix="fer_dist_model_") as tmp:
+        path = f"{tmp}/{MODEL_FILE}"
+        with open(path, "wb") as f:
+            f.write(storage.read_bytes(model_uri))
+        model = keras.models.load_model(path, compile=False)
+    return config, model
+
+
+def evaluate_data(run_dirs: list[str], data: str, split: str | None, skip_bad_rows: bool = False) -> tuple[dict, str]:
+    """Scores one run (or the ensemble of several: mean probabilities) on a data file's split.
+
+    Returns (metrics, the split used). Writes nothing; the caller decides where results go."""
+    from fer_dist import data as data_lib
+
+    if split is not None and split not in SPLIT_NAMES:
+        raise UserError(f"--split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+    loaded = [load_run(r) for r in run_dirs]
+    first = loaded[0][0]
+    dataset = data_lib.load(data, skip_bad_rows=skip_bad_rows, val_fraction=first.val_fraction, seed=first.seed, builtin_size=first.builtin_size)
+    split = split or ("test" if dataset.test is not None else "val")
+    chosen = getattr(dataset, split)
+    if chosen is None:
+        raise UserError(f"--split test: {data} has no test split (PrivateTest); use --split val")
+    probs = average_probs([predict_probs(model, chosen.images, config) for config, model in loaded])
+    return compute_metrics(chosen.labels, probs), split

@@ -1,0 +1,123 @@
+"""A whole training run, as `jobs/train.py` starts it: config, run directory, fit, report.
+
+    python jobs/train.py --preset seed --data ../shared/data/fer2013/fer2013.csv.gz
+
+`train(...)` resolves the config (or reloads it with `--resume`), prepares the run
+directory without overwriting anything, trains in this process (`workers=0`) or on Ray
+Train workers (`launch.run_on_ray`), then writes the final report (metrics.json,
+confusion matrices, curves, the exported model) from rank 0 and prints where it all is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+
+from fer_dist import cli, storage
+from fer_dist.config import TrainConfig, resolve
+from fer_dist.errors import UserError
+
+log = logging.getLogger(__name__)
+
+RESUMABLE_CHANGES = ("epochs",)  # what a resumed run may change
+
+
+def resolve_for_run(preset, overrides, config_file, run_dir: str | None, resume: bool) -> TrainConfig:
+    if not resume:
+        return resolve(preset, overrides, config_file)
+    saved = TrainConfig.from_json(storage.read_text(storage.join(run_dir, "config.json")), source=f"{run_dir}/config.json")
+    if preset or config_file:
+        raise UserError("--resume: the run's saved config.json is used; drop --preset/--config")
+    changed = {k: v for k, v in (overrides or {}).items()}
+    bad = sorted(set(changed) - set(RESUMABLE_CHANGES))
+    if bad:
+        raise UserError(f"--resume: cannot change {', '.join(bad)} of an existing run (only {', '.join(RESUMABLE_CHANGES)})")
+    return saved.replace(**changed) if changed else saved
+
+
+def train(
+    *,
+    preset: str | None = None,
+    overrides: dict | None = None,
+    config_file: str | None = None,
+    output: str = "./runs",
+    name: str | None = None,
+    resume: bool = False,
+    workers: int = 0,
+    gpus_per_worker: float = 0.0,
+    max_failures: int = 3,
+    progress: bool = True,
+) -> dict:
+    """Runs one training job end to end; returns the final metrics."""
+    if resume and not name:
+        raise UserError("--resume needs --name NAME (the run to continue)")
+    name = name or cli.new_run_name(preset or "demo")
+    run_dir = storage.join(output, name)
+    if resume:
+        cli.prepare_run_dir(output, name, resume=True)
+    config = resolve_for_run(preset, overrides, config_file, run_dir, resume)
+    if not resume:
+        cli.prepare_run_dir(output, name, resume=False)
+        storage.write_text(storage.join(run_dir, "config.json"), config.to_json())
+    log.info("run %s -> %s", name, run_dir)
+
+    if workers:
+        from fer_dist import launch
+
+        metrics = launch.run_on_ray(
+            config, storage_uri=output, name=name, num_workers=workers,
+            gpus_per_worker=gpus_per_worker, max_failures=max_failures,
+        )
+    else:
+        from fer_dist import train as train_lib
+
+        session = train_lib.LocalSession(run_dir, config.keep_checkpoints, show_progress=progress)
+        result = train_lib.fit(config, session)
+        metrics = finish(result, config, run_dir)
+    print_summary(run_dir, metrics, config)
+    return metrics
+
+
+def finish(result, config: TrainConfig, run_dir: str) -> dict:
+    """Rank 0 after training: metrics.json, confusion matrices, curves, exported model."""
+    from fer_dist import evaluate
+
+    metrics = evaluate.evaluate_run(result.model, result.dataset, config, run_dir, result.state)
+    export_model(result.model, run_dir)
+    return metrics
+
+
+def export_model(model, run_dir: str) -> None:
+    """`model.keras` (Keras 3) and `saved_model/` (TF serving) beside the checkpoints."""
+    with tempfile.TemporaryDirectory(prefix="fer_dist_export_") as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        storage.write_bytes(storage.join(run_dir, "model.keras"), open(path, "rb").read())
+        saved = os.path.join(tmp, "saved_model")
+        model.export(saved, verbose=False)
+        storage.upload_dir(saved, storage.join(run_dir, "saved_model"))
+
+
+def print_summary(run_dir: str, metrics: dict, config: TrainConfig) -> None:
+    lines = [f"run directory: {run_dir}"]
+    for key in ("val_accuracy", "test_accuracy"):
+        if key in metrics:
+            lines.append(f"{key}: {metrics[key]:.4f}")
+    lines.append(
+        "outputs: config.json history.csv metrics.json curves.png *_confusion.{csv,png} model.keras "
+        "saved_model/ checkpoints/ tensorboard/"
+    )
+    lines.append(f"evaluate again: python jobs/evaluate.py {run_dir} --data {config.data}")
+    if config.backbone != "resnet50":
+        lines.append(
+            "the mission's ResNet50 recipe on FER-2013: python jobs/train.py "
+            "--data ../shared/data/fer2013/fer2013.csv.gz --preset seed"
+            "  (add --set weights=none where ImageNet weights cannot be downloaded)"
+        )
+    print("\n".join(lines), flush=True)
+
+
+def read_metrics(run_dir: str) -> dict:
+    return json.loads(storage.read_text(storage.join(run_dir, "metrics.json")))

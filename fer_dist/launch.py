@@ -1,0 +1,161 @@
+"""Ray Train: the same training loop on N workers under MultiWorkerMirroredStrategy.
+
+    python jobs/train.py --workers 2                                      # local Ray, 2 CPU workers
+    python jobs/train.py --workers 8 --gpus-per-worker 1 \\
+        --data gs://BUCKET/fer2013.csv.gz --storage gs://BUCKET/fer/runs  # on a Ray cluster
+
+`run_on_ray` builds a Train V2 `TensorflowTrainer` (Ray sets TF_CONFIG on every worker;
+`train.make_strategy` turns that into MWMS). Checkpoints go through `ray.train.report`
+to `RunConfig(storage_path, storage_filesystem)`: a local directory or `gs://` (the
+emulator too, via STORAGE_EMULATOR_HOST), kept best-K by val_accuracy plus the latest.
+`FailureConfig(max_failures)` restarts a failed worker group from the latest checkpoint;
+rerunning with the same storage and name (`--resume`) continues after a driver loss,
+because Train V2 reloads its checkpoint manager from `<storage>/<name>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+from fer_dist import storage
+from fer_dist.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Environment that Ray workers must share with the driver.
+PROPAGATED_ENV = ("STORAGE_EMULATOR_HOST", "TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL", "GOOGLE_CLOUD_PROJECT")
+
+
+class RaySession:
+    """A `train.Session` inside a Ray Train worker."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+
+    def restore_dir(self) -> str | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        return checkpoint.to_directory(tempfile.mkdtemp(prefix="fer_dist_restore_"))
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(
+            metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch_{metrics['epoch']:04d}"
+        )
+
+    def progress(self) -> bool:
+        return False
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import tensorflow as tf
+
+    from fer_dist import cli, experiment, train
+
+    cli.setup_logging()
+    threads = int(loop_config["cpus_per_worker"])
+    if threads >= 1:  # 2 workers on 2 cores must not each take every core
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    config = TrainConfig.from_json(loop_config["config_json"])
+    if loop_config.get("in_tune") and ray.train.get_context().get_world_rank() == 0:
+        from fer_dist import tune as tune_lib
+
+        tune_lib.record_placement_group(loop_config["run_name"])
+    result = train.fit(config, RaySession(loop_config["run_dir"]))
+    if result.rank == 0:
+        experiment.finish(result, config, loop_config["run_dir"])
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Joins the cluster in RAY_ADDRESS / the one `ray start` made, or starts a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ}
+    ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=True, num_cpus=num_cpus)
+
+
+def make_trainer(
+    config: TrainConfig,
+    *,
+    storage_uri: str,
+    name: str,
+    num_workers: int,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float = 1.0,
+    max_failures: int = 3,
+    callbacks=None,
+):
+    """The TensorflowTrainer for one run; `tune.py` calls this for every trial."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from fer_dist.errors import UserError
+
+    if config.global_batch_size % num_workers:
+        raise UserError(
+            f"global_batch_size={config.global_batch_size} is not divisible by --workers {num_workers}: "
+            f"per_worker_batch_size must be a whole number"
+        )
+    fs, path = storage.filesystem(storage_uri)
+    run_dir = storage.join(storage_uri, name)
+    resources = {"CPU": cpus_per_worker}
+    if gpus_per_worker:
+        resources["GPU"] = gpus_per_worker
+    env = {k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ}
+    return TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config_json": config.to_json(), "run_dir": run_dir, "run_name": name,
+            "cpus_per_worker": cpus_per_worker, "in_tune": bool(callbacks),
+        },
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name,
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=config.keep_checkpoints + 1,
+                checkpoint_score_attribute="val_accuracy",
+                checkpoint_score_order="max",
+            ),
+            callbacks=callbacks,
+            worker_runtime_env={"env_vars": env} if env else None,
+        ),
+    )
+
+
+def run_on_ray(
+    config: TrainConfig,
+    *,
+    storage_uri: str,
+    name: str,
+    num_workers: int,
+    gpus_per_worker: float = 0.0,
+    max_failures: int = 3,
+) -> dict:
+    """Trains on Ray; returns the final metrics that rank 0 wrote to `<storage>/<name>/metrics.json`."""
+    import json
+
+    ensure_ray()
+    trainer = make_trainer(
+        config, storage_uri=storage_uri, name=name, num_workers=num_workers,
+        gpus_per_worker=gpus_per_worker, max_failures=max_failures,
+    )
+    log.info("Ray Train: %d worker(s), %s GPU each, storage %s", num_workers, gpus_per_worker or "no", storage_uri)
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return json.loads(storage.read_text(storage.join(storage_uri, name, "metrics.json")))

@@ -1,0 +1,154 @@
+"""Models: the ResNet50 transfer-learning trunk (or a compact CNN) behind one head.
+
+    python jobs/train.py --preset seed --set weights=/path/to/resnet50_notop.weights.h5
+
+`build(config)` returns a Keras 3 model that takes preprocessed float images
+[B, image_size, image_size, 3] (see `preprocess`) and returns float32 logits [B, 7].
+
+- backbone `resnet50`: `keras.applications.ResNet50(include_top=False)` with weights
+  `imagenet` (Keras downloads them), `none`, or a path to a weights file. The first
+  `freeze_layers` layers are frozen; a frozen BatchNormalization layer runs in inference
+  mode in Keras 3 (it uses its moving statistics whenever `trainable` is False). BatchNorm
+  layers past the frozen block train as in the seed recipe, unless `train_batchnorm=false`
+  keeps every BatchNorm frozen (the usual rule when unfreezing a pretrained trunk).
+- backbone `compact`: a ~60k-parameter mini-Xception for CPU demos and fast tests.
+- head: pooling (flatten or global average), then per `head_units` entry
+  Dense(he_uniform) -> BatchNorm -> ReLU -> Dropout, then Dense(7) logits in float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import keras
+import tensorflow as tf
+
+from fer_dist import NUM_CLASSES
+from fer_dist.config import TrainConfig
+from fer_dist.errors import UserError
+
+log = logging.getLogger(__name__)
+
+TRUNK_NAME = "trunk"
+HEAD_NAME = "head"
+# The compact CNN trains for few steps on CPU: faster-moving BatchNorm statistics.
+BN_MOMENTUM = 0.9
+
+
+def preprocess(images: tf.Tensor, config: TrainConfig) -> tf.Tensor:
+    """uint8 gray faces [B, H, W] (or [B, H, W, 1]) -> float32 model input [B, S, S, 3].
+
+    Gray is repeated to 3 channels, resized to `image_size`, and put through the
+    ResNet50 ImageNet preprocessing (`caffe` mode: BGR mean subtraction on 0-255 values).
+    The compact backbone uses the same input so that both share one pipeline.
+    """
+    x = tf.cast(images, tf.float32)
+    if x.shape.rank == 3:
+        x = x[..., tf.newaxis]
+    if x.shape[1] != config.image_size or x.shape[2] != config.image_size:
+        x = tf.image.resize(x, (config.image_size, config.image_size), method="bilinear")
+    x = tf.repeat(x, 3, axis=-1)
+    return keras.applications.resnet50.preprocess_input(x)
+
+
+def _resnet50_trunk(config: TrainConfig) -> keras.Model:
+    weights = config.weights
+    if weights.lower() == "none":
+        weights = None
+    elif weights.lower() != "imagenet" and not os.path.exists(weights):
+        raise UserError(f"weights={config.weights!r}: no such weights file (use imagenet, none or a path)")
+    try:
+        trunk = keras.applications.ResNet50(
+            include_top=False, weights=weights, input_shape=(config.image_size, config.image_size, 3)
+        )
+    except (ValueError, OSError) as e:
+        if weights not in (None, "imagenet"):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"weights={config.weights!r}: cannot load into ResNet50 ({first})") from None
+        raise
+    trunk.name = TRUNK_NAME
+    return trunk
+
+
+def _separable_block(x, filters: int, name: str):
+    residual = keras.layers.Conv2D(filters, 1, strides=2, padding="same", use_bias=False, name=f"{name}_skip")(x)
+    residual = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_skip_bn")(residual)
+    for i in (1, 2):
+        x = keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sep{i}")(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{i}")(x)
+        if i == 1:
+            x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(x)
+    return keras.layers.Add(name=f"{name}_add")([x, residual])
+
+
+def _compact_trunk(config: TrainConfig) -> keras.Model:
+    """Mini-Xception (Arriaga et al. 2017 style), ~60k parameters."""
+    if config.weights.lower() not in ("none", "imagenet") and not os.path.exists(config.weights):
+        raise UserError(f"weights={config.weights!r}: no such weights file")
+    inputs = keras.Input((config.image_size, config.image_size, 3), name="trunk_input")
+    # Inputs are ResNet-preprocessed (roughly centred 0-255 values): bring them to ~unit scale.
+    x = keras.layers.Rescaling(1.0 / 64.0, name="rescale")(inputs)
+    for i, filters in enumerate((8, 8), start=1):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"stem_conv{i}")(x)
+        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"stem_bn{i}")(x)
+        x = keras.layers.ReLU(name=f"stem_relu{i}")(x)
+    for filters in (16, 32, 64, 128):
+        x = _separable_block(x, filters, name=f"block{filters}")
+    trunk = keras.Model(inputs, x, name=TRUNK_NAME)
+    if config.weights.lower() not in ("none", "imagenet"):
+        trunk.load_weights(config.weights)
+    return trunk
+
+
+def _freeze(trunk: keras.Model, config: TrainConfig) -> int:
+    """Freezes the first `freeze_layers` layers (and BatchNorm unless train_batchnorm); returns the count."""
+    n = min(config.freeze_layers, len(trunk.layers))
+    if config.freeze_layers > len(trunk.layers):
+        log.warning("freeze_layers=%d but the %s trunk has %d layers: freezing all", config.freeze_layers, config.backbone, n)
+    for i, layer in enumerate(trunk.layers):
+        frozen = i < n
+        if isinstance(layer, keras.layers.BatchNormalization) and not config.train_batchnorm:
+            frozen = True  # pretrained statistics stay in inference mode in unfrozen blocks too
+        layer.trainable = not frozen
+    return n
+
+
+def build_head(features: keras.KerasTensor, config: TrainConfig) -> keras.KerasTensor:
+    if config.head_pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)
+    else:
+        x = keras.layers.Flatten(name="head_flatten")(features)
+    for i, units in enumerate(config.head_units, start=1):
+        x = keras.layers.Dense(units, kernel_initializer="he_uniform", name=f"head_dense{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"head_bn{i}")(x)
+        x = keras.layers.ReLU(name=f"head_relu{i}")(x)
+        x = keras.layers.Dropout(config.dropout, seed=config.seed + i, name=f"head_dropout{i}")(x)
+    return keras.layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(x)
+
+
+def build(config: TrainConfig) -> keras.Model:
+    """The full model: trunk (partly frozen) + head. Logs layer and parameter counts."""
+    trunk = _resnet50_trunk(config) if config.backbone == "resnet50" else _compact_trunk(config)
+    frozen = _freeze(trunk, config)
+    inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
+    logits = build_head(trunk(inputs), config)
+    model = keras.Model(inputs, logits, name=f"fer_{config.backbone}")
+    trainable, total = count_params(model)
+    log.info(
+        "model %s: %d of %d trunk layers frozen; %s trainable of %s parameters",
+        model.name, frozen, len(trunk.layers), f"{trainable:,}", f"{total:,}",
+    )
+    return model
+
+
+def count_params(model: keras.Model) -> tuple[int, int]:
+    """(trainable, total) parameter counts (seed-generator state excluded)."""
+    trainable = sum(int(tf.size(v)) for v in model.trainable_weights)
+    total = sum(int(tf.size(v)) for v in model.weights)
+    return trainable, total
+
+
+def trunk_of(model: keras.Model) -> keras.Model:
+    return model.get_layer(TRUNK_NAME)

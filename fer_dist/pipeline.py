@@ -1,0 +1,110 @@
+"""tf.data input pipelines over uint8 face arrays, sharded for any number of workers.
+
+    python jobs/train.py --workers 2      # each worker reads its own shard of every batch
+
+Images stay uint8 [N, 48, 48] in memory; each batch is gathered, converted to float,
+repeated to 3 channels, resized and ImageNet-preprocessed on the fly (`model.preprocess`),
+so no float or 3-channel copy of the data set ever exists.
+
+Training order is decided in NumPy: epoch e shuffles with the seed (seed, e), keeps
+`steps * global_batch_size` examples, and cuts every global batch into one slice per
+input pipeline (worker). Every example is seen at most once per epoch across workers,
+every worker runs the same number of steps (collectives never hang), and a run resumed
+at epoch e sees exactly the batches an uninterrupted run would.
+Evaluation pads the split to whole global batches with zero-weight examples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+from fer_dist.config import TrainConfig
+from fer_dist.data import Split
+from fer_dist.model import preprocess
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def steps_per_epoch(num_examples: int, config: TrainConfig) -> int:
+    steps = num_examples // config.global_batch_size
+    if steps == 0:
+        from fer_dist.errors import UserError
+
+        raise UserError(
+            f"global_batch_size={config.global_batch_size} is larger than the {num_examples} training examples"
+        )
+    return min(steps, config.steps_per_epoch) if config.steps_per_epoch else steps
+
+
+def epoch_order(num_examples: int, epoch: int, steps: int, config: TrainConfig) -> np.ndarray:
+    """Example indices of one epoch as [steps, global_batch_size]."""
+    rng = np.random.default_rng([config.seed, epoch])
+    return rng.permutation(num_examples)[: steps * config.global_batch_size].reshape(steps, -1).astype(np.int32)
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    # Sharding is done by hand (see module docstring); tf.data must not shard again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    options.deterministic = True
+    return options
+
+
+def train_dataset_fn(split: Split, config: TrainConfig, first_epoch: int, last_epoch: int, steps: int):
+    """A `distribute_datasets_from_function` callable yielding per-replica batches for epochs
+    [first_epoch, last_epoch)."""
+    images = split.images
+    labels = split.labels.astype(np.int32)
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = ctx.get_per_replica_batch_size(config.global_batch_size)
+        pipelines, pipeline_id = ctx.num_input_pipelines, ctx.input_pipeline_id
+        order = np.concatenate(
+            [epoch_order(len(images), e, steps, config) for e in range(first_epoch, last_epoch)]
+        )
+        # [steps_total, global] -> this pipeline's slice of every global batch, as per-replica batches.
+        mine = order.reshape(len(order), pipelines, -1)[:, pipeline_id, :].reshape(-1, per_replica)
+        ds = tf.data.Dataset.from_tensor_slices(mine)
+        images_t, labels_t = tf.constant(images), tf.constant(labels)
+        ds = ds.map(
+            lambda idx: (preprocess(tf.gather(images_t, idx), config), tf.gather(labels_t, idx)),
+            num_parallel_calls=AUTOTUNE,
+        )
+        return ds.prefetch(AUTOTUNE).with_options(_options())
+
+    return dataset_fn
+
+
+def eval_dataset_fn(split: Split, config: TrainConfig):
+    """(dataset_fn, steps): per-replica batches of (images, labels, weights); padding has weight 0."""
+    n = len(split)
+    steps = max(1, math.ceil(n / config.global_batch_size))
+    padded = steps * config.global_batch_size
+    index = np.concatenate([np.arange(n), np.zeros(padded - n, dtype=np.int64)]).astype(np.int32)
+    weights = np.concatenate([np.ones(n, np.float32), np.zeros(padded - n, np.float32)])
+    images = split.images
+    labels = split.labels.astype(np.int32)
+
+    def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+        per_replica = ctx.get_per_replica_batch_size(config.global_batch_size)
+        pipelines, pipeline_id = ctx.num_input_pipelines, ctx.input_pipeline_id
+        mine_idx = index.reshape(steps, pipelines, -1)[:, pipeline_id, :].reshape(-1, per_replica)
+        mine_w = weights.reshape(steps, pipelines, -1)[:, pipeline_id, :].reshape(-1, per_replica)
+        images_t, labels_t = tf.constant(images), tf.constant(labels)
+        ds = tf.data.Dataset.from_tensor_slices((mine_idx, mine_w))
+        ds = ds.map(
+            lambda idx, w: (preprocess(tf.gather(images_t, idx), config), tf.gather(labels_t, idx), w),
+            num_parallel_calls=AUTOTUNE,
+        )
+        return ds.prefetch(AUTOTUNE).with_options(_options())
+
+    return dataset_fn, steps
+
+
+def predict_dataset(images: np.ndarray, config: TrainConfig, batch_size: int = 256) -> tf.data.Dataset:
+    """Plain (undistributed) batches of preprocessed images, in order."""
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+    return ds.map(lambda x: preprocess(x, config), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

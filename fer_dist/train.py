@@ -1,0 +1,451 @@
+"""The training loop: one function for one process, one GPU, or N Ray workers.
+
+    python jobs/train.py --data ../shared/data/fer2013/fer2013.csv.gz --preset seed
+
+`fit(config, session)` runs a custom Keras 3 loop (`GradientTape` + `strategy.run` +
+`tf.nn.compute_average_loss`) that works unchanged under the default strategy and under
+`tf.distribute.MultiWorkerMirroredStrategy` (Keras 3 `model.fit` does not work under MWMS
+inside Ray: ray-project/ray#47464). `make_strategy` is the only place a strategy is made.
+
+Per epoch: train, evaluate on the validation split (all workers, reduced), decay the
+learning rate by `decay_factor` after `decay_patience` epochs without a lower val_loss,
+stop after `early_stop_patience` such epochs (restoring the best weights), write
+`history.csv` and TensorBoard scalars, and hand a checkpoint to the session (a local run
+directory, or Ray Train's checkpoint storage). Side effects happen on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Protocol
+
+import numpy as np
+
+from fer_dist import storage
+from fer_dist.config import TrainConfig, describe
+from fer_dist.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_STATE = "state.json"  # written last: a checkpoint without it is incomplete
+
+
+# ---------------------------------------------------------------------------------
+# Sessions: where a loop runs and where its checkpoints and reports go.
+# ---------------------------------------------------------------------------------
+class Session(Protocol):
+    run_dir: str  # URI where rank 0 writes config.json, history.csv, metrics.json, ...
+
+    def restore_dir(self) -> str | None:
+        """A fresh local copy of the checkpoint to resume from (the loop deletes it), or None."""
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        """Called by every rank every epoch; only rank 0 passes a checkpoint_dir."""
+
+    def progress(self) -> bool:
+        """Whether to show a progress bar."""
+
+
+class LocalSession:
+    """A plain process: checkpoints go to `<run_dir>/checkpoints/epoch_NNNN/`."""
+
+    def __init__(self, run_dir: str, keep_checkpoints: int = 2, show_progress: bool = True):
+        self.run_dir = run_dir
+        self.keep = keep_checkpoints
+        self.show_progress = show_progress and sys.stdout.isatty()  # a bar in a log file is noise
+
+    @property
+    def checkpoints_uri(self) -> str:
+        return storage.join(self.run_dir, "checkpoints")
+
+    def complete_checkpoints(self) -> list[str]:
+        names = [n for n in storage.listdir(self.checkpoints_uri) if n.startswith("epoch_")]
+        return [n for n in names if storage.exists(storage.join(self.checkpoints_uri, n, CHECKPOINT_STATE))]
+
+    def restore_dir(self) -> str | None:
+        done = self.complete_checkpoints()
+        if not done:
+            return None
+        return storage.download_dir(storage.join(self.checkpoints_uri, done[-1]), tempfile.mkdtemp(prefix="fer_dist_restore_"))
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        if checkpoint_dir is None:
+            return
+        name = f"epoch_{metrics['epoch']:04d}"
+        target = storage.join(self.checkpoints_uri, name)
+        # Upload everything but the state file, then the state file: complete or absent.
+        for entry in sorted(os.listdir(checkpoint_dir)):
+            if entry != CHECKPOINT_STATE:
+                storage.write_bytes(storage.join(target, entry), _read(os.path.join(checkpoint_dir, entry)))
+        storage.write_bytes(storage.join(target, CHECKPOINT_STATE), _read(os.path.join(checkpoint_dir, CHECKPOINT_STATE)))
+        self._prune()
+
+    def _prune(self) -> None:
+        """Keeps the best `keep` checkpoints by val_accuracy, plus the latest."""
+        done = self.complete_checkpoints()
+        scored = []
+        for name in done:
+            state = json.loads(storage.read_text(storage.join(self.checkpoints_uri, name, CHECKPOINT_STATE)))
+            scored.append((state["metrics"].get("val_accuracy", 0.0), name))
+        keep = {name for _, name in sorted(scored, reverse=True)[: self.keep]} | {done[-1]}
+        for name in done:
+            if name not in keep:
+                storage.delete_dir(storage.join(self.checkpoints_uri, name))
+
+    def progress(self) -> bool:
+        return self.show_progress
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# ---------------------------------------------------------------------------------
+# The strategy: the one place it is touched.
+# ---------------------------------------------------------------------------------
+def make_strategy():
+    """MultiWorkerMirroredStrategy when TF_CONFIG names several workers (Ray sets it),
+    else the default strategy (one CPU or one GPU)."""
+    import tensorflow as tf
+
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    workers = tf_config.get("cluster", {}).get("worker", [])
+    if len(workers) > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def worker_rank(strategy) -> int:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return int(resolver.task_id) if resolver is not None and resolver.task_id is not None else 0
+
+
+def configure_runtime(config: TrainConfig) -> None:
+    """Seeds, determinism and precision; before any model is built."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+
+
+def make_optimizer(config: TrainConfig):
+    import keras
+
+    decay = config.weight_decay or None
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, nesterov=True, weight_decay=decay)
+    if decay:
+        return keras.optimizers.AdamW(config.learning_rate, weight_decay=decay)
+    return keras.optimizers.Adam(config.learning_rate)
+
+
+# ---------------------------------------------------------------------------------
+# Loop state, saved in every checkpoint.
+# ---------------------------------------------------------------------------------
+@dataclasses.dataclass
+class LoopState:
+    epoch: int = 0  # epochs completed
+    learning_rate: float = 0.0
+    best_val_loss: float = float("inf")
+    best_val_accuracy: float = 0.0
+    best_epoch: int = 0  # epoch (1-based) of the lowest val_loss: the weights early stopping restores
+    plateau_wait: int = 0  # epochs since val_loss last improved, for LR decay
+    stop_wait: int = 0  # the same, for early stopping
+    stopped_early: bool = False
+    history: list = dataclasses.field(default_factory=list)
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+    def update(self, row: dict, config: TrainConfig) -> tuple[bool, bool]:
+        """Applies one epoch's metrics: (improved, stop)."""
+        self.epoch = row["epoch"]
+        self.history.append(row)
+        self.metrics = row
+        self.best_val_accuracy = max(self.best_val_accuracy, row["val_accuracy"])
+        improved = row["val_loss"] < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_epoch = row["val_loss"], row["epoch"]
+            self.plateau_wait = self.stop_wait = 0
+        else:
+            self.plateau_wait += 1
+            self.stop_wait += 1
+            if self.plateau_wait >= config.decay_patience:
+                self.learning_rate = max(self.learning_rate * config.decay_factor, config.min_learning_rate)
+                self.plateau_wait = 0
+        stop = bool(config.early_stop_patience) and self.stop_wait >= config.early_stop_patience
+        self.stopped_early = stop and self.epoch < config.epochs
+        return improved, stop
+
+
+def _save_variables(path: str, variables) -> None:
+    np.savez(path, *[np.asarray(v.numpy()) for v in variables])
+
+
+def _load_variables(path: str, variables, what: str) -> None:
+    with np.load(path) as saved:
+        arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    if len(arrays) != len(variables) or any(a.shape != tuple(v.shape) for a, v in zip(arrays, variables)):
+        raise UserError(f"checkpoint {path}: its {what} does not match this config's model (was the config changed?)")
+    for v, a in zip(variables, arrays):
+        v.assign(a)
+
+
+def write_checkpoint(directory: str, model, optimizer, state: LoopState, config: TrainConfig, best_weights) -> None:
+    os.makedirs(directory, exist_ok=True)
+    _save_variables(os.path.join(directory, "model.npz"), model.variables)
+    _save_variables(os.path.join(directory, "optimizer.npz"), optimizer.variables)
+    if best_weights is not None and state.best_epoch != state.epoch:
+        np.savez(os.path.join(directory, "best.npz"), *best_weights)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        f.write(config.to_json())
+    with open(os.path.join(directory, CHECKPOINT_STATE), "w") as f:
+        json.dump(dataclasses.asdict(state), f, indent=1)
+
+
+def read_checkpoint(directory: str, model, optimizer) -> tuple[LoopState, list | None]:
+    """Restores model and optimizer variables; returns the loop state and the best weights."""
+    _load_variables(os.path.join(directory, "model.npz"), model.variables, "model")
+    _load_variables(os.path.join(directory, "optimizer.npz"), optimizer.variables, "optimizer state")
+    with open(os.path.join(directory, CHECKPOINT_STATE)) as f:
+        state = LoopState(**json.load(f))
+    best_path = os.path.join(directory, "best.npz")
+    best = None
+    if os.path.exists(best_path):
+        with np.load(best_path) as saved:
+            best = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    return state, best
+
+
+# ---------------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------------
+@dataclasses.dataclass
+class FitResult:
+    state: LoopState
+    model: object  # a plain (strategy-free) Keras model holding the best weights (rank 0), else None
+    rank: int
+    dataset: object = None
+
+
+def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
+    """Trains `config` to the end (or early stop), checkpointing every epoch through `session`."""
+    import tensorflow as tf
+
+    from fer_dist import data, model as model_lib, pipeline
+
+    strategy = make_strategy()  # before any other TF op: MWMS needs a fresh context
+    rank = worker_rank(strategy)
+    configure_runtime(config)
+    replicas = strategy.num_replicas_in_sync
+    if config.global_batch_size % replicas:
+        raise UserError(
+            f"global_batch_size={config.global_batch_size} does not divide into {replicas} replicas "
+            f"(per_worker_batch_size must be a whole number)"
+        )
+    per_worker_batch_size = config.global_batch_size // replicas
+
+    if dataset is None:
+        dataset = data.load(
+            config.data, skip_bad_rows=config.skip_bad_rows, val_fraction=config.val_fraction,
+            seed=config.seed, builtin_size=config.builtin_size,
+        )
+    if rank == 0:
+        log.info("config: %s", describe(config))
+        log.info(
+            "data %s: train %d, val %d, test %s; %d replica(s), per_worker_batch_size %d",
+            dataset.source, len(dataset.train), len(dataset.val),
+            len(dataset.test) if dataset.test is not None else "none", replicas, per_worker_batch_size,
+        )
+        for note in dataset.notes:
+            log.info("data: %s", note)
+
+    with strategy.scope():
+        model = model_lib.build(config)
+        optimizer = make_optimizer(config)
+        optimizer.build(model.trainable_variables)
+        loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="none"
+        ) if config.label_smoothing == 0 else None
+
+    state, best_weights = LoopState(learning_rate=config.learning_rate), None
+    restore = session.restore_dir()
+    if restore:
+        state, best_weights = read_checkpoint(restore, model, optimizer)
+        shutil.rmtree(restore, ignore_errors=True)
+        if rank == 0:
+            log.info("resumed from %s: %d epoch(s) done, continuing at epoch %d", restore, state.epoch, state.epoch + 1)
+    if best_weights is None and state.epoch:
+        best_weights = [np.asarray(v.numpy()) for v in model.variables]
+
+    def per_example_loss(labels, logits):
+        if loss_fn is not None:
+            return loss_fn(labels, logits)
+        one_hot = tf.one_hot(labels, logits.shape[-1])
+        return tf.keras.losses.categorical_crossentropy(
+            one_hot, logits, from_logits=True, label_smoothing=config.label_smoothing
+        )
+
+    def replica_train_step(images, labels):
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = tf.nn.compute_average_loss(per_example_loss(labels, logits), global_batch_size=config.global_batch_size)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+        return loss, correct
+
+    def replica_eval_step(images, labels, weights):
+        logits = model(images, training=False)
+        loss = tf.reduce_sum(per_example_loss(labels, logits) * weights)
+        hit = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+        return loss, tf.reduce_sum(hit * weights)
+
+    @tf.function(jit_compile=config.jit_compile or None)
+    def _compiled_train_step(images, labels):
+        return replica_train_step(images, labels)
+
+    @tf.function
+    def train_step(iterator):
+        loss, correct = strategy.run(_compiled_train_step if config.jit_compile else replica_train_step, args=next(iterator))
+        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
+
+    @tf.function
+    def eval_step(iterator):
+        loss, correct = strategy.run(replica_eval_step, args=next(iterator))
+        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
+
+    steps = pipeline.steps_per_epoch(len(dataset.train), config)
+    first_epoch = state.epoch
+    outputs = RunOutputs(session.run_dir, config) if rank == 0 else None
+    if outputs:
+        outputs.start(state)
+    if first_epoch >= config.epochs or (state.stopped_early and restore):
+        if rank == 0:
+            log.info("nothing to train: %d of %d epochs already done", state.epoch, config.epochs)
+    else:
+        train_iter = iter(strategy.distribute_datasets_from_function(
+            pipeline.train_dataset_fn(dataset.train, config, first_epoch, config.epochs, steps)
+        ))
+        val_fn, val_steps = pipeline.eval_dataset_fn(dataset.val, config)
+        val_dist = strategy.distribute_datasets_from_function(val_fn)
+        for epoch in range(first_epoch + 1, config.epochs + 1):
+            optimizer.learning_rate.assign(state.learning_rate)
+            bar = _progress_bar(steps, epoch, config.epochs) if rank == 0 and session.progress() else None
+            start = time.perf_counter()
+            loss_sum = correct_sum = 0.0
+            for step in range(steps):
+                loss, correct = train_step(train_iter)
+                loss_sum += float(loss)
+                correct_sum += float(correct)
+                if bar is not None:
+                    seen = (step + 1) * config.global_batch_size
+                    bar.update(step + 1, [("loss", loss_sum / (step + 1)), ("accuracy", correct_sum / seen)])
+            train_seconds = time.perf_counter() - start
+            val_iter = iter(val_dist)
+            val_loss = val_correct = 0.0
+            for _ in range(val_steps):
+                vl, vc = eval_step(val_iter)
+                val_loss += float(vl)
+                val_correct += float(vc)
+            row = {
+                "epoch": epoch,
+                "loss": loss_sum / steps,
+                "accuracy": correct_sum / (steps * config.global_batch_size),
+                "val_loss": val_loss / len(dataset.val),
+                "val_accuracy": val_correct / len(dataset.val),
+                "learning_rate": state.learning_rate,
+                "images_per_second": steps * config.global_batch_size / train_seconds,
+                "epoch_seconds": time.perf_counter() - start,
+            }
+            improved, stop = state.update(row, config)
+            if improved:
+                best_weights = [np.asarray(v.numpy()) for v in model.variables]
+            if rank == 0:
+                log.info(
+                    "epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f lr %.3g %.0f img/s%s",
+                    epoch, config.epochs, row["loss"], row["accuracy"], row["val_loss"], row["val_accuracy"],
+                    row["learning_rate"], row["images_per_second"], " *" if improved else "",
+                )
+                outputs.epoch_end(state)
+            checkpoint_dir = None
+            if rank == 0:
+                checkpoint_dir = tempfile.mkdtemp(prefix="fer_dist_ckpt_")
+                write_checkpoint(checkpoint_dir, model, optimizer, state, config, best_weights)
+            session.report(dict(row, best_val_accuracy=state.best_val_accuracy, stopped_early=stop), checkpoint_dir)
+            if checkpoint_dir:
+                shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            if stop:
+                if rank == 0:
+                    log.info(
+                        "early stop: val_loss has not improved for %d epochs; restoring epoch %d",
+                        config.early_stop_patience, state.best_epoch,
+                    )
+                break
+
+    if rank != 0:
+        return FitResult(state=state, model=None, rank=rank, dataset=dataset)
+    # A strategy-free copy holding the best weights: for evaluation and export on rank 0 only.
+    final = model_lib.build(config)
+    values = best_weights if best_weights is not None else [np.asarray(v.numpy()) for v in model.variables]
+    for v, a in zip(final.variables, values):
+        v.assign(a)
+    return FitResult(state=state, model=final, rank=rank, dataset=dataset)
+
+
+def _progress_bar(steps: int, epoch: int, epochs: int):
+    import keras
+
+    print(f"Epoch {epoch}/{epochs}", flush=True)
+    return keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy"])
+
+
+class RunOutputs:
+    """Rank 0's files in the run directory: config.json, history.csv, TensorBoard scalars."""
+
+    def __init__(self, run_dir: str, config: TrainConfig):
+        self.run_dir = run_dir
+        self.config = config
+        local = storage.local_path(run_dir)
+        self._tb_local = os.path.join(local, "tensorboard") if local else tempfile.mkdtemp(prefix="fer_dist_tb_")
+        self._writer = None
+
+    def start(self, state: LoopState) -> None:
+        storage.write_text(storage.join(self.run_dir, "config.json"), self.config.to_json())
+        if state.history:
+            self.write_history(state.history)
+
+    def write_history(self, history: list[dict]) -> None:
+        import pandas as pd
+
+        buf = io.StringIO()
+        pd.DataFrame(history).to_csv(buf, index=False)
+        storage.write_text(storage.join(self.run_dir, "history.csv"), buf.getvalue())
+
+    def epoch_end(self, state: LoopState) -> None:
+        import tensorflow as tf
+
+        self.write_history(state.history)
+        row = state.history[-1]
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self._tb_local, "train"))
+        with self._writer.as_default(step=row["epoch"]):
+            for key, value in row.items():
+                if key != "epoch":
+                    tf.summary.scalar(key, value)
+        self._writer.flush()
+        if storage.local_path(self.run_dir) is None:
+            storage.upload_dir(self._tb_local, storage.join(self.run_dir, "tensorboard"))

@@ -1,0 +1,385 @@
+"""Ray Tune over distributed trials: every trial is a Ray Train run of `launch.make_trainer`.
+
+    python jobs/tune.py                                          # a small local search, built-in data
+    python jobs/tune.py --data gs://BUCKET/fer2013.csv.gz --storage gs://BUCKET/fer/tune --preset seed
+
+Train V2 way: a Tune *function* trainable calls `trainer.fit()` with `TuneReportCallback`,
+and names its Train run after the trial (`trial-<id>`), so a resumed or retried trial
+continues from its own checkpoints. ASHA stops weak trials (random search, or Optuna).
+
+ray-project/ray#54305: when Tune stops a Train V2 trial, the placement group of its worker
+group is not released and the next trial waits forever. Each trial's rank-0 worker records
+its placement group id in Ray's KV store (`record_placement_group`), and
+`ReleaseTrialPlacementGroups.on_trial_complete/on_trial_error` removes exactly that group:
+safe with concurrent trials, because other trials' groups are never touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import time
+
+from fer_dist import storage
+from fer_dist.config import TrainConfig, _field_types, _coerce
+from fer_dist.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PG_KEY = "fer_dist/placement_group/{run}"
+TRIALS_DIR = "trials"
+
+
+# ---------------------------------------------------------------------------------
+# Search spaces: code, per preset; narrowed or widened with --space key=spec.
+# ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Dim:
+    """One searched field: `choice` values, or a `uniform`/`loguniform` range."""
+
+    kind: str  # choice | uniform | loguniform
+    values: tuple
+
+    def to_tune(self):
+        from ray import tune
+
+        if self.kind == "choice":
+            return tune.choice(list(self.values))
+        low, high = self.values
+        return tune.loguniform(low, high) if self.kind == "loguniform" else tune.uniform(low, high)
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            return "{" + ", ".join(map(str, self.values)) + "}"
+        return f"{self.kind}[{self.values[0]:g}, {self.values[1]:g}]"
+
+
+SPACES: dict[str, dict[str, Dim]] = {
+    # The seed found smaller batches better: powers of two from 16.
+    "seed": {
+        "global_batch_size": Dim("choice", (16, 32, 64, 128)),
+        "dropout": Dim("uniform", (0.2, 0.6)),
+        "decay_factor": Dim("choice", (0.5, 0.7, 0.9)),
+        "learning_rate": Dim("loguniform", (1e-4, 3e-3)),
+    },
+    "demo": {
+        "global_batch_size": Dim("choice", (32, 64, 128)),
+        "dropout": Dim("uniform", (0.1, 0.5)),
+        "decay_factor": Dim("choice", (0.3, 0.5, 0.8)),
+        "learning_rate": Dim("loguniform", (5e-4, 1e-2)),
+    },
+}
+SPACES["smoke"] = SPACES["demo"]
+SPACES["quick"] = SPACES["demo"]
+
+
+def parse_space(preset: str, specs: list[str] | None) -> dict[str, Dim]:
+    """The preset's space with `key=spec` edits: `a,b,c` (choice), `lo:hi` (uniform),
+    `log:lo:hi` (log-uniform), `off` (drop the key: it keeps its config value)."""
+    space = dict(SPACES.get(preset, SPACES["seed"]))
+    types = _field_types()
+    for item in specs or []:
+        key, sep, spec = item.partition("=")
+        key, spec = key.strip(), spec.strip()
+        if not sep or not spec:
+            raise UserError(f"--space {item!r}: expected key=a,b,c | key=lo:hi | key=log:lo:hi | key=off")
+        if key not in types:
+            raise UserError(f"--space {item!r}: unknown config key {key!r}")
+        if spec == "off":
+            space.pop(key, None)
+            continue
+        parts = spec.split(":")
+        try:
+            if parts[0] == "log" and len(parts) == 3:
+                dim = Dim("loguniform", (float(parts[1]), float(parts[2])))
+            elif len(parts) == 2:
+                dim = Dim("uniform", (float(parts[0]), float(parts[1])))
+            else:
+                dim = Dim("choice", tuple(_coerce(key, v, types[key], "--space") for v in spec.split(",")))
+        except ValueError:
+            raise UserError(f"--space {item!r}: range bounds must be numbers") from None
+        if dim.kind != "choice" and not dim.values[0] < dim.values[1]:
+            raise UserError(f"--space {item!r}: expected low < high")
+        if dim.kind == "loguniform" and dim.values[0] <= 0:
+            raise UserError(f"--space {item!r}: log-uniform bounds must be > 0")
+        space[key] = dim
+    return space
+
+
+def check_space(base: TrainConfig, space: dict[str, Dim], workers_per_trial: int) -> None:
+    """Every corner of the space must make a valid config; batch sizes must split over workers."""
+    for key, dim in space.items():
+        for value in dim.values:
+            try:
+                base.replace(**{key: value})
+            except UserError as e:
+                raise UserError(f"--space {key}: {e}") from None
+    for batch in space.get("global_batch_size", Dim("choice", (base.global_batch_size,))).values:
+        if int(batch) % workers_per_trial:
+            raise UserError(f"--space global_batch_size: {batch} does not divide over --workers-per-trial {workers_per_trial}")
+
+
+# ---------------------------------------------------------------------------------
+# ray-project/ray#54305 workaround.
+# ---------------------------------------------------------------------------------
+def record_placement_group(run_name: str) -> None:
+    """Called by a trial's rank-0 Train worker: remember its worker placement group."""
+    import ray
+    from ray.experimental import internal_kv
+
+    pg = ray.util.get_current_placement_group()
+    if pg is not None and internal_kv._internal_kv_initialized():
+        internal_kv._internal_kv_put(PG_KEY.format(run=run_name), pg.id.hex(), overwrite=True)
+
+
+def release_placement_group(run_name: str) -> bool:
+    """Removes the recorded worker placement group of a finished trial; True if one was removed."""
+    import ray
+    from ray.experimental import internal_kv
+    from ray.util.placement_group import PlacementGroup
+
+    key = PG_KEY.format(run=run_name)
+    pg_hex = internal_kv._internal_kv_get(key)
+    if not pg_hex:
+        return False
+    internal_kv._internal_kv_del(key)
+    pg_id = pg_hex.decode() if isinstance(pg_hex, bytes) else pg_hex
+    state = ray.util.placement_group_table().get(pg_id, {}).get("state")
+    if state in (None, "REMOVED"):
+        return False
+    ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+    log.info("released the leftover worker placement group of %s (ray-project/ray#54305)", run_name)
+    return True
+
+
+def trial_run_name(trial_id: str) -> str:
+    return f"trial-{trial_id}"
+
+
+def _callback_class():
+    from ray.tune import Callback
+
+    class ReleaseTrialPlacementGroups(Callback):
+        """Frees a stopped/finished trial's Train worker group (ray-project/ray#54305)."""
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            release_placement_group(trial_run_name(trial.trial_id))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            release_placement_group(trial_run_name(trial.trial_id))
+
+    return ReleaseTrialPlacementGroups
+
+
+# ---------------------------------------------------------------------------------
+# The trial and the search.
+# ---------------------------------------------------------------------------------
+def run_trial(params: dict, *, base_json: str, trials_uri: str, workers: int, gpus_per_worker: float, cpus_per_worker: float) -> None:
+    """The Tune function trainable: one distributed Ray Train run."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from fer_dist import launch
+
+    config = TrainConfig.from_json(base_json).replace(**params)
+    name = trial_run_name(tune.get_context().get_trial_id())
+    trainer = launch.make_trainer(
+        config, storage_uri=trials_uri, name=name, num_workers=workers, gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker, max_failures=1, callbacks=[TuneReportCallback()],
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpec:
+    samples: int = 8
+    workers_per_trial: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    max_concurrent: int = 2
+    metric: str = "val_accuracy"
+    grace_period: int = 1
+    reduction_factor: int = 2
+    searcher: str = "random"  # random | optuna
+
+
+def search(base: TrainConfig, space: dict[str, Dim], spec: SearchSpec, *, storage_uri: str, name: str, resume: bool):
+    """Runs (or resumes) a search; writes results.csv, curves PNG, best_config.json, best_model/."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from fer_dist import launch
+
+    mode = "min" if spec.metric.endswith("loss") else "max"
+    search_uri = storage.join(storage_uri, name)
+    fs, path = storage.filesystem(storage_uri)
+    trials_uri = storage.join(search_uri, TRIALS_DIR)
+    launch.ensure_ray()
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial, base_json=base.to_json(), trials_uri=trials_uri, workers=spec.workers_per_trial,
+            gpus_per_worker=spec.gpus_per_worker, cpus_per_worker=spec.cpus_per_worker,
+        ),
+        {"CPU": 0.01},  # the trial driver only coordinates; {"CPU": 0} is refused by Tune
+    )
+    tune_path = storage.join(path, name) if storage.is_gcs(storage_uri) else storage.filesystem(search_uri)[1]
+    if resume:
+        if not tune.Tuner.can_restore(tune_path, storage_filesystem=fs):
+            raise UserError(f"--resume: no search to resume at {search_uri}")
+        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
+    else:
+        if storage.exists(search_uri) and storage.listdir(search_uri):
+            raise UserError(f"search directory {search_uri} already exists: pass --resume to continue it, or choose another --name")
+        storage.write_text(storage.join(search_uri, "base_config.json"), base.to_json())
+        storage.write_text(
+            storage.join(search_uri, "space.json"),
+            json.dumps({k: {"kind": d.kind, "values": list(d.values)} for k, d in space.items()}, indent=2) + "\n",
+        )
+        search_alg = None
+        if spec.searcher == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            search_alg = OptunaSearch(seed=base.seed)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={k: d.to_tune() for k, d in space.items()},
+            tune_config=tune.TuneConfig(
+                metric=spec.metric,
+                mode=mode,
+                num_samples=spec.samples,
+                max_concurrent_trials=spec.max_concurrent,
+                search_alg=search_alg,
+                scheduler=ASHAScheduler(
+                    time_attr="epoch", max_t=base.epochs, grace_period=spec.grace_period,
+                    reduction_factor=spec.reduction_factor,
+                ),
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=path, storage_filesystem=fs,
+                callbacks=[_callback_class()()], verbose=1,
+            ),
+        )
+    log.info("search %s: %d samples, %d worker(s)/trial, space %s", search_uri, spec.samples, spec.workers_per_trial,
+             ", ".join(f"{k}={d.describe()}" for k, d in space.items()))
+    start = time.perf_counter()
+    grid = tuner.fit()
+    log.info("search finished in %.0f s", time.perf_counter() - start)
+    return summarize(grid, base, spec, search_uri, trials_uri)
+
+
+def results_table(grid, base: TrainConfig, spec: SearchSpec):
+    import pandas as pd
+
+    rows, curves = [], {}
+    for result in grid:
+        if result.metrics is None or not result.metrics:
+            continue
+        trial_id = result.metrics.get("trial_id") or os.path.basename(result.path)
+        history = result.metrics_dataframe
+        history = history if history is not None else pd.DataFrame([result.metrics])
+        epochs_run = int(history["epoch"].max()) if "epoch" in history else 0
+        params = result.config or {}
+        config = base.replace(**params)
+        early = bool(history.get("stopped_early", pd.Series([False])).fillna(False).astype(bool).any())
+        best = history[spec.metric].max() if spec.metric in history else math.nan
+        rows.append({
+            "trial": trial_run_name(trial_id),
+            **{k: params[k] for k in sorted(params)},
+            f"best_{spec.metric}": best,
+            "epochs_run": epochs_run,
+            "stopped": "early_stop" if early else ("asha" if epochs_run < config.epochs else "no"),
+            "wall_seconds": round(float(history["time_total_s"].max()), 1) if "time_total_s" in history else math.nan,
+            "error": "" if result.error is None else type(result.error).__name__,
+        })
+        if "epoch" in history and spec.metric in history:
+            curves[trial_run_name(trial_id)] = history[["epoch", spec.metric]]
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table = table.sort_values(f"best_{spec.metric}", ascending=spec.metric.endswith("loss")).reset_index(drop=True)
+    return table, curves
+
+
+def _curves_png(curves: dict, metric: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for trial, df in sorted(curves.items()):
+        ax.plot(df["epoch"], df[metric], marker="o", ms=3, label=trial)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} of every trial")
+    ax.grid(alpha=0.3)
+    if len(curves) <= 12:
+        ax.legend(fontsize=7)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def summarize(grid, base: TrainConfig, spec: SearchSpec, search_uri: str, trials_uri: str) -> dict:
+    """results.csv, <metric>_curves.png, best_config.json and best_model/ in the search directory."""
+    import pandas as pd
+
+    table, curves = results_table(grid, base, spec)
+    if table.empty:
+        raise UserError(f"search {search_uri}: no trial reported any result")
+    buf = io.StringIO()
+    table.to_csv(buf, index=False)
+    storage.write_text(storage.join(search_uri, "results.csv"), buf.getvalue())
+    storage.write_bytes(storage.join(search_uri, f"{spec.metric}_curves.png"), _curves_png(curves, spec.metric))
+    mode = "min" if spec.metric.endswith("loss") else "max"
+    best = grid.get_best_result(metric=spec.metric, mode=mode, scope="all")
+    best_config = base.replace(**(best.config or {}))
+    storage.write_text(storage.join(search_uri, "best_config.json"), best_config.to_json())
+    export_best(best, best_config, spec.metric, mode, storage.join(search_uri, "best_model"))
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
+    print(
+        f"search directory: {search_uri}\n"
+        f"best trial: {table.iloc[0]['trial']} {spec.metric}={table.iloc[0][f'best_{spec.metric}']:.4f}\n"
+        f"retrain it: python jobs/train.py --config {storage.join(search_uri, 'best_config.json')}\n"
+        f"evaluate it: python jobs/evaluate.py {storage.join(search_uri, 'best_model')} --data {base.data}",
+        flush=True,
+    )
+    return {"results": table, "best_config": best_config, "search_dir": search_uri}
+
+
+def export_best(best, config: TrainConfig, metric: str, mode: str, target_uri: str) -> None:
+    """The best trial's best checkpoint as a run directory: config.json, model.keras, checkpoint metrics."""
+    import tempfile
+
+    import keras
+    import numpy as np
+
+    from fer_dist import model as model_lib
+
+    checkpoints = best.best_checkpoints or []
+    if not checkpoints:
+        log.warning("the best trial has no checkpoint to export")
+        return
+    key = (lambda cm: cm[1].get(metric, -math.inf)) if mode == "max" else (lambda cm: -cm[1].get(metric, math.inf))
+    checkpoint, metrics = max(checkpoints, key=key)
+    with checkpoint.as_directory() as d, tempfile.TemporaryDirectory(prefix="fer_dist_best_") as tmp:
+        model = model_lib.build(config)
+        with np.load(os.path.join(d, "model.npz")) as saved:
+            for i, v in enumerate(model.variables):
+                v.assign(saved[f"arr_{i}"])
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        storage.write_bytes(storage.join(target_uri, "model.keras"), open(path, "rb").read())
+    storage.write_text(storage.join(target_uri, "config.json"), config.to_json())
+    clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
+    storage.write_text(storage.join(target_uri, "checkpoint_metrics.json"), json.dumps(clean, indent=2) + "\n")
+    keras.backend.clear_session()

@@ -1,0 +1,107 @@
+"""The real training loop on tiny data: learning, outputs, checkpoints, exact resume."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fer_dist import config as C, train as T
+from tests.tiny import tiny_dataset
+
+SMOKE = {"epochs": "3", "builtin_size": "600", "learning_rate": "0.003"}
+
+
+class Interrupt(Exception):
+    pass
+
+
+class StopAfter(T.LocalSession):
+    """A local session that dies right after the checkpoint of epoch `n` is stored."""
+
+    def __init__(self, run_dir, n):
+        super().__init__(run_dir, show_progress=False)
+        self.n = n
+
+    def report(self, metrics, checkpoint_dir):
+        super().report(metrics, checkpoint_dir)
+        if metrics["epoch"] == self.n:
+            raise Interrupt()
+
+
+def test_loop_learns_and_writes_outputs(tmp_path):
+    cfg = C.resolve("smoke", SMOKE)
+    run_dir = str(tmp_path / "run")
+    result = T.fit(cfg, T.LocalSession(run_dir, keep_checkpoints=1, show_progress=False), dataset=tiny_dataset())
+    state = result.state
+    assert [row["epoch"] for row in state.history] == [1, 2, 3]
+    assert state.history[-1]["accuracy"] > 0.6 and state.history[-1]["val_accuracy"] > 0.6
+    assert state.history[-1]["loss"] < state.history[0]["loss"]
+    history = pd.read_csv(os.path.join(run_dir, "history.csv"))
+    assert list(history.columns[:7]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_second"]
+    assert len(history) == 3
+    assert json.load(open(os.path.join(run_dir, "config.json"))) == cfg.to_dict()
+    assert os.listdir(os.path.join(run_dir, "tensorboard", "train"))
+    # keep_checkpoints=1: the best by val_accuracy plus the latest; each complete with its config.
+    kept = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
+    assert "epoch_0003" in kept and 1 <= len(kept) <= 2
+    for name in kept:
+        files = set(os.listdir(os.path.join(run_dir, "checkpoints", name)))
+        assert {"model.npz", "optimizer.npz", "config.json", "state.json"} <= files
+    assert result.model is not None and result.rank == 0
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    cfg = C.resolve("smoke", dict(SMOKE, deterministic="true"))
+    data = tiny_dataset()
+    straight = T.fit(cfg, T.LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
+
+    with pytest.raises(Interrupt):
+        T.fit(cfg, StopAfter(str(tmp_path / "b"), 2), dataset=data)
+    resumed = T.fit(cfg, T.LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data)
+
+    assert [r["epoch"] for r in resumed.state.history] == [1, 2, 3]
+    for a, b in zip(straight.model.variables, resumed.model.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+    assert straight.state.history[-1]["val_loss"] == resumed.state.history[-1]["val_loss"]
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+    from fer_dist.errors import UserError
+
+    cfg = C.resolve("smoke", dict(SMOKE, epochs="1"))
+    T.fit(cfg, T.LocalSession(str(tmp_path / "r"), show_progress=False), dataset=tiny_dataset())
+    wider = cfg.replace(head_units=(48,), epochs=2)
+    with pytest.raises(UserError, match="does not match this config's model"):
+        T.fit(wider, T.LocalSession(str(tmp_path / "r"), show_progress=False), dataset=tiny_dataset())
+
+
+def _row(epoch, val_loss):
+    return {"epoch": epoch, "val_loss": val_loss, "val_accuracy": 0.5}
+
+
+def test_plateau_decay_and_early_stop():
+    cfg = C.resolve("seed", {"decay_factor": "0.5", "decay_patience": "2", "early_stop_patience": "3", "learning_rate": "0.1"})
+    s = T.LoopState(learning_rate=0.1)
+    assert s.update(_row(1, 1.0), cfg) == (True, False)
+    assert s.update(_row(2, 1.1), cfg) == (False, False) and s.learning_rate == 0.1
+    assert s.update(_row(3, 1.2), cfg) == (False, False) and s.learning_rate == 0.05  # 2 epochs without improvement
+    assert s.update(_row(4, 1.3), cfg) == (False, True)  # 3 epochs: stop
+    assert s.best_epoch == 1 and s.stopped_early
+
+
+def test_no_early_stop_when_patience_zero():
+    cfg = C.resolve("smoke", {"early_stop_patience": "0"})
+    s = T.LoopState(learning_rate=0.1)
+    for e in range(1, 20):
+        _, stop = s.update(_row(e, 1.0 + e), cfg)
+        assert not stop
+
+
+def test_batch_larger_than_data_is_a_user_error(tmp_path):
+    from fer_dist.errors import UserError
+
+    cfg = C.resolve("smoke", {"global_batch_size": "4096"})
+    with pytest.raises(UserError, match="global_batch_size=4096 is larger than"):
+        T.fit(cfg, T.LocalSession(str(tmp_path / "r"), show_progress=False), dataset=tiny_dataset())
