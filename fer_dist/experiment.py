@@ -84,8 +84,10 @@ def finish(result, config: TrainConfig, run_dir: str) -> dict:
     """Rank 0 after training: metrics.json, confusion matrices, curves, exported model."""
     from fer_dist import evaluate
 
+    log.info("final evaluation with the weights of epoch %d", result.state.best_epoch)
     metrics = evaluate.evaluate_run(result.model, result.dataset, config, run_dir, result.state)
     export_model(result.model, run_dir)
+    log.info("exported model.keras and saved_model/ to %s", run_dir)
     return metrics
 
 

@@ -24,6 +24,8 @@ from fer_dist.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_PREFIX = "checkpoint_epoch_"
+CHECKPOINT_FILES = ("model.npz", "optimizer.npz", "config.json", "state.json")
 # Environment that Ray workers must share with the driver.
 PROPAGATED_ENV = ("STORAGE_EMULATOR_HOST", "TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL", "GOOGLE_CLOUD_PROJECT")
 
@@ -35,19 +37,31 @@ class RaySession:
         self.run_dir = run_dir
 
     def restore_dir(self) -> str | None:
+        """Ray's latest registered checkpoint, else the newest complete one in storage.
+
+        A worker killed just after uploading a checkpoint, before the controller registered
+        its report, leaves Ray with no checkpoint while storage holds one: using it keeps
+        the loss at most one epoch."""
         import ray.train
 
+        target = tempfile.mkdtemp(prefix="fer_dist_restore_")
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        return checkpoint.to_directory(tempfile.mkdtemp(prefix="fer_dist_restore_"))
+        if checkpoint is not None:
+            return checkpoint.to_directory(target)
+        names = [n for n in storage.listdir(self.run_dir) if n.startswith(CHECKPOINT_PREFIX)]
+        for name in reversed(names):
+            uri = storage.join(self.run_dir, name)
+            if set(CHECKPOINT_FILES) <= set(storage.listdir(uri)):
+                log.info("Ray registered no checkpoint; resuming from %s found in storage", uri)
+                return storage.download_dir(uri, target)
+        return None
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         import ray.train
 
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(
-            metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch_{metrics['epoch']:04d}"
+            metrics, checkpoint=checkpoint, checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{metrics['epoch']:04d}"
         )
 
     def progress(self) -> bool:
@@ -62,8 +76,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     from fer_dist import cli, experiment, train
 
     cli.setup_logging()
-    threads = int(loop_config["cpus_per_worker"])
-    if threads >= 1:  # 2 workers on 2 cores must not each take every core
+    threads = max(1, round(loop_config["cpus_per_worker"]))
+    if threads:  # 2 workers on 2 cores must not each take every core
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     config = TrainConfig.from_json(loop_config["config_json"])

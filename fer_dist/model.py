@@ -11,7 +11,7 @@
   mode in Keras 3 (it uses its moving statistics whenever `trainable` is False). BatchNorm
   layers past the frozen block train as in the seed recipe, unless `train_batchnorm=false`
   keeps every BatchNorm frozen (the usual rule when unfreezing a pretrained trunk).
-- backbone `compact`: a ~60k-parameter mini-Xception for CPU demos and fast tests.
+- backbone `compact`: a ~100k-parameter CNN for CPU demos and fast tests.
 - head: pooling (flatten or global average), then per `head_units` entry
   Dense(he_uniform) -> BatchNorm -> ReLU -> Dropout, then Dense(7) logits in float32.
 """
@@ -71,35 +71,33 @@ def _resnet50_trunk(config: TrainConfig) -> keras.Model:
     return trunk
 
 
-def _separable_block(x, filters: int, name: str):
-    residual = keras.layers.Conv2D(filters, 1, strides=2, padding="same", use_bias=False, name=f"{name}_skip")(x)
-    residual = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_skip_bn")(residual)
-    for i in (1, 2):
-        x = keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sep{i}")(x)
-        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{i}")(x)
-        if i == 1:
-            x = keras.layers.ReLU(name=f"{name}_relu")(x)
-    x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name=f"{name}_pool")(x)
-    return keras.layers.Add(name=f"{name}_add")([x, residual])
-
-
 def _compact_trunk(config: TrainConfig) -> keras.Model:
-    """Mini-Xception (Arriaga et al. 2017 style), ~60k parameters."""
+    """A ~100k-parameter CNN for CPU demos and fast tests.
+
+    A stride-2 stem, then conv-BN-ReLU + max-pool stages of 32/64/128 filters. Measured on
+    the 2-core CPU (batch 128, training step): 730 img/s, against 196 img/s for a
+    mini-Xception (Arriaga et al. 2017) of half the parameters, whose full-resolution
+    BatchNorm and depthwise-convolution gradients are slow on TensorFlow's CPU kernels.
+    """
     if config.weights.lower() not in ("none", "imagenet") and not os.path.exists(config.weights):
         raise UserError(f"weights={config.weights!r}: no such weights file")
     inputs = keras.Input((config.image_size, config.image_size, 3), name="trunk_input")
     # Inputs are ResNet-preprocessed (roughly centred 0-255 values): bring them to ~unit scale.
     x = keras.layers.Rescaling(1.0 / 64.0, name="rescale")(inputs)
-    for i, filters in enumerate((8, 8), start=1):
-        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"stem_conv{i}")(x)
-        x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"stem_bn{i}")(x)
-        x = keras.layers.ReLU(name=f"stem_relu{i}")(x)
-    for filters in (16, 32, 64, 128):
-        x = _separable_block(x, filters, name=f"block{filters}")
+    x = _conv_bn_relu(x, 32, strides=2, name="stem")
+    for filters in (32, 64, 128):
+        x = _conv_bn_relu(x, filters, strides=1, name=f"stage{filters}")
+        x = keras.layers.MaxPooling2D(2, name=f"stage{filters}_pool")(x)
     trunk = keras.Model(inputs, x, name=TRUNK_NAME)
     if config.weights.lower() not in ("none", "imagenet"):
         trunk.load_weights(config.weights)
     return trunk
+
+
+def _conv_bn_relu(x, filters: int, strides: int, name: str):
+    x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
 def _freeze(trunk: keras.Model, config: TrainConfig) -> int:

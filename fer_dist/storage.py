@@ -14,6 +14,7 @@ name and renamed; a GCS object appears whole when its upload finishes.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import posixpath
@@ -38,12 +39,22 @@ def join(uri: str, *parts: str) -> str:
     return os.path.join(uri, *parts)
 
 
+def _emulator_endpoint(emulator_host: str) -> tuple[str, str]:
+    """(scheme, "host:port") of `STORAGE_EMULATOR_HOST`, given with or without a scheme."""
+    host = emulator_host.strip()
+    scheme, sep, rest = host.partition("://")
+    if not sep:
+        scheme, rest = "http", host
+    return (scheme or "http"), rest.split("/", 1)[0]
+
+
 @functools.lru_cache(maxsize=None)
 def _gcs(emulator_host: str | None) -> pafs.GcsFileSystem:
     if emulator_host:
-        scheme, _, host = emulator_host.rpartition("://")
+        scheme, endpoint = _emulator_endpoint(emulator_host)
         return pafs.GcsFileSystem(
-            anonymous=True, scheme=scheme or "http", endpoint_override=host, retry_time_limit=__import__("datetime").timedelta(seconds=10)
+            anonymous=True, scheme=scheme, endpoint_override=endpoint,
+            retry_time_limit=datetime.timedelta(seconds=10),
         )
     return pafs.GcsFileSystem()
 
@@ -69,12 +80,27 @@ def is_dir(uri: str) -> bool:
 
 
 def listdir(uri: str) -> list[str]:
-    """Names (not paths) of the entries directly under `uri`, sorted; [] if it does not exist."""
+    """Names (not paths) of the entries directly under `uri`, sorted; [] if it does not exist.
+
+    On GCS, directories are virtual: a "directory" exists because objects are below it,
+    with or without a `name/` marker object. pyarrow's non-recursive listing only shows
+    marker objects (and gcp-storage-emulator not even those), so the GCS listing is
+    recursive and keeps the first path component of every entry.
+    """
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
-    return sorted(posixpath.basename(i.path.rstrip("/")) for i in infos)
+    if not is_gcs(uri):
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+        return sorted(os.path.basename(i.path.rstrip("/")) for i in infos)
+    base = path.rstrip("/") + "/"
+    names = set()
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
+        if info.path.startswith(base):
+            name = info.path[len(base):].strip("/").split("/", 1)[0]
+            if name:
+                names.add(name)
+    return sorted(names)
 
 
 def walk_files(uri: str) -> Iterator[str]:
@@ -153,6 +179,9 @@ def download_dir(uri: str, local_dir: str) -> str:
     if isinstance(fs, pafs.LocalFileSystem):
         shutil.copytree(path, local_dir, dirs_exist_ok=True)
         return local_dir
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"no such directory: {uri}")
+    os.makedirs(local_dir, exist_ok=True)
     for rel in walk_files(uri):
         dst = os.path.join(local_dir, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
@@ -162,8 +191,27 @@ def download_dir(uri: str, local_dir: str) -> str:
 
 
 def delete_dir(uri: str) -> None:
+    """Deletes a directory and everything below it; nothing happens if it is absent.
+
+    On GCS this works whether or not the directory has `name/` marker objects
+    (pyarrow's `delete_dir` alone fails with 404 on a marker-less, virtual directory).
+    """
     fs, path = filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return
+    if not is_gcs(uri):
+        fs.delete_dir(path)
+        return
+    if "/" not in path:  # a bucket root: empty it entry by entry, never delete the bucket
+        for name in listdir(uri):
+            child = join(uri, name)
+            if is_dir(child):
+                delete_dir(child)
+            else:
+                fs.delete_file(f"{path}/{name}")
+        return
+    fs.delete_dir_contents(path, missing_dir_ok=True)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:  # only its marker is left
         fs.delete_dir(path)
 
 

@@ -59,6 +59,10 @@ PROTOTYPES: tuple[tuple[Prototype, ...], ...] = (
 
 Draw = ImageDraw.ImageDraw
 Rng = np.random.Generator
+# Part painters, keyed by shape name in the tables EYES, BROWS and MOUTHS below.
+EyePainter = Callable[[Draw, float, float, float, float, Rng], None]  # (x, y, skin, ink, rng)
+BrowPainter = Callable[[Draw, float, float, int, float, Rng], None]  # (x, y, side, ink, rng)
+MouthPainter = Callable[[Draw, float, float, float, float, float, Rng], None]  # (x, y, half_width, skin, ink, rng)
 
 
 def generate(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -113,12 +117,14 @@ def _draw_head(draw: Draw, cx: float, cy: float, skin: float, rng: Rng) -> None:
 
 
 def _draw_nose(draw: Draw, cx: float, cy: float, ink: float, rng: Rng) -> None:
+    """Two nostrils, from as dark as the other features to half-way to white."""
     y = cy + rng.uniform(4, 8)
-    for side in (-1, 1):
-        draw.ellipse((cx + side * 3 - 1.2, y - 1.2, cx + side * 3 + 1.2, y + 1.2), fill=int(ink + 0.5 * (255 - ink) * rng.random()))
+    tone = int(ink + 0.5 * (255 - ink) * rng.random())
+    for x in (cx - 3, cx + 3):
+        draw.ellipse((x - 1.2, y - 1.2, x + 1.2, y + 1.2), fill=tone)
 
 
-# --- eyes: (draw, x, y, skin, ink, rng) ---------------------------------------
+# --- eyes --------------------------------------------------------------------
 def _eye(draw: Draw, x: float, y: float, half_w: float, half_h: float, skin: float, ink: float, pupil: float) -> None:
     white = min(255.0, skin + 40)
     draw.ellipse((x - half_w, y - half_h, x + half_w, y + half_h), fill=int(white), outline=int(ink), width=2)
@@ -138,14 +144,14 @@ def _eye_narrow(draw: Draw, x: float, y: float, skin: float, ink: float, rng: Rn
     draw.line((x - half_w, y, x + half_w, y), fill=int(ink), width=3)
 
 
-EYES: dict[str, Callable[[Draw, float, float, float, float, Rng], None]] = {
+EYES: dict[str, EyePainter] = {
     "normal": _eye_normal,
     "wide": _eye_wide,
     "narrow": _eye_narrow,
 }
 
 
-# --- brows: (draw, x, y, side, ink, rng); side -1 is the left brow, +1 the right --
+# --- brows (side -1 is the left brow, +1 the right) ----------------------------
 def _brow(draw: Draw, points: list[tuple[float, float]], ink: float) -> None:
     draw.line(points, fill=int(ink), width=3, joint="curve")
 
@@ -174,7 +180,7 @@ def _brow_raised(draw: Draw, x: float, y: float, side: int, ink: float, rng: Rng
     _brow(draw, [(x - 7, y + arch), (x, y), (x + 7, y + arch)], ink)
 
 
-BROWS: dict[str, Callable[[Draw, float, float, int, float, Rng], None]] = {
+BROWS: dict[str, BrowPainter] = {
     "flat": _brow_flat,
     "furrowed": _brow_furrowed,
     "sad": _brow_sad,
@@ -182,7 +188,7 @@ BROWS: dict[str, Callable[[Draw, float, float, int, float, Rng], None]] = {
 }
 
 
-# --- mouths: (draw, x, y, half_width, skin, ink, rng) ---------------------------
+# --- mouths ------------------------------------------------------------------
 def _curve(x: float, y: float, half_w: float, sag: float, steps: int = 8) -> list[tuple[float, float]]:
     """A parabola from corner to corner whose middle sits `sag` px below the corners."""
     xs = np.linspace(-1.0, 1.0, steps)
@@ -190,11 +196,11 @@ def _curve(x: float, y: float, half_w: float, sag: float, steps: int = 8) -> lis
 
 
 def _mouth_smile(draw: Draw, x: float, y: float, half_w: float, skin: float, ink: float, rng: Rng) -> None:
-    draw.line(_curve(x, y, half_w, rng.uniform(4, 7)), fill=int(ink), width=3, joint="curve")
+    draw.line(_curve(x, y, half_w, rng.uniform(5, 8)), fill=int(ink), width=3, joint="curve")
 
 
 def _mouth_frown(draw: Draw, x: float, y: float, half_w: float, skin: float, ink: float, rng: Rng) -> None:
-    draw.line(_curve(x, y, half_w, -rng.uniform(4, 7)), fill=int(ink), width=3, joint="curve")
+    draw.line(_curve(x, y, half_w, -rng.uniform(5, 8)), fill=int(ink), width=3, joint="curve")
 
 
 def _mouth_flat(draw: Draw, x: float, y: float, half_w: float, skin: float, ink: float, rng: Rng) -> None:
@@ -217,7 +223,8 @@ def _mouth_open(draw: Draw, x: float, y: float, half_w: float, skin: float, ink:
 def _mouth_teeth(draw: Draw, x: float, y: float, half_w: float, skin: float, ink: float, rng: Rng) -> None:
     half_h = rng.uniform(3.5, 4.5)
     teeth = int(min(255.0, skin + 50))
-    draw.rounded_rectangle((x - half_w, y - half_h, x + half_w, y + half_h), radius=2, fill=teeth, outline=int(ink), width=2)
+    box = (x - half_w, y - half_h, x + half_w, y + half_h)
+    draw.rounded_rectangle(box, radius=2, fill=teeth, outline=int(ink), width=2)
     draw.line((x - half_w, y, x + half_w, y), fill=int(ink), width=1)
 
 
@@ -229,7 +236,7 @@ def _mouth_grin(draw: Draw, x: float, y: float, half_w: float, skin: float, ink:
     draw.line(upper, fill=int(min(255.0, skin + 50)), width=3, joint="curve")
 
 
-MOUTHS: dict[str, Callable[[Draw, float, float, float, float, float, Rng], None]] = {
+MOUTHS: dict[str, MouthPainter] = {
     "smile": _mouth_smile,
     "grin": _mouth_grin,
     "frown": _mouth_frown,
@@ -250,7 +257,7 @@ def _draw_occluders(draw: Draw, features: list[tuple[float, float]], rng: Rng) -
         draw.rectangle((ox - half_w, oy - half_h, ox + half_w, oy + half_h), fill=int(rng.uniform(0, 255)))
     for _ in range(rng.integers(0, 3)):
         x, y = rng.uniform(0, CANVAS, size=2)
-        length, thickness, angle = rng.uniform(10, 50), rng.uniform(3, 10), rng.uniform(0, math.pi)
+        length, thickness, angle = rng.uniform(10, 40), rng.uniform(3, 8), rng.uniform(0, math.pi)
         dx, dy = math.cos(angle), math.sin(angle)
         corners = [
             (x + sx * dx * length / 2 - sy * dy * thickness / 2, y + sx * dy * length / 2 + sy * dx * thickness / 2)
@@ -281,18 +288,18 @@ def _pose(image: Image.Image, background: float, rng: Rng) -> Image.Image:
 # Photometric nuisance, vectorized over the whole batch.
 # ----------------------------------------------------------------------------
 def _photometric(faces: np.ndarray, rng: Rng) -> np.ndarray:
-    """Lighting gradient, contrast, brightness, blur (40%) and Gaussian noise -> uint8."""
+    """Lighting gradient, contrast, brightness, blur (30%) and Gaussian noise -> uint8."""
     n = len(faces)
     grid = np.linspace(-1.0, 1.0, IMAGE_PIXELS, dtype=np.float32)
     gx, gy = (rng.uniform(-0.35, 0.35, size=(2, n, 1, 1))).astype(np.float32)
     faces = faces * (1 + gx * grid[None, None, :] + gy * grid[None, :, None])
     mean = faces.mean(axis=(1, 2), keepdims=True)
-    contrast = rng.uniform(0.6, 1.3, size=(n, 1, 1)).astype(np.float32)
+    contrast = rng.uniform(0.7, 1.3, size=(n, 1, 1)).astype(np.float32)
     brightness = rng.uniform(-40, 40, size=(n, 1, 1)).astype(np.float32)
     faces = (faces - mean) * contrast + mean + brightness
-    blurred = rng.random(n) < 0.4
+    blurred = rng.random(n) < 0.3
     faces[blurred] = _blur(faces[blurred])
-    sigma = rng.uniform(2, 12, size=(n, 1, 1)).astype(np.float32)
+    sigma = rng.uniform(2, 10, size=(n, 1, 1)).astype(np.float32)
     faces += sigma * rng.standard_normal(faces.shape, dtype=np.float32)
     return np.clip(np.rint(faces), 0, 255).astype(np.uint8)
 

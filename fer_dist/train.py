@@ -285,7 +285,7 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
         state, best_weights = read_checkpoint(restore, model, optimizer)
         shutil.rmtree(restore, ignore_errors=True)
         if rank == 0:
-            log.info("resumed from %s: %d epoch(s) done, continuing at epoch %d", restore, state.epoch, state.epoch + 1)
+            log.info("resumed from the checkpoint of epoch %d; continuing at epoch %d", state.epoch, state.epoch + 1)
     if best_weights is None and state.epoch:
         best_weights = [np.asarray(v.numpy()) for v in model.variables]
 
@@ -396,6 +396,7 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
                     )
                 break
 
+    log.debug("training loop done on rank %d", rank)
     if rank != 0:
         return FitResult(state=state, model=None, rank=rank, dataset=dataset)
     # A strategy-free copy holding the best weights: for evaluation and export on rank 0 only.

@@ -201,7 +201,7 @@ class SearchSpec:
     samples: int = 8
     workers_per_trial: int = 1
     gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 0.95
     max_concurrent: int = 2
     metric: str = "val_accuracy"
     grace_period: int = 1

@@ -34,7 +34,9 @@ def main(
     samples: int = typer.Option(8, "--samples", help="Trials to run."),
     workers_per_trial: int = typer.Option(1, "--workers-per-trial", help="Ray Train workers of each trial."),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker"),
-    cpus_per_worker: float = typer.Option(1.0, "--cpus-per-worker"),
+    cpus_per_worker: float = typer.Option(
+        0.95, "--cpus-per-worker", help="CPUs of each worker; a little under 1 leaves room for the trial drivers (0.01 each)."
+    ),
     max_concurrent: int = typer.Option(2, "--max-concurrent", help="Trials running at once."),
     metric: str = typer.Option("val_accuracy", "--metric", help="val_accuracy (maximised) or val_loss (minimised)."),
     grace_period: int = typer.Option(1, "--grace-period", help="ASHA: epochs before a trial can be stopped."),

@@ -24,7 +24,15 @@ from fer_dist import storage
 pytestmark = pytest.mark.ray
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = ["--preset", "smoke", "--set", "builtin_size=700", "--set", "learning_rate=0.003", "--quiet"]
+SMOKE = ["--preset", "smoke", "--set", "learning_rate=0.003", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_csv(tmp_path_factory) -> str:
+    """A small learnable FER-2013-layout CSV (Training + PublicTest + PrivateTest)."""
+    from tests.tiny import write_tiny_csv
+
+    return write_tiny_csv(tmp_path_factory.mktemp("data") / "tiny.csv", n_train=448, n_val=112, n_test=112)
 
 
 def job(args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
@@ -84,8 +92,10 @@ def train_workers(session_pid: int) -> list[psutil.Process]:
     return found
 
 
-def test_two_workers_stream_to_gcs_and_load_back(gcs_emulator, gcs_prefix, tmp_path):
-    out = finish(job(["--workers", "2", "--storage", gcs_prefix, "--name", "two", "--epochs", "2", *SMOKE]))
+def test_two_workers_stream_to_gcs_and_load_back(gcs_emulator, gcs_prefix, tmp_path, tiny_csv):
+    data = storage.join(gcs_prefix, "data", "tiny.csv")  # the data is read from the bucket too
+    storage.write_bytes(data, open(tiny_csv, "rb").read())
+    out = finish(job(["--workers", "2", "--data", data, "--storage", gcs_prefix, "--name", "two", "--epochs", "2", *SMOKE]))
     run = storage.join(gcs_prefix, "two")
     assert "val_accuracy:" in out, out[-3000:]
     names = set(storage.listdir(run))
@@ -93,7 +103,7 @@ def test_two_workers_stream_to_gcs_and_load_back(gcs_emulator, gcs_prefix, tmp_p
     assert len(checkpoints(run)) == 2
     assert list(history(run)["epoch"]) == [1, 2]
     metrics = json.loads(storage.read_text(storage.join(run, "metrics.json")))
-    assert metrics["test_accuracy"] > 0.3  # 7 classes: chance is 0.14
+    assert metrics["test_accuracy"] > 0.5  # 7 classes: chance is 0.14
     # The exported model and the checkpoints load back from the bucket.
     evaluated = subprocess.run(
         [sys.executable, "jobs/evaluate.py", run, "--output", str(tmp_path / "eval")],
@@ -106,8 +116,8 @@ def test_two_workers_stream_to_gcs_and_load_back(gcs_emulator, gcs_prefix, tmp_p
     assert json.loads(storage.read_text(storage.join(ckpt, "config.json")))["backbone"] == "compact"
 
 
-def test_killed_worker_is_replaced_and_the_run_completes(tmp_path):
-    proc = job(["--workers", "2", "--storage", str(tmp_path), "--name", "kill", "--epochs", "4", "--max-failures", "2", *SMOKE])
+def test_killed_worker_is_replaced_and_the_run_completes(tmp_path, tiny_csv):
+    proc = job(["--workers", "2", "--data", tiny_csv, "--storage", str(tmp_path), "--name", "kill", "--epochs", "4", "--max-failures", "2", *SMOKE])
     run = str(tmp_path / "kill")
     wait_for(lambda: len(checkpoints(run)) >= 1, proc, what="the first checkpoint")
     victims = train_workers(proc.pid)
@@ -123,8 +133,8 @@ def test_killed_worker_is_replaced_and_the_run_completes(tmp_path):
     print(f"worker kill -> run finished {time.time() - killed_at:.0f} s later")
 
 
-def test_driver_killed_then_resume(tmp_path):
-    args = ["--workers", "2", "--storage", str(tmp_path), "--name", "drv", "--epochs", "4", *SMOKE]
+def test_driver_killed_then_resume(tmp_path, tiny_csv):
+    args = ["--workers", "2", "--data", tiny_csv, "--storage", str(tmp_path), "--name", "drv", "--epochs", "4", *SMOKE]
     proc = job(args)
     run = str(tmp_path / "drv")
     wait_for(lambda: len(checkpoints(run)) >= 2, proc, what="two checkpoints")
@@ -140,14 +150,14 @@ def test_driver_killed_then_resume(tmp_path):
     assert list(history(run)["epoch"]) == [1, 2, 3, 4]
 
 
-def test_one_and_two_workers_agree(tmp_path):
+def test_one_and_two_workers_agree(tmp_path, tiny_csv):
     """Same data and global batch size: final metrics within a stated tolerance.
 
     Tolerance: |val_accuracy| within 0.08 and val_loss within 35% (dropout masks and
     per-replica BatchNorm statistics differ between 1 and 2 replicas, so bitwise
     equality is not expected; a gradient scaled by the worker count would fail this).
     """
-    common = ["--storage", str(tmp_path), "--epochs", "3", *SMOKE, "--set", "global_batch_size=32"]
+    common = ["--data", tiny_csv, "--storage", str(tmp_path), "--epochs", "3", *SMOKE, "--set", "global_batch_size=32"]
     out1 = finish(job(["--workers", "1", "--name", "w1", *common]))
     out2 = finish(job(["--workers", "2", "--name", "w2", *common]))
     h1, h2 = history(str(tmp_path / "w1")), history(str(tmp_path / "w2"))

@@ -69,26 +69,21 @@ def test_labels_are_shuffled(sample):
 
 def test_images_are_not_trivial(sample):
     images, labels = sample
-    per_image_std = images.reshape(len(images), -1).std(axis=1)
-    assert per_image_std.min() > 8
-    # No class is told apart by its brightness: class mean brightnesses sit within a
-    # small fraction of the spread of brightness between images.
-    brightness = images.reshape(len(images), -1).mean(axis=1)
+    pixels = images.reshape(len(images), -1).astype(np.float64)
+    assert pixels.std(axis=1).min() > 8
+    # Mean brightness does not tell the classes apart: the class means sit within a
+    # fraction of the spread between images, and the nearest class mean is a poor guess.
+    brightness = pixels.mean(axis=1)
     class_means = np.array([brightness[labels == c].mean() for c in range(NUM_CLASSES)])
     assert np.ptp(class_means) < 0.5 * brightness.std()
-    assert _nearest_class_mean_accuracy(brightness, labels) < 0.25
-
-
-def _nearest_class_mean_accuracy(feature: np.ndarray, labels: np.ndarray) -> float:
-    class_means = np.array([feature[labels == c].mean() for c in range(NUM_CLASSES)])
-    predicted = np.abs(feature[:, None] - class_means[None, :]).argmin(axis=1)
-    return float((predicted == labels).mean())
+    predicted = np.abs(brightness[:, None] - class_means[None, :]).argmin(axis=1)
+    assert (predicted == labels).mean() < 0.25
 
 
 def test_generation_is_fast():
     start = time.perf_counter()
     generate(2000, seed=2)
-    assert time.perf_counter() - start < 6.0  # ~1 s on a 2-core CPU; 12000 images take ~6 s
+    assert time.perf_counter() - start < 8.0  # ~1 s on an idle 2-core CPU; generous for busy machines
 
 
 def test_a_linear_softmax_classifier_stays_below_60_percent(large):
@@ -97,9 +92,10 @@ def test_a_linear_softmax_classifier_stays_below_60_percent(large):
     mean, std = x[:N_TRAIN].mean(axis=0), x[:N_TRAIN].std(axis=0) + 1e-6
     x = (x - mean) / std
     weights, bias = _fit_softmax(x[:N_TRAIN], labels[:N_TRAIN])
-    train_accuracy = float(((x[:N_TRAIN] @ weights + bias).argmax(axis=1) == labels[:N_TRAIN]).mean())
-    test_accuracy = float(((x[N_TRAIN:] @ weights + bias).argmax(axis=1) == labels[N_TRAIN:]).mean())
-    print(f"linear softmax on pixels: train {train_accuracy:.3f}, test {test_accuracy:.3f} (chance {1 / NUM_CLASSES:.3f})")
+    predicted = (x @ weights + bias).argmax(axis=1)
+    train_accuracy = float((predicted[:N_TRAIN] == labels[:N_TRAIN]).mean())
+    test_accuracy = float((predicted[N_TRAIN:] == labels[N_TRAIN:]).mean())
+    print(f"linear softmax on pixels: train {train_accuracy:.3f}, test {test_accuracy:.3f}, chance {1 / NUM_CLASSES:.3f}")
     assert train_accuracy > 0.25  # the classifier did fit (so the bound below means something)
     assert test_accuracy > 1.2 / NUM_CLASSES  # and the classes carry some linear signal
     assert test_accuracy < 0.60

@@ -1,0 +1,66 @@
+"""Shared fixtures. Kept light: nothing heavy (TensorFlow, Ray) is imported here.
+
+    def test_x(gcs_emulator, gcs_prefix):   # gcs_prefix == "gs://fer-test/<uuid hex>"
+        storage.write_text(storage.join(gcs_prefix, "a.txt"), "hi")
+
+`gcs_emulator` runs one real gcp-storage-emulator for the whole session and sets
+STORAGE_EMULATOR_HOST (inherited by subprocesses started from tests, e.g. Ray jobs);
+`gcs_prefix` needs it, so asking for `gcs_prefix` alone is enough.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+if _TESTS not in sys.path:  # pytest's default import mode adds it too; be explicit
+    sys.path.insert(0, _TESTS)
+
+from gcs_emulator import Emulator, running_emulator  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FER2013_CSV = REPO_ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository root (the directory holding pyproject.toml)."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def fer2013_csv() -> Path:
+    """../shared/data/fer2013/fer2013.csv.gz; the test is skipped when it is absent."""
+    if not FER2013_CSV.is_file():
+        pytest.skip(f"FER-2013 data not found at {FER2013_CSV}")
+    return FER2013_CSV
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A running gcp-storage-emulator (bucket `fer-test`), STORAGE_EMULATOR_HOST set to it.
+
+    Started once per session; the environment variable is restored and the emulator
+    process stopped (by its PID) at the end of the session.
+    """
+    with running_emulator(bucket="fer-test") as emu:
+        previous = os.environ.get("STORAGE_EMULATOR_HOST")
+        os.environ["STORAGE_EMULATOR_HOST"] = emu.host
+        try:
+            yield emu
+        finally:
+            if previous is None:
+                os.environ.pop("STORAGE_EMULATOR_HOST", None)
+            else:
+                os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture
+def gcs_prefix(gcs_emulator: Emulator) -> str:
+    """A fresh, empty `gs://fer-test/<uuid>` prefix for one test."""
+    return f"gs://{gcs_emulator.bucket}/{uuid.uuid4().hex}"
