@@ -22,6 +22,7 @@ from fer_dist.errors import UserError
 BACKBONES = ("resnet50", "compact")
 OPTIMIZERS = ("adam", "sgd")
 POOLINGS = ("flatten", "avg")
+FEATURE_DTYPES = ("float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class TrainConfig:
     deterministic: bool = False  # op determinism: a resumed run ends with the same weights
     mixed_precision: bool = False  # mixed_float16 compute, float32 logits (GPU)
     jit_compile: bool = False  # XLA-compile the train step
+    feature_cache: bool = True  # resnet50 with frozen layers: train the remainder on cached prefix features (fer_dist/features.py)
+    feature_cache_dir: str = ""  # where cached features go (a directory or gs:// URI); "" = ~/.cache/fer_dist/features
+    feature_dtype: str = "float16"  # storage dtype of cached features: float16 (half the memory) or float32 (exact)
     keep_checkpoints: int = 2  # best K by val_accuracy are kept, plus the latest
 
     def to_dict(self) -> dict[str, Any]:
@@ -269,6 +273,10 @@ def validate(c: TrainConfig) -> TrainConfig:
     need(
         min_size <= c.image_size <= 512,
         f"image_size={c.image_size}: must be in [{min_size}, 512] for backbone {c.backbone}",
+    )
+    need(
+        c.feature_dtype in FEATURE_DTYPES,
+        f"feature_dtype={c.feature_dtype!r}: expected one of {', '.join(FEATURE_DTYPES)}",
     )
     need(c.weights.strip() != "", "weights='': expected imagenet, none or a path to a weights file")
     return c

@@ -16,7 +16,7 @@ import os
 import tempfile
 
 from fer_dist import cli, storage
-from fer_dist.config import TrainConfig, resolve
+from fer_dist.config import TrainConfig, replace, resolve, validate
 from fer_dist.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -25,16 +25,24 @@ RESUMABLE_CHANGES = ("epochs",)  # what a resumed run may change
 
 
 def resolve_for_run(preset, overrides, config_file, run_dir: str | None, resume: bool) -> TrainConfig:
+    """A new run's config, or (with resume) the run's saved one; only `epochs` may change."""
     if not resume:
         return resolve(preset, overrides, config_file)
-    saved = TrainConfig.from_json(storage.read_text(storage.join(run_dir, "config.json")), source=f"{run_dir}/config.json")
-    if preset or config_file:
-        raise UserError("--resume: the run's saved config.json is used; drop --preset/--config")
-    changed = {k: v for k, v in (overrides or {}).items()}
-    bad = sorted(set(changed) - set(RESUMABLE_CHANGES))
+    source = storage.join(run_dir, "config.json")
+    saved = TrainConfig.from_json(storage.read_text(source), source=source)
+    if config_file:
+        raise UserError("--resume: the run's saved config.json is used; drop --config")
+    if preset:
+        resolve(preset)  # an unknown preset is still an error
+    wanted = replace(saved, overrides or {}, source="--set")
+    changed = sorted(k for k in (overrides or {}) if getattr(wanted, k) != getattr(saved, k))
+    bad = [k for k in changed if k not in RESUMABLE_CHANGES]
     if bad:
-        raise UserError(f"--resume: cannot change {', '.join(bad)} of an existing run (only {', '.join(RESUMABLE_CHANGES)})")
-    return saved.replace(**changed) if changed else saved
+        raise UserError(
+            f"--resume: cannot change {', '.join(bad)} of an existing run (only {', '.join(RESUMABLE_CHANGES)}); "
+            f"start a new run with --config {source}"
+        )
+    return validate(wanted)
 
 
 def train(
@@ -84,6 +92,9 @@ def finish(result, config: TrainConfig, run_dir: str) -> dict:
     """Rank 0 after training: metrics.json, confusion matrices, curves, exported model."""
     from fer_dist import evaluate
 
+    if not result.trained_epochs and storage.exists(storage.join(run_dir, evaluate.METRICS_FILE)):
+        log.info("the run was already complete: keeping its metrics.json and exported model")
+        return read_metrics(run_dir)
     log.info("final evaluation with the weights of epoch %d", result.state.best_epoch)
     metrics = evaluate.evaluate_run(result.model, result.dataset, config, run_dir, result.state)
     export_model(result.model, run_dir)

@@ -12,6 +12,10 @@ input pipeline (worker). Every example is seen at most once per epoch across wor
 every worker runs the same number of steps (collectives never hang), and a run resumed
 at epoch e sees exactly the batches an uninterrupted run would.
 Evaluation pads the split to whole global batches with zero-weight examples.
+
+With the feature cache (`fer_dist/features.py`) the same functions take `features`: rows
+aligned with `split.images` (float16 or float32, e.g. [N, 3, 3, 1024]); batches are then
+gathered from them and cast to float32 instead of preprocessed, in exactly the same order.
 """
 
 from __future__ import annotations
@@ -53,10 +57,21 @@ def _options() -> tf.data.Options:
     return options
 
 
-def train_dataset_fn(split: Split, config: TrainConfig, first_epoch: int, last_epoch: int, steps: int):
+def _inputs_fn(split: Split, config: TrainConfig, features: np.ndarray | None):
+    """(source array, batch transform): uint8 images -> preprocess, or cached features -> float32."""
+    if features is None:
+        return split.images, lambda x: preprocess(x, config)
+    if len(features) != len(split):
+        raise ValueError(f"{len(features)} feature rows for {len(split)} examples")
+    return features, lambda x: tf.cast(x, tf.float32)
+
+
+def train_dataset_fn(
+    split: Split, config: TrainConfig, first_epoch: int, last_epoch: int, steps: int, features: np.ndarray | None = None
+):
     """A `distribute_datasets_from_function` callable yielding per-replica batches for epochs
-    [first_epoch, last_epoch)."""
-    images = split.images
+    [first_epoch, last_epoch); of cached `features` rows instead of images when given."""
+    images, transform = _inputs_fn(split, config, features)
     labels = split.labels.astype(np.int32)
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -70,7 +85,7 @@ def train_dataset_fn(split: Split, config: TrainConfig, first_epoch: int, last_e
         ds = tf.data.Dataset.from_tensor_slices(mine)
         images_t, labels_t = tf.constant(images), tf.constant(labels)
         ds = ds.map(
-            lambda idx: (preprocess(tf.gather(images_t, idx), config), tf.gather(labels_t, idx)),
+            lambda idx: (transform(tf.gather(images_t, idx)), tf.gather(labels_t, idx)),
             num_parallel_calls=AUTOTUNE,
         )
         return ds.prefetch(AUTOTUNE).with_options(_options())
@@ -78,14 +93,15 @@ def train_dataset_fn(split: Split, config: TrainConfig, first_epoch: int, last_e
     return dataset_fn
 
 
-def eval_dataset_fn(split: Split, config: TrainConfig):
-    """(dataset_fn, steps): per-replica batches of (images, labels, weights); padding has weight 0."""
+def eval_dataset_fn(split: Split, config: TrainConfig, features: np.ndarray | None = None):
+    """(dataset_fn, steps): per-replica batches of (images, labels, weights); padding has weight 0.
+    Cached `features` rows replace the images when given."""
     n = len(split)
     steps = max(1, math.ceil(n / config.global_batch_size))
     padded = steps * config.global_batch_size
     index = np.concatenate([np.arange(n), np.zeros(padded - n, dtype=np.int64)]).astype(np.int32)
     weights = np.concatenate([np.ones(n, np.float32), np.zeros(padded - n, np.float32)])
-    images = split.images
+    images, transform = _inputs_fn(split, config, features)
     labels = split.labels.astype(np.int32)
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -96,7 +112,7 @@ def eval_dataset_fn(split: Split, config: TrainConfig):
         images_t, labels_t = tf.constant(images), tf.constant(labels)
         ds = tf.data.Dataset.from_tensor_slices((mine_idx, mine_w))
         ds = ds.map(
-            lambda idx, w: (preprocess(tf.gather(images_t, idx), config), tf.gather(labels_t, idx), w),
+            lambda idx, w: (transform(tf.gather(images_t, idx)), tf.gather(labels_t, idx), w),
             num_parallel_calls=AUTOTUNE,
         )
         return ds.prefetch(AUTOTUNE).with_options(_options())

@@ -59,6 +59,11 @@ def _gcs(emulator_host: str | None) -> pafs.GcsFileSystem:
     return pafs.GcsFileSystem()
 
 
+def uri_of(fs_path: str, like: str) -> str:
+    """The URI of a path inside the filesystem of `like` (e.g. a Ray checkpoint's `.path`)."""
+    return GCS_SCHEME + fs_path.lstrip("/") if is_gcs(like) else fs_path
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path inside it) for a URI. The path has no scheme."""
     uri = str(uri)

@@ -7,7 +7,8 @@ FER-2013's label order (`fer_dist.EMOTIONS`: angry, disgust, fear, happy, sad,
 surprise, neutral), with balanced classes, shuffled, fully determined by `(n, seed)`.
 
 Each face is an oval head on a background. Its class is carried jointly by three
-parts, none of which decides the class alone (see `PROTOTYPES`):
+parts; every shape but the two smiles (happy only) is shared by two or more classes,
+so the combination decides (see `PROTOTYPES`):
 
 - mouth: smile, grin, frown, flat line, wavy line, open O, clenched teeth;
 - eyebrows: flat, furrowed V, slanted inward-up (sad), raised arches;
@@ -39,7 +40,7 @@ CANVAS = IMAGE_PIXELS * SCALE
 Prototype = tuple[str, str, str]  # (mouth, brows, eyes)
 
 # Each class is a set of (mouth, brows, eyes) prototypes. Every mouth, brow and eye
-# shape (bar the smile) is shared by two or more classes; only the combination decides.
+# shape but "smile" and "grin" is shared by two or more classes; the combination decides.
 PROTOTYPES: tuple[tuple[Prototype, ...], ...] = (
     # 0 angry
     (("flat", "furrowed", "narrow"), ("teeth", "furrowed", "narrow")),

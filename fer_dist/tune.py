@@ -343,7 +343,7 @@ def summarize(grid, base: TrainConfig, spec: SearchSpec, search_uri: str, trials
     best = grid.get_best_result(metric=spec.metric, mode=mode, scope="all")
     best_config = base.replace(**(best.config or {}))
     storage.write_text(storage.join(search_uri, "best_config.json"), best_config.to_json())
-    export_best(best, best_config, spec.metric, mode, storage.join(search_uri, "best_model"))
+    export_best(best, best_config, spec.metric, mode, storage.join(search_uri, "best_model"), search_uri)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
     print(
@@ -356,8 +356,10 @@ def summarize(grid, base: TrainConfig, spec: SearchSpec, search_uri: str, trials
     return {"results": table, "best_config": best_config, "search_dir": search_uri}
 
 
-def export_best(best, config: TrainConfig, metric: str, mode: str, target_uri: str) -> None:
-    """The best trial's best checkpoint as a run directory: config.json, model.keras, checkpoint metrics."""
+def export_best(best, config: TrainConfig, metric: str, mode: str, target_uri: str, like_uri: str) -> None:
+    """The best trial's best checkpoint as a run directory: config.json, model.keras, checkpoint metrics.
+
+    Train V2 trials hand Tune their checkpoints as the `checkpoint_path` metric."""
     import tempfile
 
     import keras
@@ -365,21 +367,28 @@ def export_best(best, config: TrainConfig, metric: str, mode: str, target_uri: s
 
     from fer_dist import model as model_lib
 
-    checkpoints = best.best_checkpoints or []
-    if not checkpoints:
-        log.warning("the best trial has no checkpoint to export")
+    history = best.metrics_dataframe
+    if history is None or "checkpoint_path" not in history or metric not in history:
+        log.warning("the best trial reported no checkpoint to export")
         return
-    key = (lambda cm: cm[1].get(metric, -math.inf)) if mode == "max" else (lambda cm: -cm[1].get(metric, math.inf))
-    checkpoint, metrics = max(checkpoints, key=key)
-    with checkpoint.as_directory() as d, tempfile.TemporaryDirectory(prefix="fer_dist_best_") as tmp:
+    rows = history.dropna(subset=["checkpoint_path"]).sort_values(metric, ascending=(mode == "min"))
+    for _, row in rows.iterrows():
+        checkpoint_uri = storage.uri_of(row["checkpoint_path"], like_uri)
+        if storage.exists(storage.join(checkpoint_uri, "model.npz")):
+            break
+    else:
+        log.warning("the best trial's checkpoints are gone; nothing exported")
+        return
+    with tempfile.TemporaryDirectory(prefix="fer_dist_best_") as tmp:
         model = model_lib.build(config)
-        with np.load(os.path.join(d, "model.npz")) as saved:
+        with np.load(io.BytesIO(storage.read_bytes(storage.join(checkpoint_uri, "model.npz")))) as saved:
             for i, v in enumerate(model.variables):
                 v.assign(saved[f"arr_{i}"])
         path = os.path.join(tmp, "model.keras")
         model.save(path)
         storage.write_bytes(storage.join(target_uri, "model.keras"), open(path, "rb").read())
     storage.write_text(storage.join(target_uri, "config.json"), config.to_json())
-    clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))}
-    storage.write_text(storage.join(target_uri, "checkpoint_metrics.json"), json.dumps(clean, indent=2) + "\n")
+    clean = {k: v for k, v in row.items() if isinstance(v, (int, float, str, bool))}
+    clean["checkpoint"] = checkpoint_uri
+    storage.write_text(storage.join(target_uri, "checkpoint_metrics.json"), json.dumps(clean, indent=2, default=str) + "\n")
     keras.backend.clear_session()

@@ -70,7 +70,8 @@ def test_labels_are_shuffled(sample):
 def test_images_are_not_trivial(sample):
     images, labels = sample
     pixels = images.reshape(len(images), -1).astype(np.float64)
-    assert pixels.std(axis=1).min() > 8
+    stds = pixels.std(axis=1)
+    assert stds.min() > 4 and np.median(stds) > 25
     # Mean brightness does not tell the classes apart: the class means sit within a
     # fraction of the spread between images, and the nearest class mean is a poor guess.
     brightness = pixels.mean(axis=1)
@@ -81,9 +82,9 @@ def test_images_are_not_trivial(sample):
 
 
 def test_generation_is_fast():
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time, so that other work on the machine does not count
     generate(2000, seed=2)
-    assert time.perf_counter() - start < 8.0  # ~1 s on an idle 2-core CPU; generous for busy machines
+    assert time.process_time() - start < 4.0  # ~0.9 s on this project's 2-core CPU
 
 
 def test_a_linear_softmax_classifier_stays_below_60_percent(large):

@@ -69,7 +69,7 @@ def test_search_with_asha_runs_to_the_end_in_gcs(gcs_emulator, gcs_prefix):
 
 @pytest.mark.ray
 def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
-    args = [*TINY_SEARCH, "--max-concurrent", "1", "--storage", str(tmp_path), "--name", "r"]
+    args = [*TINY_SEARCH, "--set", "epochs=2", "--max-concurrent", "1", "--storage", str(tmp_path), "--name", "r"]
     trials = tmp_path / "r" / "trials"
     proc = tune_job(args)
     deadline = time.time() + 400

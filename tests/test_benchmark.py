@@ -1,0 +1,30 @@
+"""benchmarks/throughput.py --smoke runs end to end and writes every figure (no timing assertions)."""
+
+import json
+import subprocess
+import sys
+
+
+def test_throughput_smoke_writes_figures(repo_root, tmp_path):
+    out = tmp_path / "x.json"
+    # The Ray part (c) is covered by tests/test_distributed.py; here it would add a cluster start.
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/throughput.py", "--smoke", "--no-ray", "--output", str(out)],
+        cwd=repo_root, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    parts = report["parts"]
+    assert set(parts) == {"a", "b", "b_cached"}
+    for key, part in parts.items():
+        assert part["images_per_second"] > 0, key
+        assert len(part["windows"]) == 2 and all(w > 0 for w in part["windows"]), key
+        assert part["peak_rss_mb"] > 0, key
+    assert parts["b_cached"]["cache_build_seconds"] > 0 and parts["b_cached"]["cache_hit_before"] is False
+    assert "loaded" in parts["b_cached"]["feature_cache_log"]
+    assert "not used" in parts["b"]["feature_cache_log"]
+    for key in ("b_over_a", "b_cached_over_a", "b_cached_over_b"):
+        assert report["ratios"][key] > 0, key
+    assert report["ratios"]["c_over_b_cached"] is None
+    assert report["machine"]["cpus"] >= 1 and report["command"].startswith("python benchmarks/throughput.py")
+    assert "img/s" in proc.stdout and "b'/a" in proc.stdout

@@ -1,0 +1,168 @@
+"""The frozen-trunk feature cache: exact logits, the cut, training through it, the full model after."""
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from fer_dist import config as C, features as F, train as T
+from tests.tiny import tiny_dataset, tiny_split
+
+# ResNet50 weights=none with the seed's 143 frozen layers and a small head: seconds per test.
+SMALL = {"weights": "none", "head_units": "32", "early_stop_patience": "0"}
+
+
+def _config(tmp_path, **extra):
+    return C.resolve("seed", dict(SMALL, feature_cache_dir=str(tmp_path / "cache"), **extra))
+
+
+@pytest.fixture(scope="module")
+def built():
+    """(config, full model) built as train.fit builds it: seeds first."""
+    import keras
+
+    from fer_dist import model as M
+
+    cfg = C.resolve("seed", SMALL)
+    keras.utils.set_random_seed(cfg.seed)
+    return cfg, M.build(cfg)
+
+
+def _inputs(images, cfg):
+    import tensorflow as tf
+
+    from fer_dist.model import preprocess
+
+    return preprocess(tf.constant(images), cfg)
+
+
+def test_seed_cut_is_conv4_block6_out(built):
+    from fer_dist.model import trunk_of
+
+    cfg, model = built
+    trunk = trunk_of(model)
+    assert trunk.layers[142].name == "conv4_block6_out" and trunk.layers[143].name.startswith("conv5_block1")
+    assert F.clean_cut(trunk, 143) == 143
+    # Inside conv5_block1 the cut falls back to the block boundary; nothing frozen: no cut.
+    assert F.clean_cut(trunk, 150) == 143
+    assert F.clean_cut(trunk, 1) == 0
+    split, why = F.split_model(model, cfg)
+    assert why == "" and split.cut == 143 and split.cut_name == "conv4_block6_out"
+    assert split.feature_shape == (3, 3, 1024) and split.frozen_in_remainder == 0
+    # The remainder trains exactly the full model's trainable variables (the same objects).
+    assert {id(v) for v in split.remainder.trainable_variables} == {id(v) for v in model.trainable_variables}
+
+
+def test_cached_logits_equal_full_model_logits(built):
+    cfg, model = built
+    split, _ = F.split_model(model, cfg)
+    images = tiny_split(12, seed=5).images
+    full = model(_inputs(images, cfg), training=False).numpy()
+    exact = F.compute_features(split.prefix, images, cfg.replace(feature_dtype="float32"))
+    assert exact.dtype == np.float32 and exact.shape == (12, 3, 3, 1024)
+    cached = split.remainder(exact, training=False).numpy()
+    np.testing.assert_allclose(cached, full, rtol=1e-5, atol=1e-5 * np.abs(full).max())
+    # float16 storage: the logits move by well under 1% of their scale.
+    half = F.compute_features(split.prefix, images, cfg)
+    assert half.dtype == np.float16
+    cached16 = split.remainder(half.astype(np.float32), training=False).numpy()
+    assert np.abs(cached16 - full).max() < 1e-2 * np.abs(full).max()
+    assert (cached16.argmax(-1) == full.argmax(-1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("freeze", [138, 150])
+def test_cut_inside_a_block_is_still_exact(built, freeze):
+    """freeze_layers off a block boundary: cut earlier, run the frozen rest in the remainder."""
+    import keras
+
+    from fer_dist import model as M
+
+    cfg = C.resolve("seed", dict(SMALL, freeze_layers=str(freeze)))
+    keras.utils.set_random_seed(cfg.seed)
+    model = M.build(cfg)
+    split, why = F.split_model(model, cfg)
+    assert why == ""
+    assert split.cut <= freeze and split.frozen_in_remainder == freeze - split.cut
+    images = tiny_split(6, seed=6).images
+    full = model(_inputs(images, cfg), training=False).numpy()
+    feats = F.compute_features(split.prefix, images, cfg.replace(feature_dtype="float32"))
+    np.testing.assert_allclose(split.remainder(feats, training=False).numpy(), full, rtol=1e-5, atol=1e-5 * np.abs(full).max())
+
+
+def test_configs_that_cannot_use_the_cache():
+    assert F.config_reason(C.resolve("seed", {"feature_cache": "false"})) == "feature_cache=false"
+    assert "backbone=compact" in F.config_reason(C.resolve("smoke"))
+    assert "freeze_layers=0" in F.config_reason(C.resolve("seed", {"freeze_layers": "0"}))
+    assert F.config_reason(C.resolve("seed")) is None
+
+
+def test_same_seed_same_prefix_weights():
+    """weights=none: the prefix init is a function of the seed (the cache key relies on it too)."""
+    import keras
+
+    from fer_dist import model as M
+
+    cfg = C.resolve("seed", SMALL)
+    hashes = []
+    for _ in range(2):
+        keras.utils.set_random_seed(cfg.seed)
+        split, _ = F.split_model(M.build(cfg), cfg)
+        hashes.append(F.prefix_weights_sha256(split.prefix))
+    assert hashes[0] == hashes[1]
+
+
+def test_training_on_cached_features(tmp_path, caplog):
+    """Learns on tiny data through the cache; checkpoint and returned model are the full model."""
+    from fer_dist import evaluate, model as M
+
+    caplog.set_level(logging.INFO, logger="fer_dist")
+    cfg = _config(tmp_path, epochs="3")
+    data = tiny_dataset()
+    run_dir = str(tmp_path / "run")
+    result = T.fit(cfg, T.LocalSession(run_dir, show_progress=False), dataset=data)
+    assert "feature cache: training the last 38 layers on cached conv4 features (exact" in caplog.text
+    history = result.state.history
+    assert history[-1]["loss"] < history[0]["loss"] and history[-1]["accuracy"] > 0.5
+
+    # One cache entry, complete.
+    (entry,) = os.listdir(tmp_path / "cache")
+    meta = json.load(open(tmp_path / "cache" / entry / F.META_FILE))
+    assert meta["cut_layer"] == "conv4_block6_out" and meta["splits"]["train"]["size"] == len(data.train)
+
+    # The returned model is the full model: images in, its probabilities equal the remainder's on features.
+    final = result.model
+    assert final.name == "fer_resnet50" and final.input_shape[1:] == (48, 48, 3)
+    split, _ = F.split_model(final, cfg)
+    images = data.val.images[:40]
+    probs = evaluate.predict_probs(final, images, cfg)
+    feats = F.compute_features(split.prefix, images, cfg.replace(feature_dtype="float32"))
+    logits = split.remainder(feats, training=False).numpy()
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(probs, expected / expected.sum(-1, keepdims=True), atol=1e-5)
+
+    # The checkpoint holds every variable of the full model: it loads into a fresh model.build.
+    ckpt = os.path.join(run_dir, "checkpoints", "epoch_0003")
+    fresh = M.build(cfg)
+    T._load_variables(os.path.join(ckpt, "model.npz"), fresh.variables, "model")
+    np.testing.assert_allclose(evaluate.predict_probs(fresh, images, cfg), probs, atol=1e-6)
+
+    # A second run with the same config and data loads the entry instead of computing it.
+    caplog.clear()
+    T.fit(cfg.replace(epochs=1), T.LocalSession(str(tmp_path / "again"), show_progress=False), dataset=data)
+    assert "loaded in" in caplog.text and len(os.listdir(tmp_path / "cache")) == 1
+
+
+def test_cached_training_follows_uncached_training(tmp_path, caplog):
+    """float32 features: the same batches, dropout masks and updates as training on images."""
+    caplog.set_level(logging.INFO, logger="fer_dist")
+    data = tiny_dataset(n_train=192, n_val=64, n_test=7)
+    cfg = _config(tmp_path, epochs="1", steps_per_epoch="3", feature_dtype="float32")
+    cached = T.fit(cfg, T.LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
+    plain = T.fit(cfg.replace(feature_cache=False), T.LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data)
+    assert "feature cache: not used (feature_cache=false)" in caplog.text
+    for a, b in zip(cached.model.variables, plain.model.variables):
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(b).max()), err_msg=str(a.shape))
+    assert cached.state.history[0]["loss"] == pytest.approx(plain.state.history[0]["loss"], rel=1e-4)

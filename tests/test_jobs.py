@@ -1,0 +1,95 @@
+"""The jobs as a user runs them: `python jobs/train.py ...`, `python jobs/evaluate.py ...`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.tiny import write_tiny_csv
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "jobs", script), *args], cwd=ROOT, capture_output=True, text=True,
+        timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), last
+    for needle in needles:
+        assert needle in last, last
+
+
+@pytest.mark.parametrize(
+    "flags, needles",
+    [
+        (["--preset", "nope"], ["--preset 'nope': unknown preset"]),
+        (["--epochs", "-1"], ["epochs=-1"]),
+        (["--set", "dropout=1.5"], ["dropout=1.5", "[0, 1)"]),
+        (["--set", "colour=blue"], ["unknown config key 'colour'"]),
+        (["--workers", "-2"], ["--workers -2"]),
+        (["--data", "/nonexistent/fer.csv", "--preset", "smoke"], ["/nonexistent/fer.csv", "no such file"]),
+        (["--resume"], ["--resume needs --name"]),
+    ],
+)
+def test_bad_flags(flags, needles, tmp_path):
+    assert_user_error(run("train.py", "--output", str(tmp_path), *flags), *needles)
+
+
+def test_malformed_csv_row_names_file_and_line(tmp_path):
+    csv = tmp_path / "bad.csv"
+    good = " ".join(["7"] * 2304)
+    csv.write_text(f"emotion,pixels,Usage\n0,{good},Training\n3,{good} 9,Training\n")
+    assert_user_error(run("train.py", "--data", str(csv), "--preset", "smoke", "--output", str(tmp_path)), "bad.csv line 3", "2305")
+
+
+def test_train_refuse_overwrite_resume_and_evaluate(tmp_path):
+    data = write_tiny_csv(tmp_path / "tiny.csv", n_train=224, n_val=70, n_test=70)
+    args = ["--data", data, "--preset", "smoke", "--output", str(tmp_path / "runs"), "--name", "r1", "--quiet"]
+    first = run("train.py", *args, "--epochs", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "r1"
+    assert "run directory:" in first.stdout and "test_accuracy:" in first.stdout
+    for name in ("config.json", "history.csv", "metrics.json", "curves.png", "val_confusion.csv", "val_confusion.png",
+                 "test_confusion.csv", "val_mistakes.png", "model.keras"):
+        assert (run_dir / name).exists(), name
+    before = (run_dir / "metrics.json").read_text()
+
+    again = run("train.py", *args, "--epochs", "2")
+    assert_user_error(again, "already exists", "--resume")
+    assert (run_dir / "metrics.json").read_text() == before  # nothing overwritten
+
+    changed = run("train.py", *args, "--resume", "--set", "dropout=0.1")
+    assert_user_error(changed, "cannot change dropout")
+
+    resumed = run("train.py", *args, "--resume", "--epochs", "3")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "continuing at epoch 3" in resumed.stderr
+    assert list(pd.read_csv(run_dir / "history.csv")["epoch"]) == [1, 2, 3]
+    assert json.loads((run_dir / "config.json").read_text())["epochs"] == 3
+
+    evaluated = run("evaluate.py", str(run_dir), "--data", data, "--split", "val")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "macro-F1" in evaluated.stdout
+    out = run_dir / "evaluations" / "tiny-val" / "metrics.json"
+    metrics = json.loads(out.read_text())
+    assert metrics["accuracy"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["val_accuracy"], abs=1e-6)
+    assert (run_dir / "evaluations" / "tiny-val" / "val_confusion.png").exists()
+
+    ensemble = run("evaluate.py", str(run_dir), str(run_dir), "--data", data, "--output", str(tmp_path / "ens"))
+    assert ensemble.returncode == 0, ensemble.stderr[-3000:]
+    assert "ensemble of 2 runs" in ensemble.stdout
+
+    assert_user_error(run("evaluate.py", str(tmp_path / "nope"), "--data", data), "not a run directory")
+    assert_user_error(run("evaluate.py", str(run_dir), "--data", data, "--split", "dev"), "--split 'dev'")
