@@ -146,7 +146,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # The default search's trials (`python jobs/tune.py`): the demo recipe on fewer images and
 # epochs, so that >= 6 trials fit in a few minutes on a 2-core CPU.
-PRESETS["quick"] = dict(PRESETS["demo"], builtin_size=3500, epochs=4, early_stop_patience=0)
+PRESETS["quick"] = dict(PRESETS["demo"], builtin_size=4200, epochs=5, global_batch_size=32, early_stop_patience=0)
 DEFAULT_PRESET = "demo"
 
 

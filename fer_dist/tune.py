@@ -74,7 +74,8 @@ SPACES: dict[str, dict[str, Dim]] = {
     },
 }
 SPACES["smoke"] = SPACES["demo"]
-SPACES["quick"] = SPACES["demo"]
+# The default search: few images, so small batches (more steps per epoch).
+SPACES["quick"] = dict(SPACES["demo"], global_batch_size=Dim("choice", (16, 32, 64)))
 
 
 def parse_space(preset: str, specs: list[str] | None) -> dict[str, Dim]:
