@@ -23,6 +23,9 @@ BACKBONES = ("resnet50", "compact")
 OPTIMIZERS = ("adam", "sgd")
 POOLINGS = ("flatten", "avg")
 FEATURE_DTYPES = ("float16", "float32")
+LR_SCHEDULES = ("plateau", "cosine")
+CLASS_WEIGHTINGS = ("none", "balanced")
+TTA_MODES = ("none", "flip", "tencrop")
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,11 @@ class TrainConfig:
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     momentum: float = 0.9  # SGD only
+    nesterov: bool = True  # SGD only: Nesterov momentum
     weight_decay: float = 0.0
-    decay_factor: float = 0.9  # learning rate *= decay_factor when val_loss plateaus
+    lr_schedule: str = "plateau"  # "plateau": decay on val_loss plateaus; "cosine": per-step cosine decay to min_learning_rate
+    warmup_epochs: int = 0  # linear learning-rate warm-up over the first N epochs (per step; either schedule)
+    decay_factor: float = 0.9  # learning rate *= decay_factor when val_loss plateaus (lr_schedule=plateau)
     decay_patience: int = 2  # epochs without val_loss improvement before a decay
     min_learning_rate: float = 1e-6
     early_stop_patience: int = 6  # epochs without val_loss improvement before stopping (0: never)
@@ -58,6 +64,16 @@ class TrainConfig:
     epochs: int = 30
     steps_per_epoch: int = 0  # cap on training steps per epoch for quick looks; 0 = the full epoch
     global_batch_size: int = 32  # summed over all workers; each gets global_batch_size / num_workers
+    class_weighting: str = "none"  # "balanced": per-example loss weights from inverse train-class frequencies (mean 1)
+
+    # --- augmentation (training only; in-graph, fer_dist/augment.py) ---------------------------
+    augment_flip: bool = False  # random horizontal flip
+    augment_shift: float = 0.0  # random translation, up to this fraction of the side in x and y
+    augment_zoom: float = 0.0  # random scale in [1 - z, 1 + z] about the centre (>1: zoom in, a random-resized crop)
+    augment_rotation: float = 0.0  # random rotation, up to this many degrees either way
+    augment_erasing: float = 0.0  # probability of erasing one random rectangle (Zhong et al. 2017)
+    mixup_alpha: float = 0.0  # mixup with lam ~ Beta(alpha, alpha) per batch (0 = off)
+    eval_tta: str = "none"  # test-time augmentation of the final evaluation: none, flip or tencrop
 
     # --- runtime ----------------------------------------------------------------
     seed: int = 0
@@ -146,7 +162,52 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # The default search's trials (`python jobs/tune.py`): the demo recipe on fewer images and
 # epochs, so that >= 6 trials fit in a few minutes on a 2-core CPU.
-PRESETS["quick"] = dict(PRESETS["demo"], builtin_size=4200, epochs=5, global_batch_size=32, early_stop_patience=0)
+PRESETS["quick"] = dict(PRESETS["demo"], builtin_size=6000, epochs=8, global_batch_size=32, early_stop_patience=0)
+# The strongest recipe we know how to write down for FER-2013 with this code: ResNet50 from
+# ImageNet weights, fine-tuned end to end with the training choices of the best single
+# networks published on FER-2013. Its accuracy has not been measured here (no ImageNet
+# weights, no GPU on the machines the README's figures come from).
+#   [K&C] Khaireddin & Chen 2021, "Facial Emotion Recognition: State of the Art Performance on
+#         FER2013" (arXiv 2105.03588): VGG variant, 73.28% test; SGD + Nesterov best of the
+#         optimisers they compared, reduce-on-plateau best of the schedules, augmentation by
+#         rescaling / shifting (up to 20%) and rotation (up to 10 degrees), random erasing,
+#         ten-crop at test time, batch 64.
+#   [P&K] Pramerdorfer & Kampel 2016, "Facial Expression Recognition using Convolutional Neural
+#         Networks: State of the Art" (arXiv 1612.02903): random crops + horizontal flips in
+#         training, ten-crop averaging at test time; deeper nets (ResNet, Inception) on FER-2013.
+#   [S16] Szegedy et al. 2016, "Rethinking the Inception Architecture" (label smoothing 0.1).
+#   [KTL] the Keras transfer-learning guide: when a pretrained trunk is unfrozen, keep its
+#         BatchNorm layers in inference mode.
+PRESETS["best"] = dict(
+    backbone="resnet50",
+    weights="imagenet",  # transfer from ImageNet, as the seed recipe
+    image_size=96,  # 48-px faces upsampled in the input pipeline: ResNet50's stride 32 leaves 3x3 maps instead of 2x2 (own choice; larger costs 4x per doubling)
+    freeze_layers=0,  # fine-tune the whole trunk: FER-2013 (28k faces) differs from ImageNet, [K&C]/[P&K] train every layer
+    train_batchnorm=False,  # [KTL]: pretrained BatchNorm statistics stay in inference mode
+    head_pooling="avg",  # the standard ResNet head: global average pooling (own choice)
+    head_units=(512,),  # one hidden layer (own choice)
+    dropout=0.5,  # as the seed recipe
+    optimizer="sgd",  # [K&C]: SGD with Nesterov momentum was the best optimiser
+    nesterov=True,  # [K&C]
+    momentum=0.9,  # [K&C]
+    learning_rate=0.01,  # [K&C]
+    weight_decay=1e-4,  # [K&C] (decoupled in Keras: variable -= lr * wd * variable)
+    lr_schedule="plateau",  # [K&C]: reduce-on-plateau beat cosine annealing and step decay
+    decay_factor=0.75,  # [K&C]
+    decay_patience=5,  # [K&C]
+    warmup_epochs=1,  # a short ramp so lr 0.01 does not wreck the pretrained trunk in the first steps (own choice)
+    early_stop_patience=12,  # own choice (K&C train a fixed 300 epochs from scratch; a pretrained trunk needs fewer)
+    epochs=80,  # own choice, see above
+    label_smoothing=0.1,  # [S16]
+    global_batch_size=64,  # [K&C]
+    augment_flip=True,  # [P&K], [K&C]
+    augment_shift=0.2,  # [K&C]: shifts up to 20% (with the zoom below: [P&K]'s random crops)
+    augment_zoom=0.2,  # [K&C]: rescaling up to 20%
+    augment_rotation=10.0,  # [K&C]: up to 10 degrees
+    augment_erasing=0.5,  # [K&C]: random erasing with probability 0.5
+    eval_tta="tencrop",  # [P&K], [K&C]: ten-crop averaging at test time
+    feature_cache=False,  # nothing is frozen and the input is augmented: no cache applies
+)
 DEFAULT_PRESET = "demo"
 
 
@@ -279,7 +340,33 @@ def validate(c: TrainConfig) -> TrainConfig:
         f"feature_dtype={c.feature_dtype!r}: expected one of {', '.join(FEATURE_DTYPES)}",
     )
     need(c.weights.strip() != "", "weights='': expected imagenet, none or a path to a weights file")
+    need(
+        c.lr_schedule in LR_SCHEDULES,
+        f"lr_schedule={c.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}",
+    )
+    need(c.warmup_epochs >= 0, f"warmup_epochs={c.warmup_epochs}: must be >= 0")
+    need(
+        c.class_weighting in CLASS_WEIGHTINGS,
+        f"class_weighting={c.class_weighting!r}: expected one of {', '.join(CLASS_WEIGHTINGS)}",
+    )
+    need(0.0 <= c.augment_shift <= 0.5, f"augment_shift={c.augment_shift}: must be in [0, 0.5] (a fraction of the side)")
+    need(0.0 <= c.augment_zoom < 1.0, f"augment_zoom={c.augment_zoom}: must be in [0, 1)")
+    need(0.0 <= c.augment_rotation <= 180.0, f"augment_rotation={c.augment_rotation}: must be in [0, 180] degrees")
+    need(0.0 <= c.augment_erasing <= 1.0, f"augment_erasing={c.augment_erasing}: must be in [0, 1] (a probability)")
+    need(0.0 <= c.mixup_alpha <= 10.0, f"mixup_alpha={c.mixup_alpha}: must be in [0, 10] (0 = off)")
+    need(c.eval_tta in TTA_MODES, f"eval_tta={c.eval_tta!r}: expected one of {', '.join(TTA_MODES)}")
     return c
+
+
+def image_augmentations(c: TrainConfig) -> list[str]:
+    """The image augmentations a config turns on, as `field=value` strings ([] when none)."""
+    on = []
+    if c.augment_flip:
+        on.append("augment_flip=true")
+    for name in ("augment_shift", "augment_zoom", "augment_rotation", "augment_erasing"):
+        if getattr(c, name) > 0:
+            on.append(f"{name}={getattr(c, name):g}")
+    return on
 
 
 def resolve(
@@ -317,6 +404,13 @@ def describe(config: TrainConfig) -> str:
         f"freeze_layers={config.freeze_layers} head={list(config.head_units)} dropout={config.dropout} "
         f"{config.optimizer} lr={config.learning_rate:g} global_batch_size={config.global_batch_size} "
         f"epochs={config.epochs}"
+        + (f" lr_schedule={config.lr_schedule}" if config.lr_schedule != "plateau" else "")
+        + (f" warmup_epochs={config.warmup_epochs}" if config.warmup_epochs else "")
+        + (f" nesterov={str(config.nesterov).lower()}" if config.optimizer == "sgd" else "")
+        + "".join(f" {a}" for a in image_augmentations(config))
+        + (f" mixup_alpha={config.mixup_alpha:g}" if config.mixup_alpha > 0 else "")
+        + (f" class_weighting={config.class_weighting}" if config.class_weighting != "none" else "")
+        + (f" eval_tta={config.eval_tta}" if config.eval_tta != "none" else "")
     )
 
 
@@ -330,5 +424,6 @@ __all__ = [
     "validate",
     "field_names",
     "describe",
+    "image_augmentations",
     "field",
 ]

@@ -5,6 +5,7 @@
 This part is model-independent (numpy, pandas and matplotlib only): it turns true labels
 and predicted class probabilities into a JSON-able metrics dict (`compute_metrics`), a
 terminal report (`format_report`), a confusion-matrix CSV + PNG (`write_confusion`),
+test-time augmentation of a model's predictions (`predict_probs(..., tta=...)`),
 training curves from a run's `history.csv` (`write_history_plot`), an ensemble of several
 models' probabilities (`average_probs`) and a grid of the most confident mistakes
 (`mistakes_grid`). Every file goes through `fer_dist.storage`, so `RUN_DIR` may be a
@@ -19,6 +20,8 @@ predictions).
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import math
 
 import matplotlib
@@ -31,6 +34,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fer_dist import EMOTIONS, NUM_CLASSES, storage  # noqa: E402
+from fer_dist.config import TTA_MODES  # noqa: E402
 from fer_dist.errors import UserError  # noqa: E402
 
 HISTORY_FILE = "history.csv"
@@ -305,15 +309,34 @@ MODEL_FILE = "model.keras"
 SPLIT_NAMES = ("train", "val", "test")
 
 
-def predict_probs(model, images: np.ndarray, config, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities [N, 7] of uint8 gray faces [N, H, W], in order."""
+def check_tta(tta: str, what: str = "--tta") -> str:
+    """`tta` if it is a test-time augmentation mode, else a UserError naming `what`."""
+    if tta not in TTA_MODES:
+        raise UserError(f"{what} {tta!r}: expected one of {', '.join(TTA_MODES)}")
+    return tta
+
+
+def predict_probs(model, images: np.ndarray, config, batch_size: int = 256, tta: str = "none") -> np.ndarray:
+    """Class probabilities [N, 7] of uint8 gray faces [N, H, W], in order.
+
+    tta: "none"; "flip", the mean of the probabilities of each face and its mirror image;
+    "tencrop", the mean over 10 views: the model input resized to ~1.1x its side, its four
+    corner crops and centre crop, and their mirror images (`augment.tta_views`). Rows sum to 1,
+    so ensembles (`average_probs`) average TTA-averaged models."""
     import tensorflow as tf
 
+    from fer_dist import augment
     from fer_dist.pipeline import predict_dataset
+
+    check_tta(tta, "tta")
 
     @tf.function
     def probs_of(x):
-        return tf.nn.softmax(tf.cast(model(x, training=False), tf.float32), axis=-1)
+        views = augment.tta_views(x, tta)
+        total = 0.0
+        for view in views:
+            total += tf.nn.softmax(tf.cast(model(view, training=False), tf.float32), axis=-1)
+        return total / float(len(views))
 
     out = [probs_of(batch).numpy() for batch in predict_dataset(images, config, batch_size)]
     return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
@@ -330,13 +353,14 @@ def evaluate_run(model, dataset, config, run_dir: str, state) -> dict:
         "epochs_run": state.epoch,
         "stopped_early": state.stopped_early,
         "best_val_loss": state.best_val_loss,
+        "tta": config.eval_tta,
     }
     splits = {"val": dataset.val, "test": dataset.test}
     for name, split in splits.items():
         if split is None:
             log.info("no test split in %s: no test metrics", dataset.source)
             continue
-        probs = predict_probs(model, split.images, config)
+        probs = predict_probs(model, split.images, config, tta=config.eval_tta)
         metrics = compute_metrics(split.labels, probs)
         summary[f"{name}_accuracy"] = metrics["accuracy"]
         summary[f"{name}_macro_f1"] = metrics["macro_f1"]
@@ -346,8 +370,37 @@ def evaluate_run(model, dataset, config, run_dir: str, state) -> dict:
             storage.write_bytes(storage.join(run_dir, "val_mistakes.png"), mistakes_grid(split.images, split.labels, probs))
         print(format_report(metrics, f"{name} ({len(split)} images, best epoch {state.best_epoch})"), flush=True)
     write_history_plot(run_dir)
+    write_tensorboard_images(run_dir)
     storage.write_text(storage.join(run_dir, METRICS_FILE), json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+TENSORBOARD_IMAGES = ("curves.png", "val_confusion.png", "test_confusion.png", "val_mistakes.png")
+
+
+def write_tensorboard_images(run_dir: str) -> list[str]:
+    """The run's PNGs (curves, confusion matrices, mistakes) as TensorBoard images under
+    <run_dir>/tensorboard/eval; returns the names written."""
+    import tempfile
+
+    import tensorflow as tf
+
+    names = [n for n in TENSORBOARD_IMAGES if storage.exists(storage.join(run_dir, n))]
+    if not names:
+        return []
+    local_run = storage.local_path(run_dir)
+    tmp = None if local_run else tempfile.mkdtemp(prefix="fer_dist_tb_eval_")
+    logdir = os.path.join(local_run, "tensorboard", "eval") if local_run else tmp
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default(step=0):
+        for name in names:
+            image = tf.io.decode_png(storage.read_bytes(storage.join(run_dir, name)), channels=3)
+            tf.summary.image(name.removesuffix(".png"), image[tf.newaxis], step=0)
+    writer.close()
+    if tmp:
+        storage.upload_dir(tmp, storage.join(run_dir, "tensorboard", "eval"))
+        shutil.rmtree(tmp, ignore_errors=True)
+    return names
 
 
 def load_run(run_dir: str):
@@ -373,14 +426,20 @@ def load_run(run_dir: str):
     return config, model
 
 
-def evaluate_data(run_dirs: list[str], data: str, split: str | None, skip_bad_rows: bool = False) -> tuple[dict, str]:
+def evaluate_data(
+    run_dirs: list[str], data: str, split: str | None, skip_bad_rows: bool = False, tta: str | None = None
+) -> tuple[dict, str]:
     """Scores one run (or the ensemble of several: mean probabilities) on a data file's split.
 
+    `tta`: test-time augmentation for every run (None: each run's own `eval_tta`); each
+    model's probabilities are TTA-averaged first, then averaged over the models.
     Returns (metrics, the split used). Writes nothing; the caller decides where results go."""
     from fer_dist import data as data_lib
 
     if split is not None and split not in SPLIT_NAMES:
         raise UserError(f"--split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+    if tta is not None:
+        check_tta(tta)
     loaded = [load_run(r) for r in run_dirs]
     first = loaded[0][0]
     dataset = data_lib.load(data, skip_bad_rows=skip_bad_rows, val_fraction=first.val_fraction, seed=first.seed, builtin_size=first.builtin_size)
@@ -388,5 +447,8 @@ def evaluate_data(run_dirs: list[str], data: str, split: str | None, skip_bad_ro
     chosen = getattr(dataset, split)
     if chosen is None:
         raise UserError(f"--split test: {data} has no test split (PrivateTest); use --split val")
-    probs = average_probs([predict_probs(model, chosen.images, config) for config, model in loaded])
-    return compute_metrics(chosen.labels, probs), split
+    used = [tta or config.eval_tta for config, _ in loaded]
+    probs = average_probs([predict_probs(model, chosen.images, config, tta=t) for (config, model), t in zip(loaded, used)])
+    metrics = compute_metrics(chosen.labels, probs)
+    metrics["tta"] = used[0] if len(set(used)) == 1 else used
+    return metrics, split

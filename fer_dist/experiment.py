@@ -10,6 +10,7 @@ confusion matrices, curves, the exported model) from rank 0 and prints where it 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -24,17 +25,30 @@ log = logging.getLogger(__name__)
 RESUMABLE_CHANGES = ("epochs",)  # what a resumed run may change
 
 
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """Local paths in the config (data, weights file, feature cache) made absolute, so that Ray
+    workers and Tune trials, which run in directories of their own, find them."""
+    changes = {}
+    if config.data != "builtin":
+        changes["data"] = storage.absolute(config.data)
+    if config.weights.lower() not in ("imagenet", "none"):
+        changes["weights"] = storage.absolute(config.weights)
+    if config.feature_cache_dir:
+        changes["feature_cache_dir"] = storage.absolute(config.feature_cache_dir)
+    return dataclasses.replace(config, **changes) if changes else config
+
+
 def resolve_for_run(preset, overrides, config_file, run_dir: str | None, resume: bool) -> TrainConfig:
     """A new run's config, or (with resume) the run's saved one; only `epochs` may change."""
     if not resume:
-        return resolve(preset, overrides, config_file)
+        return absolute_paths(resolve(preset, overrides, config_file))
     source = storage.join(run_dir, "config.json")
     saved = TrainConfig.from_json(storage.read_text(source), source=source)
     if config_file:
         raise UserError("--resume: the run's saved config.json is used; drop --config")
     if preset:
         resolve(preset)  # an unknown preset is still an error
-    wanted = replace(saved, overrides or {}, source="--set")
+    wanted = absolute_paths(replace(saved, overrides or {}, source="--set"))
     changed = sorted(k for k in (overrides or {}) if getattr(wanted, k) != getattr(saved, k))
     bad = [k for k in changed if k not in RESUMABLE_CHANGES]
     if bad:
@@ -62,6 +76,7 @@ def train(
     if resume and not name:
         raise UserError("--resume needs --name NAME (the run to continue)")
     name = name or cli.new_run_name(preset or "demo")
+    output = storage.absolute(output)
     run_dir = storage.join(output, name)
     if resume:
         cli.prepare_run_dir(output, name, resume=True)

@@ -6,8 +6,9 @@
 
 With the resnet50 backbone and `freeze_layers=N > 0`, every layer before N is frozen:
 `trainable=False`, and a frozen BatchNormalization runs in inference mode (Keras 3), and
-the input pipeline has no random augmentation. The output of that frozen prefix is
-therefore a fixed function of each image, so it is computed once per split (a batched
+the input has no random augmentation (`config_reason` refuses the cache when `augment_*`
+or mixup is on; class weighting only weights the loss and is fine). The output of that
+frozen prefix is therefore a fixed function of each image, so it is computed once per split (a batched
 predict over `model.preprocess` + the prefix), stored, and the loop trains the remainder
 (the trunk layers after the cut, then the head) on it.
 
@@ -56,7 +57,7 @@ import time
 import numpy as np
 
 from fer_dist import storage
-from fer_dist.config import TrainConfig
+from fer_dist.config import TrainConfig, image_augmentations
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,15 @@ def config_reason(config: TrainConfig) -> str | None:
         return f"backbone={config.backbone} (the cache is for the frozen resnet50 trunk)"
     if config.freeze_layers <= 0:
         return "freeze_layers=0: no frozen layers, every layer trains"
-    # Input augmentation (none exists yet) would make the prefix's output random: refuse it here.
+    # Input augmentation makes the prefix's output a random function of each image: a cached
+    # feature would be that of the unaugmented image, so the cache would train on other inputs.
+    augmentations = image_augmentations(config)
+    if augmentations:
+        return f"input augmentation is on ({', '.join(augmentations)})"
+    # Mixup mixes images before the trunk; mixing cached features instead is another method.
+    if config.mixup_alpha > 0:
+        return f"mixup is on (mixup_alpha={config.mixup_alpha:g}): it mixes images before the trunk"
+    # Class weighting only weights the loss: it is exact on cached features.
     return None
 
 

@@ -31,6 +31,16 @@ def is_gcs(uri: str) -> bool:
     return str(uri).startswith(GCS_SCHEME)
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (Ray workers run in other directories); gs:// unchanged."""
+    uri = str(uri)
+    if is_gcs(uri):
+        return uri
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return os.path.abspath(os.path.expanduser(uri))
+
+
 def join(uri: str, *parts: str) -> str:
     """Joins path parts, keeping a `gs://` scheme intact."""
     uri = str(uri)

@@ -7,10 +7,13 @@
 `tf.distribute.MultiWorkerMirroredStrategy` (Keras 3 `model.fit` does not work under MWMS
 inside Ray: ray-project/ray#47464). `make_strategy` is the only place a strategy is made.
 
+Per step: set the learning rate (`lr_schedule=cosine` and `warmup_epochs` change it every
+step; `scheduled_learning_rate`), augment the batch in-graph when `augment_*` / `mixup_alpha`
+ask for it and weight the loss per class with `class_weighting` (fer_dist/augment.py).
 Per epoch: train, evaluate on the validation split (all workers, reduced), decay the
-learning rate by `decay_factor` after `decay_patience` epochs without a lower val_loss,
-stop after `early_stop_patience` such epochs (restoring the best weights), write
-`history.csv` and TensorBoard scalars, and hand a checkpoint to the session (a local run
+learning rate by `decay_factor` after `decay_patience` epochs without a lower val_loss
+(`lr_schedule=plateau`, the default), stop after `early_stop_patience` such epochs
+(restoring the best weights), write `history.csv` and TensorBoard scalars, and hand a checkpoint to the session (a local run
 directory, or Ray Train's checkpoint storage). Side effects happen on rank 0 only.
 
 Feature cache (`feature_cache=true`, the default; `fer_dist/features.py`): with the resnet50
@@ -26,6 +29,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -152,12 +156,36 @@ def make_optimizer(config: TrainConfig):
 
     decay = config.weight_decay or None
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, nesterov=True, weight_decay=decay)
+        return keras.optimizers.SGD(
+            config.learning_rate, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay
+        )
     if decay:
         return keras.optimizers.AdamW(config.learning_rate, weight_decay=decay)
     if config.backbone == "resnet50":  # 24M trainable parameters in the seed recipe: the update matters
         return _fused_adam_class()(config.learning_rate)
     return keras.optimizers.Adam(config.learning_rate)
+
+
+def scheduled_learning_rate(config: TrainConfig, base: float, global_step: int, steps_per_epoch: int) -> float:
+    """The learning rate of training step `global_step` (0-based, counted over the whole run).
+
+    plateau: `base` (the plateau-decayed rate in the loop state). cosine: from
+    config.learning_rate down to min_learning_rate along half a cosine over the steps after
+    warm-up. Either way, during the first `warmup_epochs` epochs the rate ramps linearly up
+    to its value: (global_step + 1) / warmup_steps of it. Depends only on the step, so a
+    resumed run follows the same schedule.
+    """
+    warmup = config.warmup_epochs * steps_per_epoch
+    if config.lr_schedule == "cosine":
+        total = config.epochs * steps_per_epoch
+        progress = min(1.0, max(0.0, (global_step - warmup) / max(1, total - warmup)))
+        floor = min(config.min_learning_rate, config.learning_rate)
+        value = floor + (config.learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        value = base
+    if global_step < warmup:
+        value *= (global_step + 1) / warmup
+    return float(value)
 
 
 _FUSED_ADAM = None
@@ -211,7 +239,7 @@ def _fused_adam_class():
 @dataclasses.dataclass
 class LoopState:
     epoch: int = 0  # epochs completed
-    learning_rate: float = 0.0
+    learning_rate: float = 0.0  # the plateau schedule's current rate (cosine: config.learning_rate)
     best_val_loss: float = float("inf")
     best_val_accuracy: float = 0.0
     best_epoch: int = 0  # epoch (1-based) of the lowest val_loss: the weights early stopping restores
@@ -234,7 +262,7 @@ class LoopState:
         else:
             self.plateau_wait += 1
             self.stop_wait += 1
-            if self.plateau_wait >= config.decay_patience:
+            if config.lr_schedule == "plateau" and self.plateau_wait >= config.decay_patience:
                 self.learning_rate = max(self.learning_rate * config.decay_factor, config.min_learning_rate)
                 self.plateau_wait = 0
         stop = bool(config.early_stop_patience) and self.stop_wait >= config.early_stop_patience
@@ -297,7 +325,7 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
     """Trains `config` to the end (or early stop), checkpointing every epoch through `session`."""
     import tensorflow as tf
 
-    from fer_dist import data, features as features_lib, model as model_lib, pipeline
+    from fer_dist import EMOTIONS, augment, data, features as features_lib, model as model_lib, pipeline
 
     strategy = make_strategy()  # before any other TF op: MWMS needs a fresh context
     rank = worker_rank(strategy)
@@ -373,15 +401,36 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
             one_hot, logits, from_logits=True, label_smoothing=config.label_smoothing
         )
 
+    # Training-only input augmentation and mixup (fer_dist/augment.py) act on images: the
+    # feature cache is ruled out for them (features.config_reason), so net is the full model.
+    augmenting = augment.any_image_augmentation(config)
+    mixing = config.mixup_alpha > 0
+    if (augmenting or mixing) and train_features is not None:  # pragma: no cover - config_reason prevents it
+        raise RuntimeError("augmentation or mixup on cached features")
+    weights_np = augment.class_weights(dataset.train.labels, config.class_weighting)
+    class_weights = tf.constant(weights_np) if weights_np is not None else None
+    if rank == 0 and weights_np is not None:
+        log.info("class weighting %s: %s", config.class_weighting,
+                 ", ".join(f"{name} {w:.2f}" for name, w in zip(EMOTIONS, weights_np)))
+
     def replica_train_step(images, labels):
+        mix = None
+        if augmenting or mixing:
+            seed = augment.step_seed(config.seed, optimizer.iterations)
+            augment_seed, mixup_seed = augment.split_seed(seed, 2)
+            images = augment.augment_images(images, config, augment_seed)
+            if mixing:
+                images, labels_b, lam = augment.mixup(images, labels, config.mixup_alpha, mixup_seed)
+                mix = (labels_b, lam)
         with tf.GradientTape() as tape:
             logits = net(images, training=True)
-            loss = tf.nn.compute_average_loss(per_example_loss(labels, logits), global_batch_size=config.global_batch_size)
+            example_loss = augment.train_loss(per_example_loss, labels, logits, mix, class_weights)
+            loss = tf.nn.compute_average_loss(example_loss, global_batch_size=config.global_batch_size)
             if net.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(net.losses))
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+        correct = tf.reduce_sum(augment.train_hits(labels, logits, mix))
         return loss, correct
 
     def replica_eval_step(images, labels, weights):
@@ -420,11 +469,16 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
         val_fn, val_steps = pipeline.eval_dataset_fn(dataset.val, config, val_features)
         val_dist = strategy.distribute_datasets_from_function(val_fn)
         for epoch in range(first_epoch + 1, config.epochs + 1):
-            optimizer.learning_rate.assign(state.learning_rate)
+            lr = state.learning_rate
+            optimizer.learning_rate.assign(lr)
             bar = _progress_bar(steps, epoch, config.epochs) if rank == 0 and session.progress() else None
             start = time.perf_counter()
             loss_sum = correct_sum = 0.0
             for step in range(steps):
+                step_lr = scheduled_learning_rate(config, state.learning_rate, (epoch - 1) * steps + step, steps)
+                if step_lr != lr:  # per step under cosine or warm-up; else once per epoch, as above
+                    lr = step_lr
+                    optimizer.learning_rate.assign(lr)
                 loss, correct = train_step(train_iter)
                 loss_sum += float(loss)
                 correct_sum += float(correct)
@@ -446,7 +500,7 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
                 "accuracy": correct_sum / (steps * config.global_batch_size),
                 "val_loss": val_loss / len(dataset.val),
                 "val_accuracy": val_correct / len(dataset.val),
-                "learning_rate": state.learning_rate,
+                "learning_rate": lr,  # of the epoch's last step
                 "images_per_second": steps * config.global_batch_size / train_seconds,
                 "epoch_seconds": time.perf_counter() - start,
             }

@@ -205,7 +205,7 @@ class SearchSpec:
     cpus_per_worker: float = 0.95
     max_concurrent: int = 2
     metric: str = "val_accuracy"
-    grace_period: int = 1
+    grace_period: int = 2
     reduction_factor: int = 2
     searcher: str = "random"  # random | optuna
 
@@ -218,6 +218,10 @@ def search(base: TrainConfig, space: dict[str, Dim], spec: SearchSpec, *, storag
 
     from fer_dist import launch
 
+    from fer_dist.experiment import absolute_paths
+
+    # Trials run in Ray's own working directories: every local path must be absolute.
+    storage_uri, base = storage.absolute(storage_uri), absolute_paths(base)
     mode = "min" if spec.metric.endswith("loss") else "max"
     search_uri = storage.join(storage_uri, name)
     fs, path = storage.filesystem(storage_uri)

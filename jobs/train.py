@@ -25,7 +25,7 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 @cli.user_errors_exit
 def main(
     data: Optional[str] = typer.Option(None, "--data", help="'builtin', a FER-2013 CSV (.csv/.csv.gz, path or gs://), or an image folder."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="seed | smoke | demo (default demo)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="seed | best | smoke | demo | quick (default demo)."),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help="key=value for any config field; repeatable."),
     config_file: Optional[str] = typer.Option(None, "--config", help="A config.json (e.g. a search's best_config.json)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Shorthand for --set epochs=N."),

@@ -39,7 +39,7 @@ def main(
     ),
     max_concurrent: int = typer.Option(2, "--max-concurrent", help="Trials running at once."),
     metric: str = typer.Option("val_accuracy", "--metric", help="val_accuracy (maximised) or val_loss (minimised)."),
-    grace_period: int = typer.Option(1, "--grace-period", help="ASHA: epochs before a trial can be stopped."),
+    grace_period: int = typer.Option(2, "--grace-period", help="ASHA: epochs before a trial can be stopped (epoch-1 scores are mostly noise)."),
     reduction_factor: int = typer.Option(2, "--reduction-factor", help="ASHA: keep 1/N of trials at each rung."),
     searcher: str = typer.Option("random", "--searcher", help="random | optuna."),
     storage_uri: str = typer.Option("./runs/tune", "--storage", help="A directory or gs://bucket/prefix."),

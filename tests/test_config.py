@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -80,3 +81,74 @@ def test_config_is_frozen():
     c = C.resolve("seed")
     with pytest.raises(Exception):
         c.dropout = 0.1  # type: ignore[misc]
+
+
+NEW_FIELDS = {
+    "nesterov": True, "lr_schedule": "plateau", "warmup_epochs": 0, "class_weighting": "none",
+    "augment_flip": False, "augment_shift": 0.0, "augment_zoom": 0.0, "augment_rotation": 0.0,
+    "augment_erasing": 0.0, "mixup_alpha": 0.0, "eval_tta": "none",
+}
+
+
+@pytest.mark.parametrize("preset", ["seed", "smoke", "demo", "quick"])
+def test_new_fields_default_to_the_old_behaviour_in_old_presets(preset):
+    c = C.resolve(preset)
+    assert {k: getattr(c, k) for k in NEW_FIELDS} == NEW_FIELDS
+    assert C.image_augmentations(c) == []
+    # A config.json written before these fields existed still loads, with them at their defaults.
+    old = {k: v for k, v in c.to_dict().items() if k not in NEW_FIELDS}
+    assert C.TrainConfig.from_json(json.dumps(old)) == c
+
+
+def test_best_preset():
+    c = C.resolve("best")
+    assert (c.backbone, c.weights, c.freeze_layers, c.train_batchnorm) == ("resnet50", "imagenet", 0, False)
+    assert (c.optimizer, c.nesterov, c.momentum, c.learning_rate, c.weight_decay) == ("sgd", True, 0.9, 0.01, 1e-4)
+    assert c.lr_schedule == "plateau" and c.label_smoothing == 0.1 and c.image_size >= 96
+    assert c.augment_flip and c.augment_shift > 0 and c.augment_rotation > 0 and c.eval_tta == "tencrop"
+    assert C.image_augmentations(c) and "augment_flip=true" in C.describe(c)
+
+
+def test_augmentation_and_schedule_overrides_are_typed():
+    c = C.resolve("smoke", {"augment_flip": "on", "augment_rotation": "10", "mixup_alpha": "0.2",
+                            "lr_schedule": "cosine", "warmup_epochs": "2", "nesterov": "false"})
+    assert c.augment_flip is True and c.augment_rotation == 10.0 and c.mixup_alpha == 0.2
+    assert (c.lr_schedule, c.warmup_epochs, c.nesterov) == ("cosine", 2, False)
+    assert C.image_augmentations(c) == ["augment_flip=true", "augment_rotation=10"]
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({"augment_shift": "0.7"}, "augment_shift=0.7: must be in [0, 0.5]"),
+        ({"augment_shift": "-0.1"}, "augment_shift=-0.1"),
+        ({"augment_zoom": "1"}, "augment_zoom=1.0: must be in [0, 1)"),
+        ({"augment_rotation": "200"}, "augment_rotation=200.0"),
+        ({"augment_erasing": "1.5"}, "augment_erasing=1.5: must be in [0, 1]"),
+        ({"mixup_alpha": "-1"}, "mixup_alpha=-1.0"),
+        ({"augment_flip": "sometimes"}, "augment_flip='sometimes': expected true or false"),
+        ({"class_weighting": "inverse"}, "class_weighting='inverse': expected one of none, balanced"),
+        ({"lr_schedule": "step"}, "lr_schedule='step': expected one of plateau, cosine"),
+        ({"warmup_epochs": "-1"}, "warmup_epochs=-1: must be >= 0"),
+        ({"eval_tta": "fivecrop"}, "eval_tta='fivecrop'"),
+    ],
+)
+def test_bad_augmentation_and_schedule_values_name_the_field(overrides, needle):
+    with pytest.raises(UserError) as e:
+        C.resolve("smoke", overrides)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_local_paths_are_made_absolute_for_ray_workers(tmp_path, monkeypatch):
+    from fer_dist import experiment, storage
+
+    monkeypatch.chdir(tmp_path)
+    c = C.resolve("demo", {"data": "data/fer.csv", "weights": "w.weights.h5", "feature_cache_dir": "~/cache"})
+    a = experiment.absolute_paths(c)
+    assert a.data == str(tmp_path / "data" / "fer.csv")
+    assert a.weights == str(tmp_path / "w.weights.h5")
+    assert a.feature_cache_dir == os.path.expanduser("~/cache")
+    kept = experiment.absolute_paths(C.resolve("demo", {"data": "gs://b/fer.csv"}))
+    assert kept.data == "gs://b/fer.csv" and kept.weights == "none" and kept.feature_cache_dir == ""
+    assert experiment.absolute_paths(C.resolve("seed")).weights == "imagenet"
+    assert storage.absolute("runs") == str(tmp_path / "runs") and storage.absolute("gs://b/x") == "gs://b/x"

@@ -134,7 +134,9 @@ def test_killed_worker_is_replaced_and_the_run_completes(tmp_path, tiny_csv):
 
 
 def test_driver_killed_then_resume(tmp_path, tiny_csv):
-    args = ["--workers", "2", "--data", tiny_csv, "--storage", str(tmp_path), "--name", "drv", "--epochs", "4", *SMOKE]
+    # In-graph augmentation on: it must run inside strategy.run under MultiWorkerMirroredStrategy too.
+    augment = ["--set", "augment_flip=true", "--set", "augment_shift=0.1", "--set", "augment_erasing=0.3"]
+    args = ["--workers", "2", "--data", tiny_csv, "--storage", str(tmp_path), "--name", "drv", "--epochs", "4", *SMOKE, *augment]
     proc = job(args)
     run = str(tmp_path / "drv")
     wait_for(lambda: len(checkpoints(run)) >= 2, proc, what="two checkpoints")

@@ -244,3 +244,104 @@ def test_mistakes_grid_rejects_misaligned_images():
         evaluate.mistakes_grid(np.zeros((3, 48, 48), np.uint8), LABELS, probs_for(PREDS))
     with pytest.raises(UserError):
         evaluate.mistakes_grid(np.zeros((10, 48, 48), np.uint8), LABELS, probs_for(PREDS), k=0)
+
+
+# --- test-time augmentation (TensorFlow; models built untrained) -----------------------
+
+
+@pytest.fixture(scope="module")
+def tta_model():
+    from fer_dist import config as C, model as model_lib
+
+    import keras
+
+    config = C.resolve("smoke")
+    keras.utils.set_random_seed(0)
+    return config, model_lib.build(config)
+
+
+def faces(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 48, 48)).astype(np.uint8)
+
+
+def test_tta_flip_of_a_symmetric_face_equals_no_tta(tta_model):
+    config, model = tta_model
+    half = faces(5)[:, :, :24]
+    symmetric = np.concatenate([half, half[:, :, ::-1]], axis=2)
+    plain = evaluate.predict_probs(model, symmetric, config)
+    flipped = evaluate.predict_probs(model, symmetric, config, tta="flip")
+    np.testing.assert_allclose(flipped, plain, atol=1e-6)
+
+
+def test_tta_flip_is_the_mean_over_the_face_and_its_mirror(tta_model):
+    config, model = tta_model
+    x = faces(6, seed=1)
+    plain = evaluate.predict_probs(model, x, config)
+    mirrored = evaluate.predict_probs(model, x[:, :, ::-1], config)
+    flipped = evaluate.predict_probs(model, x, config, tta="flip")
+    assert not np.allclose(plain, mirrored, atol=1e-4)  # the model is not symmetric
+    np.testing.assert_allclose(flipped, (plain + mirrored) / 2, atol=1e-6)
+
+
+def test_tta_tencrop_rows_sum_to_one_and_views_are_crops_and_mirrors(tta_model):
+    import tensorflow as tf
+
+    from fer_dist import augment
+
+    config, model = tta_model
+    x = faces(7, seed=2)
+    probs = evaluate.predict_probs(model, x, config, tta="tencrop", batch_size=4)
+    assert probs.shape == (7, NUM_CLASSES)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(probs, evaluate.predict_probs(model, x, config), atol=1e-4)
+    # A constant face looks the same in every view: tencrop == none.
+    flat = np.full((2, 48, 48), 90, np.uint8)
+    np.testing.assert_allclose(
+        evaluate.predict_probs(model, flat, config, tta="tencrop"), evaluate.predict_probs(model, flat, config), atol=1e-5
+    )
+    views = augment.tta_views(tf.random.uniform([2, 48, 48, 3]), "tencrop")
+    assert len(views) == 10 and all(v.shape == (2, 48, 48, 3) for v in views)
+    for crop, mirror in zip(views[:5], views[5:]):
+        np.testing.assert_array_equal(mirror.numpy(), crop.numpy()[:, :, ::-1])
+    assert augment.tencrop_size(48) == 52 and augment.tencrop_size(96) == 106
+
+
+def test_bad_tta_is_a_user_error(tta_model):
+    config, model = tta_model
+    with pytest.raises(UserError, match="tta 'fivecrop': expected one of none, flip, tencrop"):
+        evaluate.predict_probs(model, faces(1), config, tta="fivecrop")
+
+
+def test_tta_composes_with_ensembles(tmp_path):
+    from fer_dist import data as data_lib
+    from tests.saved_run import save_untrained_run
+    from tests.tiny import write_tiny_csv
+
+    csv = write_tiny_csv(tmp_path / "tiny.csv", n_train=70, n_val=21)
+    a = save_untrained_run(tmp_path / "a", data=csv, seed=1)
+    b = save_untrained_run(tmp_path / "b", data=csv, seed=2, eval_tta="flip")
+    val = data_lib.load(csv).val
+    (ca, ma), (cb, mb) = evaluate.load_run(a), evaluate.load_run(b)
+    want = evaluate.average_probs([evaluate.predict_probs(ma, val.images, ca, tta="tencrop"),
+                                   evaluate.predict_probs(mb, val.images, cb, tta="tencrop")])
+    metrics, split = evaluate.evaluate_data([a, b], csv, "val", tta="tencrop")
+    assert split == "val" and metrics["tta"] == "tencrop"
+    assert metrics == evaluate.compute_metrics(val.labels, want) | {"tta": "tencrop"}
+    # Without --tta each run uses its own eval_tta.
+    metrics, _ = evaluate.evaluate_data([a, b], csv, "val")
+    assert metrics["tta"] == ["none", "flip"]
+    want = evaluate.average_probs([evaluate.predict_probs(ma, val.images, ca),
+                                   evaluate.predict_probs(mb, val.images, cb, tta="flip")])
+    assert metrics["confusion_matrix"] == evaluate.compute_metrics(val.labels, want)["confusion_matrix"]
+
+
+def test_pictures_go_to_tensorboard_as_images(tmp_path):
+    import tensorflow as tf
+
+    (tmp_path / "history.csv").write_text(HISTORY_CSV)
+    evaluate.write_history_plot(str(tmp_path))
+    assert evaluate.write_tensorboard_images(str(tmp_path)) == ["curves.png"]
+    events = list((tmp_path / "tensorboard" / "eval").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    tags = [v.tag for e in tf.compat.v1.train.summary_iterator(str(events[0])) for v in e.summary.value]
+    assert tags == ["curves"]

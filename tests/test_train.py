@@ -1,6 +1,7 @@
 """The real training loop on tiny data: learning, outputs, checkpoints, exact resume."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -105,3 +106,35 @@ def test_batch_larger_than_data_is_a_user_error(tmp_path):
     cfg = C.resolve("smoke", {"global_batch_size": "4096"})
     with pytest.raises(UserError, match="global_batch_size=4096 is larger than"):
         T.fit(cfg, T.LocalSession(str(tmp_path / "r"), show_progress=False), dataset=tiny_dataset())
+
+
+def test_learning_rate_schedules():
+    steps = 10
+    plateau = C.resolve("smoke", {"epochs": "5"})
+    assert [T.scheduled_learning_rate(plateau, 0.02, s, steps) for s in (0, 17, 49)] == [0.02] * 3
+    warm = plateau.replace(warmup_epochs=1)
+    assert T.scheduled_learning_rate(warm, 0.02, 0, steps) == pytest.approx(0.002)
+    assert T.scheduled_learning_rate(warm, 0.02, 4, steps) == pytest.approx(0.01)
+    assert T.scheduled_learning_rate(warm, 0.02, 10, steps) == 0.02
+    cos = C.resolve("smoke", {"epochs": "5", "lr_schedule": "cosine", "learning_rate": "0.1", "min_learning_rate": "0.001"})
+    lrs = [T.scheduled_learning_rate(cos, 0.5, s, steps) for s in range(50)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[25] == pytest.approx(0.001 + 0.099 * 0.5)
+    assert lrs[-1] == pytest.approx(0.001 + 0.099 * 0.5 * (1 + math.cos(math.pi * 49 / 50)))
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))  # the plateau base (0.5) plays no part
+    cos_warm = cos.replace(warmup_epochs=1)
+    assert T.scheduled_learning_rate(cos_warm, 0.5, 9, steps) == pytest.approx(0.1)
+    assert T.scheduled_learning_rate(cos_warm, 0.5, 10, steps) == pytest.approx(0.1)
+    assert T.scheduled_learning_rate(cos_warm, 0.5, 30, steps) == pytest.approx(0.001 + 0.099 * 0.5)
+
+
+def test_cosine_schedule_does_not_decay_on_plateaus():
+    cfg = C.resolve("seed", {"lr_schedule": "cosine", "decay_patience": "1", "early_stop_patience": "0"})
+    s = T.LoopState(learning_rate=0.1)
+    for e in range(1, 6):
+        s.update(_row(e, 1.0 + e), cfg)
+    assert s.learning_rate == 0.1
+
+
+def test_sgd_nesterov_flag():
+    assert T.make_optimizer(C.resolve("smoke", {"optimizer": "sgd"})).nesterov is True
+    assert T.make_optimizer(C.resolve("smoke", {"optimizer": "sgd", "nesterov": "false"})).nesterov is False

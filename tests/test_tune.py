@@ -22,9 +22,9 @@ TINY_SEARCH = [
 ]
 
 
-def tune_job(args: list[str]) -> subprocess.Popen:
+def tune_job(args: list[str], cwd: str = ROOT) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "jobs", "tune.py"), *args], cwd=ROOT,
+        [sys.executable, os.path.join(ROOT, "jobs", "tune.py"), *args], cwd=cwd,
         env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,
     )
@@ -69,9 +69,11 @@ def test_search_with_asha_runs_to_the_end_in_gcs(gcs_emulator, gcs_prefix):
 
 @pytest.mark.ray
 def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
-    args = [*TINY_SEARCH, "--set", "epochs=2", "--max-concurrent", "1", "--storage", str(tmp_path), "--name", "r"]
-    trials = tmp_path / "r" / "trials"
-    proc = tune_job(args)
+    # A relative --storage, as users type it: the trials (which Ray runs in directories of its
+    # own) must still write under it.
+    args = [*TINY_SEARCH, "--set", "epochs=2", "--max-concurrent", "1", "--storage", "searches", "--name", "r"]
+    trials = tmp_path / "searches" / "r" / "trials"
+    proc = tune_job(args, cwd=str(tmp_path))
     deadline = time.time() + 400
     finished = []
     while time.time() < deadline and not finished:  # a finished trial wrote its metrics.json
@@ -83,10 +85,11 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     proc.wait(timeout=60)
     stamps = {p: p.stat().st_mtime_ns for p in finished}
 
-    resumed = tune_job([*args, "--resume"])
+    resumed = tune_job([*args, "--resume"], cwd=str(tmp_path))
     out = finish(resumed)
     assert resumed.returncode == 0, out[-5000:]
-    assert len(results(str(tmp_path / "r"))) == 4
+    assert len(results(str(tmp_path / "searches" / "r"))) == 4
+    assert len(list(trials.glob("trial-*/history.csv"))) == 4
     for p, stamp in stamps.items():
         assert p.stat().st_mtime_ns == stamp, f"{p.parent.name} was run again"
 
