@@ -97,7 +97,25 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     env = {k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ}
-    ray.init(runtime_env={"env_vars": env} if env else None, log_to_driver=True, num_cpus=num_cpus)
+    runtime_env = {"worker_process_setup_hook": "fer_dist.launch.quiet_ray_loggers"}
+    if env:
+        runtime_env["env_vars"] = env
+    ray.init(runtime_env=runtime_env, log_to_driver=True, num_cpus=num_cpus)
+
+
+# Ray Train V2's PlacementGroupCleaner asks the State API (served by the dashboard, which
+# `ray[train,tune]` does not install) whether the Train controller lives, once a second,
+# and logs a warning each time it cannot: a screenful per minute that says nothing about
+# the run. The controller's own messages (worker failures, restarts) are kept.
+QUIETED_RAY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_ray_loggers() -> None:
+    """Ray `worker_process_setup_hook`: runs in every Ray worker process of the job."""
+    import logging
+
+    for name in QUIETED_RAY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def make_trainer(
