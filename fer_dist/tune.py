@@ -212,7 +212,6 @@ class SearchSpec:
 
 def search(base: TrainConfig, space: dict[str, Dim], spec: SearchSpec, *, storage_uri: str, name: str, resume: bool):
     """Runs (or resumes) a search; writes results.csv, curves PNG, best_config.json, best_model/."""
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 

@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
+from tests import jobs_helpers
 from tests.tiny import write_tiny_csv
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "jobs", script), *args], cwd=ROOT, capture_output=True, text=True,
-        timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
-
-
-def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), last
-    for needle in needles:
-        assert needle in last, last
+ROOT = jobs_helpers.ROOT
+run, assert_user_error = jobs_helpers.run, jobs_helpers.assert_user_error
 
 
 @pytest.mark.parametrize(
