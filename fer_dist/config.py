@@ -56,6 +56,13 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_schedule: str = "plateau"  # "plateau": decay on val_loss plateaus; "cosine": per-step cosine decay to min_learning_rate
     warmup_epochs: int = 0  # linear learning-rate warm-up over the first N epochs (per step; either schedule)
+    # Two phases: epochs 1..unfreeze_epoch train with `freeze_layers` frozen (e.g. the head alone
+    # on a frozen trunk), then only the first `unfreeze_to` layers stay frozen and the learning
+    # rate is multiplied by `unfreeze_lr_factor`. BatchNorm layers that phase 1 froze stay frozen
+    # (inference mode). 0 = one phase.
+    unfreeze_epoch: int = 0
+    unfreeze_to: int = 0
+    unfreeze_lr_factor: float = 0.1
     decay_factor: float = 0.9  # learning rate *= decay_factor when val_loss plateaus (lr_schedule=plateau)
     decay_patience: int = 2  # epochs without val_loss improvement before a decay
     min_learning_rate: float = 1e-6
@@ -176,13 +183,20 @@ PRESETS["quick"] = dict(PRESETS["demo"], builtin_size=6000, epochs=8, global_bat
 #         Networks: State of the Art" (arXiv 1612.02903): random crops + horizontal flips in
 #         training, ten-crop averaging at test time; deeper nets (ResNet, Inception) on FER-2013.
 #   [S16] Szegedy et al. 2016, "Rethinking the Inception Architecture" (label smoothing 0.1).
-#   [KTL] the Keras transfer-learning guide: when a pretrained trunk is unfrozen, keep its
-#         BatchNorm layers in inference mode.
+#   [KTL] the Keras transfer-learning guide: train the new head on the frozen trunk first, then
+#         unfreeze and fine-tune with a low learning rate, keeping BatchNorm in inference mode.
 PRESETS["best"] = dict(
     backbone="resnet50",
     weights="imagenet",  # transfer from ImageNet, as the seed recipe
     image_size=96,  # 48-px faces upsampled in the input pipeline: ResNet50's stride 32 leaves 3x3 maps instead of 2x2 (own choice; larger costs 4x per doubling)
-    freeze_layers=0,  # fine-tune the whole trunk: FER-2013 (28k faces) differs from ImageNet, [K&C]/[P&K] train every layer
+    # Two phases [KTL]: 2 epochs train the head on the frozen trunk (a random head's large
+    # gradients would otherwise wreck the pretrained features), then the whole trunk is
+    # fine-tuned (FER-2013's 28k faces differ from ImageNet; [K&C]/[P&K] train every layer)
+    # at a tenth of the learning rate.
+    freeze_layers=175,  # every ResNet50 trunk layer (include_top=False has 175)
+    unfreeze_epoch=2,
+    unfreeze_to=0,
+    unfreeze_lr_factor=0.1,
     train_batchnorm=False,  # [KTL]: pretrained BatchNorm statistics stay in inference mode
     head_pooling="avg",  # the standard ResNet head: global average pooling (own choice)
     head_units=(512,),  # one hidden layer (own choice)
@@ -195,7 +209,6 @@ PRESETS["best"] = dict(
     lr_schedule="plateau",  # [K&C]: reduce-on-plateau beat cosine annealing and step decay
     decay_factor=0.75,  # [K&C]
     decay_patience=5,  # [K&C]
-    warmup_epochs=1,  # a short ramp so lr 0.01 does not wreck the pretrained trunk in the first steps (own choice)
     early_stop_patience=12,  # own choice (K&C train a fixed 300 epochs from scratch; a pretrained trunk needs fewer)
     epochs=80,  # own choice, see above
     label_smoothing=0.1,  # [S16]
@@ -206,7 +219,7 @@ PRESETS["best"] = dict(
     augment_rotation=10.0,  # [K&C]: up to 10 degrees
     augment_erasing=0.5,  # [K&C]: random erasing with probability 0.5
     eval_tta="tencrop",  # [P&K], [K&C]: ten-crop averaging at test time
-    feature_cache=False,  # nothing is frozen and the input is augmented: no cache applies
+    feature_cache=False,  # the input is augmented: the frozen-trunk cache would not be exact
 )
 DEFAULT_PRESET = "demo"
 
@@ -329,6 +342,17 @@ def validate(c: TrainConfig) -> TrainConfig:
     need(c.builtin_size >= 70, f"builtin_size={c.builtin_size}: must be >= 70 (10 per class)")
     need(c.keep_checkpoints >= 1, f"keep_checkpoints={c.keep_checkpoints}: must be >= 1")
     need(c.freeze_layers >= 0, f"freeze_layers={c.freeze_layers}: must be >= 0")
+    need(c.unfreeze_epoch >= 0, f"unfreeze_epoch={c.unfreeze_epoch}: must be >= 0 (0 = one phase)")
+    if c.unfreeze_epoch:
+        need(
+            c.unfreeze_epoch < c.epochs,
+            f"unfreeze_epoch={c.unfreeze_epoch}: must be < epochs={c.epochs} (phase 2 starts after it)",
+        )
+        need(
+            0 <= c.unfreeze_to < c.freeze_layers,
+            f"unfreeze_to={c.unfreeze_to}: must be in [0, freeze_layers={c.freeze_layers}) (layers frozen in phase 2)",
+        )
+    need(0.0 < c.unfreeze_lr_factor <= 1.0, f"unfreeze_lr_factor={c.unfreeze_lr_factor}: must be in (0, 1]")
     need(all(u >= 1 for u in c.head_units), f"head_units={list(c.head_units)}: every width must be >= 1")
     min_size = 32 if c.backbone == "resnet50" else 16
     need(
@@ -406,6 +430,11 @@ def describe(config: TrainConfig) -> str:
         f"epochs={config.epochs}"
         + (f" lr_schedule={config.lr_schedule}" if config.lr_schedule != "plateau" else "")
         + (f" warmup_epochs={config.warmup_epochs}" if config.warmup_epochs else "")
+        + (
+            f" unfreeze_epoch={config.unfreeze_epoch} unfreeze_to={config.unfreeze_to}"
+            f" unfreeze_lr_factor={config.unfreeze_lr_factor:g}"
+            if config.unfreeze_epoch else ""
+        )
         + (f" nesterov={str(config.nesterov).lower()}" if config.optimizer == "sgd" else "")
         + "".join(f" {a}" for a in image_augmentations(config))
         + (f" mixup_alpha={config.mixup_alpha:g}" if config.mixup_alpha > 0 else "")

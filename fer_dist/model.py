@@ -113,6 +113,20 @@ def _freeze(trunk: keras.Model, config: TrainConfig) -> int:
     return n
 
 
+def set_phase(model: keras.Model, config: TrainConfig, phase: int) -> int:
+    """Trainable flags of the trunk for training phase 1 or 2 (`unfreeze_epoch`); returns the
+    number of trunk layers frozen. Phase 1 is `build`'s state. Phase 2 unfreezes layers
+    `unfreeze_to`..`freeze_layers` except BatchNorm, whose statistics stay frozen (inference mode)."""
+    trunk = trunk_of(model)
+    frozen = _freeze(trunk, config)
+    if phase == 2:
+        for layer in trunk.layers[config.unfreeze_to:frozen]:
+            if not isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = True
+        frozen = min(config.unfreeze_to, len(trunk.layers))
+    return frozen
+
+
 def build_head(features: keras.KerasTensor, config: TrainConfig) -> keras.KerasTensor:
     if config.head_pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="head_pool")(features)

@@ -166,21 +166,24 @@ def make_optimizer(config: TrainConfig):
     return keras.optimizers.Adam(config.learning_rate)
 
 
-def scheduled_learning_rate(config: TrainConfig, base: float, global_step: int, steps_per_epoch: int) -> float:
+def scheduled_learning_rate(
+    config: TrainConfig, base: float, global_step: int, steps_per_epoch: int, scale: float = 1.0
+) -> float:
     """The learning rate of training step `global_step` (0-based, counted over the whole run).
 
     plateau: `base` (the plateau-decayed rate in the loop state). cosine: from
     config.learning_rate down to min_learning_rate along half a cosine over the steps after
     warm-up. Either way, during the first `warmup_epochs` epochs the rate ramps linearly up
     to its value: (global_step + 1) / warmup_steps of it. Depends only on the step, so a
-    resumed run follows the same schedule.
+    resumed run follows the same schedule. `scale` multiplies the cosine curve (phase 2 of a
+    two-phase run: `unfreeze_lr_factor`; the plateau rate in `base` already holds it).
     """
     warmup = config.warmup_epochs * steps_per_epoch
     if config.lr_schedule == "cosine":
         total = config.epochs * steps_per_epoch
         progress = min(1.0, max(0.0, (global_step - warmup) / max(1, total - warmup)))
         floor = min(config.min_learning_rate, config.learning_rate)
-        value = floor + (config.learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        value = scale * (floor + (config.learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
     else:
         value = base
     if global_step < warmup:
@@ -246,6 +249,7 @@ class LoopState:
     plateau_wait: int = 0  # epochs since val_loss last improved, for LR decay
     stop_wait: int = 0  # the same, for early stopping
     stopped_early: bool = False
+    phase: int = 1  # training phase of the last epoch (2: after `unfreeze_epoch`)
     history: list = dataclasses.field(default_factory=list)
     metrics: dict = dataclasses.field(default_factory=dict)
 
@@ -356,7 +360,12 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
     with strategy.scope():
         model = model_lib.build(config)
         optimizer = make_optimizer(config)
-        optimizer.build(model.trainable_variables)
+        if config.unfreeze_epoch:  # slots for every variable phase 2 trains; phase 1 updates a subset
+            model_lib.set_phase(model, config, 2)
+            optimizer.build(model.trainable_variables)
+            model_lib.set_phase(model, config, 1)
+        else:
+            optimizer.build(model.trainable_variables)
         loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="none"
         ) if config.label_smoothing == 0 else None
@@ -371,27 +380,36 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
     if best_weights is None and state.epoch:
         best_weights = [np.asarray(v.numpy()) for v in model.variables]
 
-    # After the restore: the cache key hashes the frozen prefix's weights as they are now.
-    net, train_features, val_features = model, None, None
     first_epoch = state.epoch
-    if first_epoch < config.epochs and not (state.stopped_early and restore):
+
+    def phase_of(epoch: int) -> int:
+        return 2 if config.unfreeze_epoch and epoch > config.unfreeze_epoch else 1
+
+    def inputs_for(phase: int):
+        """(net, train features, val features) of a phase: the remainder on cached features of
+        the frozen prefix when that is exact, else the full model on images (None, None).
+        Called after the restore: the cache key hashes the frozen prefix's weights as they are."""
+        phase_config = config if phase == 1 else dataclasses.replace(
+            config, freeze_layers=config.unfreeze_to, unfreeze_epoch=0
+        )
         with strategy.scope():
-            cached, why_not = features_lib.prepare(config, model, dataset)
-        if cached is not None:
-            net, train_features, val_features = cached.split.remainder, cached.train, cached.val
+            cached, why_not = features_lib.prepare(phase_config, model, dataset)
+        if cached is None:
             if rank == 0:
-                log.info(
-                    "feature cache: training the last %d layers on cached %s features "
-                    "(exact: frozen layers in inference mode); cut after %s (trunk layer %d)%s, %s %s "
-                    "in %.1f s from %s",
-                    cached.split.trained_layers, cached.split.cut_name.split("_")[0], cached.split.cut_name,
-                    cached.split.cut - 1,
-                    f", {cached.split.frozen_in_remainder} frozen layer(s) run in the remainder"
-                    if cached.split.frozen_in_remainder else "",
-                    cached.train.dtype, "loaded" if cached.hit else "computed", cached.seconds, cached.uri,
-                )
-        elif rank == 0:
-            log.info("feature cache: not used (%s); training the full model on images", why_not)
+                log.info("feature cache: not used (%s); training the full model on images", why_not)
+            return model, None, None
+        if rank == 0:
+            log.info(
+                "feature cache: training the last %d layers on cached %s features "
+                "(exact: frozen layers in inference mode); cut after %s (trunk layer %d)%s, %s %s "
+                "in %.1f s from %s",
+                cached.split.trained_layers, cached.split.cut_name.split("_")[0], cached.split.cut_name,
+                cached.split.cut - 1,
+                f", {cached.split.frozen_in_remainder} frozen layer(s) run in the remainder"
+                if cached.split.frozen_in_remainder else "",
+                cached.train.dtype, "loaded" if cached.hit else "computed", cached.seconds, cached.uri,
+            )
+        return cached.split.remainder, cached.train, cached.val
 
     def per_example_loss(labels, logits):
         if loss_fn is not None:
@@ -405,15 +423,42 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
     # feature cache is ruled out for them (features.config_reason), so net is the full model.
     augmenting = augment.any_image_augmentation(config)
     mixing = config.mixup_alpha > 0
-    if (augmenting or mixing) and train_features is not None:  # pragma: no cover - config_reason prevents it
-        raise RuntimeError("augmentation or mixup on cached features")
     weights_np = augment.class_weights(dataset.train.labels, config.class_weighting)
     class_weights = tf.constant(weights_np) if weights_np is not None else None
     if rank == 0 and weights_np is not None:
         log.info("class weighting %s: %s", config.class_weighting,
                  ", ".join(f"{name} {w:.2f}" for name, w in zip(EMOTIONS, weights_np)))
 
-    def replica_train_step(images, labels):
+    def make_steps(net, trainable: list):
+        """(train_step, eval_step) tf.functions of one phase: `net` on its inputs, updating `trainable`."""
+        if (augmenting or mixing) and net is not model:  # pragma: no cover - config_reason prevents it
+            raise RuntimeError("augmentation or mixup on cached features")
+
+        def replica_train_step(images, labels):
+            return _replica_train_step(net, trainable, images, labels)
+
+        def replica_eval_step(images, labels, weights):
+            return _replica_eval_step(net, images, labels, weights)
+
+        @tf.function(jit_compile=config.jit_compile or None)
+        def _compiled_train_step(images, labels):
+            return replica_train_step(images, labels)
+
+        @tf.function
+        def train_step(iterator):
+            loss, correct = strategy.run(
+                _compiled_train_step if config.jit_compile else replica_train_step, args=next(iterator)
+            )
+            return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
+
+        @tf.function
+        def eval_step(iterator):
+            loss, correct = strategy.run(replica_eval_step, args=next(iterator))
+            return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
+
+        return train_step, eval_step
+
+    def _replica_train_step(net, trainable, images, labels):
         mix = None
         if augmenting or mixing:
             seed = augment.step_seed(config.seed, optimizer.iterations)
@@ -428,30 +473,16 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
             loss = tf.nn.compute_average_loss(example_loss, global_batch_size=config.global_batch_size)
             if net.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(net.losses))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        grads = tape.gradient(loss, trainable)
+        optimizer.apply_gradients(zip(grads, trainable))
         correct = tf.reduce_sum(augment.train_hits(labels, logits, mix))
         return loss, correct
 
-    def replica_eval_step(images, labels, weights):
+    def _replica_eval_step(net, images, labels, weights):
         logits = net(images, training=False)
         loss = tf.reduce_sum(per_example_loss(labels, logits) * weights)
         hit = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
         return loss, tf.reduce_sum(hit * weights)
-
-    @tf.function(jit_compile=config.jit_compile or None)
-    def _compiled_train_step(images, labels):
-        return replica_train_step(images, labels)
-
-    @tf.function
-    def train_step(iterator):
-        loss, correct = strategy.run(_compiled_train_step if config.jit_compile else replica_train_step, args=next(iterator))
-        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
-
-    @tf.function
-    def eval_step(iterator):
-        loss, correct = strategy.run(replica_eval_step, args=next(iterator))
-        return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
 
     steps = pipeline.steps_per_epoch(len(dataset.train), config)
     outputs = RunOutputs(session.run_dir, config) if rank == 0 else None
@@ -463,19 +494,38 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
         if state.metrics:  # a rerun (e.g. a resumed Tune trial) still reports where it stands
             session.report(dict(state.metrics, best_val_accuracy=state.best_val_accuracy, stopped_early=state.stopped_early), None)
     else:
-        train_iter = iter(strategy.distribute_datasets_from_function(
-            pipeline.train_dataset_fn(dataset.train, config, first_epoch, config.epochs, steps, train_features)
-        ))
-        val_fn, val_steps = pipeline.eval_dataset_fn(dataset.val, config, val_features)
-        val_dist = strategy.distribute_datasets_from_function(val_fn)
+        phase = None
         for epoch in range(first_epoch + 1, config.epochs + 1):
+            if phase_of(epoch) != phase:  # the first epoch of this call, or the switch to phase 2
+                phase = phase_of(epoch)
+                if phase == 2 and state.phase == 1:
+                    state.phase = 2
+                    state.learning_rate = max(state.learning_rate * config.unfreeze_lr_factor, config.min_learning_rate)
+                frozen = model_lib.set_phase(model, config, phase)
+                if rank == 0 and config.unfreeze_epoch:
+                    log.info(
+                        "phase %d from epoch %d: %d trunk layers frozen, %s trainable parameters, lr %.3g",
+                        phase, epoch, frozen, f"{sum(int(tf.size(v)) for v in model.trainable_variables):,}",
+                        state.learning_rate,
+                    )
+                net, train_features, val_features = inputs_for(phase)
+                phase_end = config.unfreeze_epoch if phase == 1 and config.unfreeze_epoch else config.epochs
+                train_iter = iter(strategy.distribute_datasets_from_function(
+                    pipeline.train_dataset_fn(dataset.train, config, epoch - 1, phase_end, steps, train_features)
+                ))
+                val_fn, val_steps = pipeline.eval_dataset_fn(dataset.val, config, val_features)
+                val_dist = strategy.distribute_datasets_from_function(val_fn)
+                train_step, eval_step = make_steps(net, model.trainable_variables)
             lr = state.learning_rate
             optimizer.learning_rate.assign(lr)
             bar = _progress_bar(steps, epoch, config.epochs) if rank == 0 and session.progress() else None
             start = time.perf_counter()
             loss_sum = correct_sum = 0.0
             for step in range(steps):
-                step_lr = scheduled_learning_rate(config, state.learning_rate, (epoch - 1) * steps + step, steps)
+                step_lr = scheduled_learning_rate(
+                    config, state.learning_rate, (epoch - 1) * steps + step, steps,
+                    scale=config.unfreeze_lr_factor if phase == 2 else 1.0,
+                )
                 if step_lr != lr:  # per step under cosine or warm-up; else once per epoch, as above
                     lr = step_lr
                     optimizer.learning_rate.assign(lr)

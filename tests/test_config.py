@@ -102,7 +102,8 @@ def test_new_fields_default_to_the_old_behaviour_in_old_presets(preset):
 
 def test_best_preset():
     c = C.resolve("best")
-    assert (c.backbone, c.weights, c.freeze_layers, c.train_batchnorm) == ("resnet50", "imagenet", 0, False)
+    assert (c.backbone, c.weights, c.freeze_layers, c.train_batchnorm) == ("resnet50", "imagenet", 175, False)
+    assert (c.unfreeze_epoch, c.unfreeze_to, c.unfreeze_lr_factor) == (2, 0, 0.1)  # head warm-up, then all
     assert (c.optimizer, c.nesterov, c.momentum, c.learning_rate, c.weight_decay) == ("sgd", True, 0.9, 0.01, 1e-4)
     assert c.lr_schedule == "plateau" and c.label_smoothing == 0.1 and c.image_size >= 96
     assert c.augment_flip and c.augment_shift > 0 and c.augment_rotation > 0 and c.eval_tta == "tencrop"

@@ -166,3 +166,16 @@ def test_cached_training_follows_uncached_training(tmp_path, caplog):
         a, b = np.asarray(a), np.asarray(b)
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(b).max()), err_msg=str(a.shape))
     assert cached.state.history[0]["loss"] == pytest.approx(plain.state.history[0]["loss"], rel=1e-4)
+
+
+def test_two_phase_moves_the_cut_and_recomputes_the_cache(tmp_path, caplog):
+    """Phase 1 trains on conv4 features; phase 2 unfreezes to layer 81 and trains on features cut there."""
+    caplog.set_level(logging.INFO, logger="fer_dist")
+    cfg = _config(tmp_path, epochs="2", steps_per_epoch="3", unfreeze_epoch="1", unfreeze_to="81")
+    result = T.fit(cfg, T.LocalSession(str(tmp_path / "run"), show_progress=False), dataset=tiny_dataset())
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("feature cache: training")]
+    assert len(lines) == 2 and "cached conv4 features" in lines[0] and "cached conv4" not in lines[1], lines
+    assert "phase 2 from epoch 2: 81 trunk layers frozen" in caplog.text
+    assert [r["epoch"] for r in result.state.history] == [1, 2]
+    assert result.state.history[1]["learning_rate"] == pytest.approx(0.1 * result.state.history[0]["learning_rate"])
+    assert len(os.listdir(tmp_path / "cache")) == 2  # one entry per cut

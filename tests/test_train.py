@@ -138,3 +138,59 @@ def test_cosine_schedule_does_not_decay_on_plateaus():
 def test_sgd_nesterov_flag():
     assert T.make_optimizer(C.resolve("smoke", {"optimizer": "sgd"})).nesterov is True
     assert T.make_optimizer(C.resolve("smoke", {"optimizer": "sgd", "nesterov": "false"})).nesterov is False
+
+
+# --- two phases: head warm-up on a frozen trunk, then unfreezing ---------------------------
+TWO_PHASE = dict(
+    SMOKE, freeze_layers="9", unfreeze_epoch="2", unfreeze_to="0", unfreeze_lr_factor="0.5",
+    decay_factor="1.0", deterministic="true",
+)
+
+
+def _checkpoint_values(run_dir: str, epoch: int, names: list[str]) -> dict[str, np.ndarray]:
+    with np.load(os.path.join(run_dir, "checkpoints", f"epoch_{epoch:04d}", "model.npz")) as saved:
+        return {name: saved[f"arr_{i}"] for i, name in enumerate(names)}
+
+
+def test_two_phase_unfreezes_after_warm_up_and_keeps_batchnorm_frozen(tmp_path):
+    from fer_dist import model as M
+
+    cfg = C.resolve("smoke", TWO_PHASE)
+    run_dir = str(tmp_path / "run")
+    result = T.fit(cfg, T.LocalSession(run_dir, keep_checkpoints=3, show_progress=False), dataset=tiny_dataset())
+    assert [r["learning_rate"] for r in result.state.history] == [0.003, 0.003, 0.0015]
+    assert result.state.phase == 2
+    names = [v.path for v in M.build(cfg).variables]
+    e1, e2, e3 = (_checkpoint_values(run_dir, e, names) for e in (1, 2, 3))
+    stem, late = "stem_conv/kernel", "stage64_conv/kernel"
+    assert stem in names and late in names
+    np.testing.assert_array_equal(e1[stem], e2[stem])  # phase 1: frozen
+    assert not np.array_equal(e2[stem], e3[stem])  # phase 2: trained
+    assert not np.array_equal(e1[late], e2[late])  # past freeze_layers: trained throughout
+    # The BatchNorm that phase 1 froze stays in inference mode in phase 2: its statistics never move.
+    for stat, start in (("moving_mean", 0.0), ("moving_variance", 1.0)):
+        np.testing.assert_array_equal(e3[f"stem_bn/{stat}"], start)
+    assert json.load(open(os.path.join(run_dir, "checkpoints", "epoch_0003", "state.json")))["phase"] == 2
+
+
+def test_two_phase_resume_at_the_switch_equals_uninterrupted(tmp_path):
+    cfg = C.resolve("smoke", TWO_PHASE)
+    data = tiny_dataset()
+    straight = T.fit(cfg, T.LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
+    with pytest.raises(Interrupt):  # dies after the last phase-1 epoch: the resume starts phase 2
+        T.fit(cfg, StopAfter(str(tmp_path / "b"), 2), dataset=data)
+    resumed = T.fit(cfg, T.LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data)
+    assert [r["learning_rate"] for r in resumed.state.history] == [0.003, 0.003, 0.0015]
+    for a, b in zip(straight.model.variables, resumed.model.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+
+
+def test_two_phase_config_checks():
+    from fer_dist.errors import UserError
+
+    with pytest.raises(UserError, match="unfreeze_epoch=3: must be < epochs=3"):
+        C.resolve("smoke", dict(TWO_PHASE, unfreeze_epoch="3"))
+    with pytest.raises(UserError, match="unfreeze_to=9: must be in"):
+        C.resolve("smoke", dict(TWO_PHASE, unfreeze_to="9"))
+    with pytest.raises(UserError, match="unfreeze_lr_factor=0.0"):
+        C.resolve("smoke", dict(TWO_PHASE, unfreeze_lr_factor="0"))
