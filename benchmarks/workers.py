@@ -6,6 +6,7 @@ names starting with `w1` use 1 worker, others 2; names containing `kill` SIGKILL
 after the epoch-2 checkpoint appears. Prints (and writes OUT_DIR/workers.json) per run: wall time,
 images/second per epoch and their median, final val/test accuracy. The kill cost is the kill run's
 wall time minus an uninterrupted 2-worker run's. Each run's output is kept as OUT_DIR/NAME.log.
+Needs psutil (`pip install -e ".[test]"`); tests/test_distributed.py uses its `train_workers`.
 """
 
 from __future__ import annotations

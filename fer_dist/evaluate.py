@@ -20,9 +20,9 @@ predictions).
 from __future__ import annotations
 
 import io
+import math
 import os
 import shutil
-import math
 
 import matplotlib
 

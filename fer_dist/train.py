@@ -360,12 +360,11 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
     with strategy.scope():
         model = model_lib.build(config)
         optimizer = make_optimizer(config)
-        if config.unfreeze_epoch:  # slots for every variable phase 2 trains; phase 1 updates a subset
-            model_lib.set_phase(model, config, 2)
-            optimizer.build(model.trainable_variables)
-            model_lib.set_phase(model, config, 1)
-        else:
-            optimizer.build(model.trainable_variables)
+        # Slots for every variable the run ever trains (phase 2's when there is one); phase 1
+        # then updates a subset of them.
+        model_lib.set_phase(model, config, 2 if config.unfreeze_epoch else 1)
+        optimizer.build(model.trainable_variables)
+        model_lib.set_phase(model, config, 1)
         loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, reduction="none"
         ) if config.label_smoothing == 0 else None
@@ -435,10 +434,29 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
             raise RuntimeError("augmentation or mixup on cached features")
 
         def replica_train_step(images, labels):
-            return _replica_train_step(net, trainable, images, labels)
+            mix = None
+            if augmenting or mixing:
+                seed = augment.step_seed(config.seed, optimizer.iterations)
+                augment_seed, mixup_seed = augment.split_seed(seed, 2)
+                images = augment.augment_images(images, config, augment_seed)
+                if mixing:
+                    images, labels_b, lam = augment.mixup(images, labels, config.mixup_alpha, mixup_seed)
+                    mix = (labels_b, lam)
+            with tf.GradientTape() as tape:
+                logits = net(images, training=True)
+                example_loss = augment.train_loss(per_example_loss, labels, logits, mix, class_weights)
+                loss = tf.nn.compute_average_loss(example_loss, global_batch_size=config.global_batch_size)
+                if net.losses:
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(net.losses))
+            grads = tape.gradient(loss, trainable)
+            optimizer.apply_gradients(zip(grads, trainable))
+            return loss, tf.reduce_sum(augment.train_hits(labels, logits, mix))
 
         def replica_eval_step(images, labels, weights):
-            return _replica_eval_step(net, images, labels, weights)
+            logits = net(images, training=False)
+            loss = tf.reduce_sum(per_example_loss(labels, logits) * weights)
+            hit = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
+            return loss, tf.reduce_sum(hit * weights)
 
         @tf.function(jit_compile=config.jit_compile or None)
         def _compiled_train_step(images, labels):
@@ -457,32 +475,6 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
             return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
 
         return train_step, eval_step
-
-    def _replica_train_step(net, trainable, images, labels):
-        mix = None
-        if augmenting or mixing:
-            seed = augment.step_seed(config.seed, optimizer.iterations)
-            augment_seed, mixup_seed = augment.split_seed(seed, 2)
-            images = augment.augment_images(images, config, augment_seed)
-            if mixing:
-                images, labels_b, lam = augment.mixup(images, labels, config.mixup_alpha, mixup_seed)
-                mix = (labels_b, lam)
-        with tf.GradientTape() as tape:
-            logits = net(images, training=True)
-            example_loss = augment.train_loss(per_example_loss, labels, logits, mix, class_weights)
-            loss = tf.nn.compute_average_loss(example_loss, global_batch_size=config.global_batch_size)
-            if net.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(net.losses))
-        grads = tape.gradient(loss, trainable)
-        optimizer.apply_gradients(zip(grads, trainable))
-        correct = tf.reduce_sum(augment.train_hits(labels, logits, mix))
-        return loss, correct
-
-    def _replica_eval_step(net, images, labels, weights):
-        logits = net(images, training=False)
-        loss = tf.reduce_sum(per_example_loss(labels, logits) * weights)
-        hit = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32)
-        return loss, tf.reduce_sum(hit * weights)
 
     steps = pipeline.steps_per_epoch(len(dataset.train), config)
     outputs = RunOutputs(session.run_dir, config) if rank == 0 else None

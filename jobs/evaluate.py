@@ -40,8 +40,6 @@ def main(
     from fer_dist import evaluate, storage
 
     cli.setup_logging()
-    if tta is not None:
-        evaluate.check_tta(tta)
     if data is None:
         data = evaluate.load_run(run_dirs[0])[0].data
     metrics, used_split = evaluate.evaluate_data(run_dirs, data, split, skip_bad_rows=skip_bad_rows, tta=tta)

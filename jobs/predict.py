@@ -31,13 +31,11 @@ def main(
     fmt: str = typer.Option("table", "--format", help="table | json."),
     tta: Optional[str] = typer.Option(None, "--tta", help="Test-time augmentation: none | flip | tencrop."),
 ) -> None:
-    from fer_dist import evaluate, predict
+    from fer_dist import predict
 
     cli.setup_logging()
     if fmt not in predict.FORMATS:
         raise cli.UserError(f"--format {fmt!r}: expected one of {', '.join(predict.FORMATS)}")
-    if tta is not None:
-        evaluate.check_tta(tta)
     frame = predict.predict(image_or_dir, run, tta)
     print(predict.render(frame, fmt), flush=True)
 

@@ -16,9 +16,9 @@ import sys
 import time
 
 import pandas as pd
-import psutil
 import pytest
 
+from benchmarks.workers import train_workers
 from fer_dist import storage
 
 pytestmark = pytest.mark.ray
@@ -78,18 +78,6 @@ def checkpoints(run_uri: str) -> list[str]:
 
 def history(run_uri: str) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(storage.read_text(storage.join(run_uri, "history.csv"))))
-
-
-def train_workers(session_pid: int) -> list[psutil.Process]:
-    """The Ray Train worker processes of a job (by their Ray process title)."""
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) and os.getsid(p.pid) == session_pid:
-                found.append(p)
-        except (psutil.NoSuchProcess, ProcessLookupError):
-            continue
-    return found
 
 
 def test_two_workers_stream_to_gcs_and_load_back(gcs_emulator, gcs_prefix, tmp_path, tiny_csv):
