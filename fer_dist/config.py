@@ -70,6 +70,10 @@ class TrainConfig:
     label_smoothing: float = 0.0
     epochs: int = 30
     steps_per_epoch: int = 0  # cap on training steps per epoch for quick looks; 0 = the full epoch
+    # Wall-clock budget of the training loop (train steps + validation; not the feature-cache
+    # build or the final test): when it runs out, the epoch ends at that step, is validated and
+    # checkpointed, and training stops (a resumed run gets what is left). 0 = no budget.
+    train_minutes: float = 0.0
     global_batch_size: int = 32  # summed over all workers; each gets global_batch_size / num_workers
     class_weighting: str = "none"  # "balanced": per-example loss weights from inverse train-class frequencies (mean 1)
 
@@ -328,6 +332,7 @@ def validate(c: TrainConfig) -> TrainConfig:
     need(c.head_pooling in POOLINGS, f"head_pooling={c.head_pooling!r}: expected one of {', '.join(POOLINGS)}")
     need(c.epochs >= 1, f"epochs={c.epochs}: must be >= 1")
     need(c.steps_per_epoch >= 0, f"steps_per_epoch={c.steps_per_epoch}: must be >= 0 (0 = full epoch)")
+    need(c.train_minutes >= 0, f"train_minutes={c.train_minutes}: must be >= 0 (0 = no budget)")
     need(c.global_batch_size >= 1, f"global_batch_size={c.global_batch_size}: must be >= 1")
     need(0.0 <= c.dropout < 1.0, f"dropout={c.dropout}: must be in [0, 1)")
     need(c.learning_rate > 0, f"learning_rate={c.learning_rate}: must be > 0")
@@ -428,6 +433,7 @@ def describe(config: TrainConfig) -> str:
         f"freeze_layers={config.freeze_layers} head={list(config.head_units)} dropout={config.dropout} "
         f"{config.optimizer} lr={config.learning_rate:g} global_batch_size={config.global_batch_size} "
         f"epochs={config.epochs}"
+        + (f" train_minutes={config.train_minutes:g}" if config.train_minutes else "")
         + (f" lr_schedule={config.lr_schedule}" if config.lr_schedule != "plateau" else "")
         + (f" warmup_epochs={config.warmup_epochs}" if config.warmup_epochs else "")
         + (

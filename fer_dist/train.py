@@ -249,6 +249,8 @@ class LoopState:
     plateau_wait: int = 0  # epochs since val_loss last improved, for LR decay
     stop_wait: int = 0  # the same, for early stopping
     stopped_early: bool = False
+    loop_seconds: float = 0.0  # wall time spent in training steps and validation so far (train_minutes)
+    out_of_time: bool = False  # the train_minutes budget ran out
     phase: int = 1  # training phase of the last epoch (2: after `unfreeze_epoch`)
     history: list = dataclasses.field(default_factory=list)
     metrics: dict = dataclasses.field(default_factory=dict)
@@ -480,9 +482,25 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
     outputs = RunOutputs(session.run_dir, config) if rank == 0 else None
     if outputs:
         outputs.start(state)
-    if first_epoch >= config.epochs or (state.stopped_early and restore):
+    budget_s = config.train_minutes * 60.0
+    if budget_s and replicas > 1:
+        @tf.function
+        def _any_replica(flag):  # every worker must stop at the same step: a collective MAX
+            value = strategy.run(lambda: tf.cast(flag, tf.float32))
+            return strategy.reduce("MAX", value, axis=None) > 0
+
+        def out_of_time(flag: bool) -> bool:
+            return bool(_any_replica(tf.constant(flag)))
+    else:
+        def out_of_time(flag: bool) -> bool:
+            return flag
+
+    if first_epoch >= config.epochs or (state.stopped_early and restore) or state.out_of_time:
         if rank == 0:
-            log.info("nothing to train: %d of %d epochs already done", state.epoch, config.epochs)
+            log.info(
+                "nothing to train: %d of %d epochs already done%s", state.epoch, config.epochs,
+                f" and train_minutes={config.train_minutes:g} used up" if state.out_of_time else "",
+            )
         if state.metrics:  # a rerun (e.g. a resumed Tune trial) still reports where it stands
             session.report(dict(state.metrics, best_val_accuracy=state.best_val_accuracy, stopped_early=state.stopped_early), None)
     else:
@@ -513,6 +531,7 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
             bar = _progress_bar(steps, epoch, config.epochs) if rank == 0 and session.progress() else None
             start = time.perf_counter()
             loss_sum = correct_sum = 0.0
+            done = 0
             for step in range(steps):
                 step_lr = scheduled_learning_rate(
                     config, state.learning_rate, (epoch - 1) * steps + step, steps,
@@ -522,6 +541,7 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
                     lr = step_lr
                     optimizer.learning_rate.assign(lr)
                 loss, correct = train_step(train_iter)
+                done += 1
                 loss_sum += float(loss)
                 correct_sum += float(correct)
                 if bar is not None:
@@ -529,6 +549,11 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
                     bar.update(step + 1, [("loss", loss_sum / (step + 1)), ("accuracy", correct_sum / seen)])
                 elif rank == 0 and steps >= 50 and (step + 1) % (steps // 10) == 0 and step + 1 < steps:
                     _log_progress(epoch, step + 1, steps, loss_sum, start, config.global_batch_size)
+                if budget_s and step + 1 < steps and out_of_time(
+                    state.loop_seconds + time.perf_counter() - start >= budget_s
+                ):
+                    state.out_of_time = True
+                    break
             train_seconds = time.perf_counter() - start
             val_iter = iter(val_dist)
             val_loss = val_correct = 0.0
@@ -538,14 +563,18 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
                 val_correct += float(vc)
             row = {
                 "epoch": epoch,
-                "loss": loss_sum / steps,
-                "accuracy": correct_sum / (steps * config.global_batch_size),
+                "loss": loss_sum / max(done, 1),
+                "accuracy": correct_sum / (max(done, 1) * config.global_batch_size),
                 "val_loss": val_loss / len(dataset.val),
                 "val_accuracy": val_correct / len(dataset.val),
                 "learning_rate": lr,  # of the epoch's last step
-                "images_per_second": steps * config.global_batch_size / train_seconds,
+                "images_per_second": done * config.global_batch_size / train_seconds,
                 "epoch_seconds": time.perf_counter() - start,
+                "steps": done,
             }
+            state.loop_seconds += row["epoch_seconds"]
+            if budget_s and not state.out_of_time and epoch < config.epochs:
+                state.out_of_time = out_of_time(state.loop_seconds >= budget_s)
             improved, stop = state.update(row, config)
             if improved:
                 best_weights = [np.asarray(v.numpy()) for v in model.variables]
@@ -560,11 +589,19 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
             if rank == 0:
                 checkpoint_dir = tempfile.mkdtemp(prefix="fer_dist_ckpt_")
                 write_checkpoint(checkpoint_dir, model, optimizer, state, config, best_weights)
-            session.report(dict(row, best_val_accuracy=state.best_val_accuracy, stopped_early=stop), checkpoint_dir)
+            session.report(
+                dict(row, best_val_accuracy=state.best_val_accuracy, stopped_early=stop, out_of_time=state.out_of_time),
+                checkpoint_dir,
+            )
             if checkpoint_dir:
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
-            if stop:
-                if rank == 0:
+            if stop or state.out_of_time:
+                if rank == 0 and state.out_of_time:
+                    log.info(
+                        "train_minutes=%g used up after %d of epoch %d's %d steps (%.1f min); restoring epoch %d",
+                        config.train_minutes, done, epoch, steps, state.loop_seconds / 60, state.best_epoch,
+                    )
+                elif rank == 0:
                     log.info(
                         "early stop: val_loss has not improved for %d epochs; restoring epoch %d",
                         config.early_stop_patience, state.best_epoch,

@@ -31,6 +31,8 @@ def test_overrides_are_typed():
         ({"dropuot": "0.3"}, "unknown config key 'dropuot'"),
         ({"epochs": "ten"}, "epochs='ten': expected an integer"),
         ({"epochs": "-1"}, "epochs=-1: must be >= 1"),
+        ({"train_minutes": "-5"}, "train_minutes=-5.0: must be >= 0"),
+        ({"train_minutes": "soon"}, "train_minutes='soon': expected"),
         ({"dropout": "1.0"}, "dropout=1.0: must be in [0, 1)"),
         ({"deterministic": "maybe"}, "expected true or false"),
         ({"backbone": "vgg"}, "backbone='vgg'"),

@@ -68,6 +68,26 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert straight.state.history[-1]["val_loss"] == resumed.state.history[-1]["val_loss"]
 
 
+def test_train_minutes_budget_ends_the_run_mid_epoch_and_stays_ended(tmp_path):
+    from fer_dist import pipeline
+
+    cfg = C.resolve("smoke", dict(SMOKE, train_minutes="0.0001"))  # 6 ms: used up by the first step
+    data = tiny_dataset()
+    assert pipeline.steps_per_epoch(len(data.train), cfg) > 1
+    run_dir = str(tmp_path / "run")
+    result = T.fit(cfg, T.LocalSession(run_dir, show_progress=False), dataset=data)
+    assert [(r["epoch"], r["steps"]) for r in result.state.history] == [(1, 1)]
+    assert result.state.out_of_time and not result.state.stopped_early
+    assert 0 < result.state.loop_seconds < 60
+    assert os.listdir(os.path.join(run_dir, "checkpoints")) == ["epoch_0001"]
+    again = T.fit(cfg, T.LocalSession(run_dir, show_progress=False), dataset=data)  # a resume: nothing left
+    assert again.trained_epochs == 0 and [r["epoch"] for r in again.state.history] == [1]
+
+    roomy = C.resolve("smoke", dict(SMOKE, train_minutes="30"))  # a budget that is not reached changes nothing
+    full = T.fit(roomy, T.LocalSession(str(tmp_path / "roomy"), show_progress=False), dataset=data)
+    assert [r["epoch"] for r in full.state.history] == [1, 2, 3] and not full.state.out_of_time
+
+
 def test_checkpoint_from_another_config_is_refused(tmp_path):
     from fer_dist.errors import UserError
 

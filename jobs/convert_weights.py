@@ -1,0 +1,44 @@
+"""Convert face-recognition ResNet-50 weights (VGGFace2) into a Keras weights file for `weights=PATH`.
+
+    python jobs/convert_weights.py resnet50_ft_weight.pkl vggface2_resnet50.weights.h5
+    python jobs/train.py --preset best --set weights=vggface2_resnet50.weights.h5 --data fer2013.csv.gz
+
+SOURCE: a VGGFace2 ResNet-50 as a pickled dict of NumPy arrays (cydonia999/VGGFace2-pytorch's
+resnet50_ft_weight.pkl or resnet50_scratch_weight.pkl). OUTPUT: a new `.weights.h5` file
+(never overwritten). The mapping and what it leaves out: fer_dist/weights.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import typer  # noqa: E402
+
+from fer_dist import cli  # noqa: E402
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command(help=__doc__)
+@cli.user_errors_exit
+def main(
+    source: str = typer.Argument(..., help="The VGGFace2 ResNet-50 pickle (name -> array)."),
+    output: str = typer.Argument(..., help="The Keras weights file to write (*.weights.h5)."),
+) -> None:
+    from fer_dist import weights
+
+    cli.setup_logging()
+    if not output.endswith(".weights.h5"):
+        raise cli.UserError(f"OUTPUT {output!r}: must end in .weights.h5")
+    if os.path.exists(output):
+        raise cli.UserError(f"OUTPUT {output}: already exists; remove it or choose another name")
+    converted = weights.convert(weights.read_source(source), path=source)
+    count = weights.write_keras_weights(converted, output, path=source)
+    print(f"wrote {output}: {len(converted)} layers, {count:,} values; use --set weights={output}", flush=True)
+
+
+if __name__ == "__main__":
+    app()
