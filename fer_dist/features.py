@@ -37,6 +37,12 @@ the data source, the split sizes and a SHA-256 of each split's uint8 images. Ent
 the entry or, when absent, computes it itself and writes it atomically (temp file + rename;
 one upload on gs://), so concurrent writers never leave a partial file.
 
+`augment_flip=true` is the one augmentation the cache keeps exact: a flip has two outcomes,
+so the features of the horizontally flipped train images are cached too (`train_flip.npy` in
+the same entry, computed on first use) and each epoch picks one of the two per example with
+probability 1/2, drawn from (seed, epoch) like the epoch's order. Any other augmentation or mixup
+turns the cache off.
+
 Storage dtype `feature_dtype=float16` (default) halves memory and disk (FER-2013 train at
 48 px: 28709 x 3x3x1024 = 529 MB instead of 1.06 GB); it changes the logits by ~4e-4 of their
 scale (measured; weights=none). When a value would overflow float16 the entry is stored as
@@ -63,6 +69,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 META_FILE = "meta.json"  # written last
+FLIP_FILE = "train_flip.npy"  # features of the flipped train images, added on first use (augment_flip)
 FLOAT16_MAX = 60000.0  # above this a float16 entry would overflow (max 65504): store float32
 PREDICT_BATCH = 128
 
@@ -86,7 +93,9 @@ def config_reason(config: TrainConfig) -> str | None:
         return "freeze_layers=0: no frozen layers, every layer trains"
     # Input augmentation makes the prefix's output a random function of each image: a cached
     # feature would be that of the unaugmented image, so the cache would train on other inputs.
-    augmentations = image_augmentations(config)
+    # Horizontal flip alone is the exception: it has two outcomes, so both are cached
+    # (`train_flip.npy`) and each epoch picks one per example.
+    augmentations = [a for a in image_augmentations(config) if a != "augment_flip=true"]
     if augmentations:
         return f"input augmentation is on ({', '.join(augmentations)})"
     # Mixup mixes images before the trunk; mixing cached features instead is another method.
@@ -304,6 +313,7 @@ class Cached:
     split: Split
     train: np.ndarray  # features of dataset.train, in order
     val: np.ndarray  # features of dataset.val, in order
+    train_flipped: np.ndarray | None  # features of the horizontally flipped train images (augment_flip)
     uri: str  # the cache entry
     hit: bool  # loaded (True) or computed now (False)
     seconds: float  # time to load or compute
@@ -326,7 +336,8 @@ def prepare(config: TrainConfig, model, dataset) -> tuple[Cached | None, str]:
         try:
             train, val = _load(storage.join(entry, "train.npy")), _load(storage.join(entry, "val.npy"))
             if train.shape == (len(dataset.train),) + split.feature_shape and len(val) == len(dataset.val):
-                return Cached(split, train, val, entry, True, time.perf_counter() - start), ""
+                flipped, hit = _flipped(config, split, dataset, entry, train)
+                return Cached(split, train, val, flipped, entry, hit, time.perf_counter() - start), ""
             log.warning("feature cache: entry %s has unexpected shapes; recomputing it", entry)
         except (OSError, ValueError) as e:
             log.warning("feature cache: cannot read %s (%s); recomputing it", entry, e)
@@ -338,7 +349,27 @@ def prepare(config: TrainConfig, model, dataset) -> tuple[Cached | None, str]:
     meta = dict(description, feature_shape=list(split.feature_shape), stored_dtype=str(train.dtype),
                 compute_seconds=round(seconds, 2))
     storage.write_text(meta_uri, json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    return Cached(split, train, val, entry, False, seconds), ""
+    flipped, _ = _flipped(config, split, dataset, entry, train)
+    return Cached(split, train, val, flipped, entry, False, time.perf_counter() - start), ""
+
+
+def _flipped(config: TrainConfig, split: Split, dataset, entry: str, train: np.ndarray) -> tuple[np.ndarray | None, bool]:
+    """(features of the horizontally flipped train images, loaded?) when augment_flip is on, else
+    (None, True). Kept in the entry as `train_flip.npy`, written atomically on first use."""
+    if not config.augment_flip:
+        return None, True
+    uri = storage.join(entry, FLIP_FILE)
+    if storage.exists(uri):
+        try:
+            flipped = _load(uri)
+            if flipped.shape == train.shape:
+                return flipped, True
+            log.warning("feature cache: %s has an unexpected shape; recomputing it", uri)
+        except (OSError, ValueError) as e:
+            log.warning("feature cache: cannot read %s (%s); recomputing it", uri, e)
+    flipped = compute_features(split.prefix, np.ascontiguousarray(dataset.train.images[:, :, ::-1]), config)
+    _save(uri, flipped)
+    return flipped, False
 
 
 __all__ = ["prepare", "split_model", "clean_cut", "compute_features", "cache_key", "config_reason", "Cached", "Split"]

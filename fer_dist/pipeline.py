@@ -49,6 +49,12 @@ def epoch_order(num_examples: int, epoch: int, steps: int, config: TrainConfig) 
     return rng.permutation(num_examples)[: steps * config.global_batch_size].reshape(steps, -1).astype(np.int32)
 
 
+def flip_coins(num_examples: int, epoch: int, steps: int, config: TrainConfig) -> np.ndarray:
+    """1 where an example of `epoch_order` is read from the flipped-image features, as [steps, global_batch_size]."""
+    rng = np.random.default_rng([config.seed, epoch, 1])
+    return rng.integers(0, 2, size=(steps, config.global_batch_size), dtype=np.int32)
+
+
 def _options() -> tf.data.Options:
     options = tf.data.Options()
     # Sharding is done by hand (see module docstring); tf.data must not shard again.
@@ -67,27 +73,45 @@ def _inputs_fn(split: Split, config: TrainConfig, features: np.ndarray | None):
 
 
 def train_dataset_fn(
-    split: Split, config: TrainConfig, first_epoch: int, last_epoch: int, steps: int, features: np.ndarray | None = None
+    split: Split, config: TrainConfig, first_epoch: int, last_epoch: int, steps: int,
+    features: np.ndarray | None = None, flipped_features: np.ndarray | None = None,
 ):
     """A `distribute_datasets_from_function` callable yielding per-replica batches for epochs
-    [first_epoch, last_epoch); of cached `features` rows instead of images when given."""
+    [first_epoch, last_epoch); of cached `features` rows instead of images when given, and
+    with `flipped_features` (the flipped images' rows) each example comes from one of the two
+    by `flip_coins`."""
     images, transform = _inputs_fn(split, config, features)
     labels = split.labels.astype(np.int32)
+    if flipped_features is not None and (features is None or flipped_features.shape != features.shape):
+        raise ValueError("flipped_features needs features of the same shape")
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         per_replica = ctx.get_per_replica_batch_size(config.global_batch_size)
         pipelines, pipeline_id = ctx.num_input_pipelines, ctx.input_pipeline_id
-        order = np.concatenate(
-            [epoch_order(len(images), e, steps, config) for e in range(first_epoch, last_epoch)]
-        )
-        # [steps_total, global] -> this pipeline's slice of every global batch, as per-replica batches.
-        mine = order.reshape(len(order), pipelines, -1)[:, pipeline_id, :].reshape(-1, per_replica)
-        ds = tf.data.Dataset.from_tensor_slices(mine)
+        epochs = range(first_epoch, last_epoch)
+        order = np.concatenate([epoch_order(len(images), e, steps, config) for e in epochs])
+
+        def mine(a: np.ndarray) -> np.ndarray:
+            # [steps_total, global] -> this pipeline's slice of every global batch, as per-replica batches.
+            return a.reshape(len(a), pipelines, -1)[:, pipeline_id, :].reshape(-1, per_replica)
+
         images_t, labels_t = tf.constant(images), tf.constant(labels)
-        ds = ds.map(
-            lambda idx: (transform(tf.gather(images_t, idx)), tf.gather(labels_t, idx)),
-            num_parallel_calls=AUTOTUNE,
-        )
+        if flipped_features is None:
+            ds = tf.data.Dataset.from_tensor_slices(mine(order))
+            ds = ds.map(
+                lambda idx: (transform(tf.gather(images_t, idx)), tf.gather(labels_t, idx)),
+                num_parallel_calls=AUTOTUNE,
+            )
+        else:
+            coins = np.concatenate([flip_coins(len(images), e, steps, config) for e in epochs])
+            flipped_t = tf.constant(flipped_features)
+
+            def pick(idx, coin):
+                flip = tf.reshape(coin > 0, [-1] + [1] * (len(images.shape) - 1))
+                return tf.where(flip, transform(tf.gather(flipped_t, idx)), transform(tf.gather(images_t, idx)))
+
+            ds = tf.data.Dataset.from_tensor_slices((mine(order), mine(coins)))
+            ds = ds.map(lambda idx, coin: (pick(idx, coin), tf.gather(labels_t, idx)), num_parallel_calls=AUTOTUNE)
         return ds.prefetch(AUTOTUNE).with_options(_options())
 
     return dataset_fn

@@ -40,7 +40,7 @@ from typing import Protocol
 import numpy as np
 
 from fer_dist import storage
-from fer_dist.config import TrainConfig, describe
+from fer_dist.config import TrainConfig, describe, image_augmentations
 from fer_dist.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -398,7 +398,7 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
         if cached is None:
             if rank == 0:
                 log.info("feature cache: not used (%s); training the full model on images", why_not)
-            return model, None, None
+            return model, None, None, None
         if rank == 0:
             log.info(
                 "feature cache: training the last %d layers on cached %s features "
@@ -410,7 +410,9 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
                 if cached.split.frozen_in_remainder else "",
                 cached.train.dtype, "loaded" if cached.hit else "computed", cached.seconds, cached.uri,
             )
-        return cached.split.remainder, cached.train, cached.val
+            if cached.train_flipped is not None:
+                log.info("feature cache: augment_flip reads each example's flipped-image features with probability 1/2")
+        return cached.split.remainder, cached.train, cached.val, cached.train_flipped
 
     def per_example_loss(labels, logits):
         if loss_fn is not None:
@@ -432,12 +434,14 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
 
     def make_steps(net, trainable: list):
         """(train_step, eval_step) tf.functions of one phase: `net` on its inputs, updating `trainable`."""
-        if (augmenting or mixing) and net is not model:  # pragma: no cover - config_reason prevents it
-            raise RuntimeError("augmentation or mixup on cached features")
+        # On cached features the only augmentation is the cached flip (in the input pipeline).
+        in_graph = (augmenting or mixing) and net is model
+        if net is not model and (mixing or [a for a in image_augmentations(config) if a != "augment_flip=true"]):
+            raise RuntimeError("augmentation or mixup on cached features")  # pragma: no cover - config_reason prevents it
 
         def replica_train_step(images, labels):
             mix = None
-            if augmenting or mixing:
+            if in_graph:
                 seed = augment.step_seed(config.seed, optimizer.iterations)
                 augment_seed, mixup_seed = augment.split_seed(seed, 2)
                 images = augment.augment_images(images, config, augment_seed)
@@ -518,10 +522,12 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
                         phase, epoch, frozen, f"{sum(int(tf.size(v)) for v in model.trainable_variables):,}",
                         state.learning_rate,
                     )
-                net, train_features, val_features = inputs_for(phase)
+                net, train_features, val_features, flipped_features = inputs_for(phase)
                 phase_end = config.unfreeze_epoch if phase == 1 and config.unfreeze_epoch else config.epochs
                 train_iter = iter(strategy.distribute_datasets_from_function(
-                    pipeline.train_dataset_fn(dataset.train, config, epoch - 1, phase_end, steps, train_features)
+                    pipeline.train_dataset_fn(
+                        dataset.train, config, epoch - 1, phase_end, steps, train_features, flipped_features
+                    )
                 ))
                 val_fn, val_steps = pipeline.eval_dataset_fn(dataset.val, config, val_features)
                 val_dist = strategy.distribute_datasets_from_function(val_fn)

@@ -207,11 +207,17 @@ def test_class_weighted_loss_with_and_without_mixup():
 # --- the feature cache ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field, value", list(ALL_ON.items()))
+@pytest.mark.parametrize("field, value", [(k, v) for k, v in ALL_ON.items() if k != "augment_flip"])
 def test_feature_cache_is_refused_with_input_augmentation(field, value):
     cfg = C.resolve("seed", {field: value})
     reason = features.config_reason(cfg)
     assert reason is not None and "input augmentation is on" in reason and field in reason
+
+
+def test_flip_alone_keeps_the_feature_cache():
+    assert features.config_reason(C.resolve("seed", {"augment_flip": "true"})) is None
+    reason = features.config_reason(C.resolve("seed", {"augment_flip": "true", "augment_shift": "0.1"}))
+    assert "augment_shift=0.1" in reason and "augment_flip" not in reason
 
 
 def test_feature_cache_with_mixup_and_class_weighting():

@@ -179,3 +179,56 @@ def test_two_phase_moves_the_cut_and_recomputes_the_cache(tmp_path, caplog):
     assert [r["epoch"] for r in result.state.history] == [1, 2]
     assert result.state.history[1]["learning_rate"] == pytest.approx(0.1 * result.state.history[0]["learning_rate"])
     assert len(os.listdir(tmp_path / "cache")) == 2  # one entry per cut
+
+
+def test_pipeline_reads_each_example_from_the_flipped_features_half_the_time():
+    from fer_dist import pipeline
+
+    import tensorflow as tf
+
+    split = tiny_split(96, 3)
+    cfg = C.resolve("seed", {"global_batch_size": "16", "augment_flip": "true"})
+    plain = np.arange(96, dtype=np.float16).reshape(96, 1, 1, 1) + 1  # row i holds i + 1
+    flipped = -plain  # and its flipped twin -(i + 1)
+
+    def batches():
+        ds = tf.distribute.get_strategy().distribute_datasets_from_function(
+            pipeline.train_dataset_fn(split, cfg, 0, 2, 6, plain, flipped)
+        )
+        return [(x.numpy().ravel(), y.numpy()) for x, y in ds]
+
+    got = batches()
+    assert len(got) == 12
+    values = np.concatenate([x for x, _ in got])
+    labels = np.concatenate([y for _, y in got])
+    index = np.abs(values).astype(int) - 1
+    np.testing.assert_array_equal(labels, split.labels[index])  # labels follow the example, flipped or not
+    for epoch in range(2):
+        order = pipeline.epoch_order(96, epoch, 6, cfg).ravel()
+        np.testing.assert_array_equal(index[epoch * 96:(epoch + 1) * 96], order)  # the same order as without flips
+    share = float(np.mean(values < 0))
+    assert 0.35 < share < 0.65, share
+    np.testing.assert_array_equal(values, np.concatenate([x for x, _ in batches()]))  # a function of (seed, epoch)
+    with pytest.raises(ValueError):
+        pipeline.train_dataset_fn(split, cfg, 0, 1, 6, plain, flipped[:10])
+
+
+def test_augment_flip_trains_on_cached_features_of_flipped_images(tmp_path, caplog):
+    from fer_dist import model as M
+
+    caplog.set_level(logging.INFO, logger="fer_dist")
+    data = tiny_dataset(n_train=96, n_val=32, n_test=7)
+    cfg = _config(tmp_path, epochs="1", steps_per_epoch="2", feature_dtype="float32", augment_flip="true")
+    T.fit(cfg, T.LocalSession(str(tmp_path / "run"), show_progress=False), dataset=data)
+    assert "feature cache: training the last" in caplog.text and "flipped-image features" in caplog.text
+    (entry,) = os.listdir(tmp_path / "cache")
+    stored = np.load(tmp_path / "cache" / entry / F.FLIP_FILE)
+
+    import keras
+
+    keras.utils.set_random_seed(cfg.seed)  # the same random weights as the run's model
+    split, _ = F.split_model(M.build(cfg), cfg)
+    want = split.prefix(_inputs(data.train.images[:, :, ::-1].copy(), cfg), training=False).numpy()
+    np.testing.assert_allclose(stored, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    unflipped = np.load(tmp_path / "cache" / entry / "train.npy")
+    assert np.abs(stored - unflipped).max() > 1e-3 * np.abs(unflipped).max()
