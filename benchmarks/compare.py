@@ -99,6 +99,9 @@ def main(argv=None) -> int:
         print(f"started {preset} on core {sorted(core)}: {' '.join(cmd[1:])}", flush=True)
     for preset, (proc, start, cmd) in running.items():
         if proc.wait() != 0:
+            for other, _, _ in running.values():  # the comparison is void: stop the rest
+                if other.poll() is None:
+                    other.terminate()
             print(f"error: {preset} failed (exit {proc.returncode}); see {args.out_dir}/{preset}.log", file=sys.stderr)
             return 1
         rows[preset] = summarize(args, preset, cmd, time.time() - start)

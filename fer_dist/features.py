@@ -315,8 +315,9 @@ class Cached:
     val: np.ndarray  # features of dataset.val, in order
     train_flipped: np.ndarray | None  # features of the horizontally flipped train images (augment_flip)
     uri: str  # the cache entry
-    hit: bool  # loaded (True) or computed now (False)
-    seconds: float  # time to load or compute
+    hit: bool  # train/val features loaded (True) or computed now (False)
+    seconds: float  # time to load or compute (flipped features included)
+    flipped_hit: bool = True  # train_flipped loaded (True) or computed now (False)
 
 
 def prepare(config: TrainConfig, model, dataset) -> tuple[Cached | None, str]:
@@ -336,8 +337,8 @@ def prepare(config: TrainConfig, model, dataset) -> tuple[Cached | None, str]:
         try:
             train, val = _load(storage.join(entry, "train.npy")), _load(storage.join(entry, "val.npy"))
             if train.shape == (len(dataset.train),) + split.feature_shape and len(val) == len(dataset.val):
-                flipped, hit = _flipped(config, split, dataset, entry, train)
-                return Cached(split, train, val, flipped, entry, hit, time.perf_counter() - start), ""
+                flipped, flipped_hit = _flipped(config, split, dataset, entry, train)
+                return Cached(split, train, val, flipped, entry, True, time.perf_counter() - start, flipped_hit), ""
             log.warning("feature cache: entry %s has unexpected shapes; recomputing it", entry)
         except (OSError, ValueError) as e:
             log.warning("feature cache: cannot read %s (%s); recomputing it", entry, e)
@@ -350,7 +351,7 @@ def prepare(config: TrainConfig, model, dataset) -> tuple[Cached | None, str]:
                 compute_seconds=round(seconds, 2))
     storage.write_text(meta_uri, json.dumps(meta, indent=1, sort_keys=True) + "\n")
     flipped, _ = _flipped(config, split, dataset, entry, train)
-    return Cached(split, train, val, flipped, entry, False, time.perf_counter() - start), ""
+    return Cached(split, train, val, flipped, entry, False, time.perf_counter() - start, False), ""
 
 
 def _flipped(config: TrainConfig, split: Split, dataset, entry: str, train: np.ndarray) -> tuple[np.ndarray | None, bool]:

@@ -155,6 +155,35 @@ def build(config: TrainConfig) -> keras.Model:
     return model
 
 
+def calibrate_batchnorm(model: keras.Model, images, config: TrainConfig) -> int:
+    """Sets every BatchNorm layer's moving mean and variance to the statistics of its input over
+    `images` (uint8 faces), computed in one training-mode forward pass with momentum 0, frozen
+    layers included; returns how many layers were set. Trainable flags and momenta are restored.
+
+    For `weights=none` this is a data-dependent initialisation (Kraehenbuehl et al. 2016,
+    "Data-dependent initializations of convolutional neural networks"; Mishkin & Matas 2016,
+    LSUV): a random trunk whose BatchNorm layers hold their initial statistics (mean 0,
+    variance 1) passes activations through unnormalised, so its frozen features are badly
+    scaled; calibrated, each layer's outputs are standardised as in a trained network. With
+    pretrained weights it re-estimates the statistics on the target data (AdaBN, Li et al. 2016).
+    """
+    layers = [layer for layer in model._flatten_layers(include_self=False)]
+    batchnorms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
+    saved = [(layer, layer.trainable) for layer in layers], [(bn, bn.momentum) for bn in batchnorms]
+    try:
+        for layer in layers:  # a frozen Keras 3 BatchNorm runs in inference mode and would not update
+            layer.trainable = True
+        for bn in batchnorms:
+            bn.momentum = 0.0
+        model(preprocess(tf.constant(images), config), training=True)
+    finally:
+        for layer, flag in saved[0]:
+            layer.trainable = flag
+        for bn, momentum in saved[1]:
+            bn.momentum = momentum
+    return len(batchnorms)
+
+
 def count_params(model: keras.Model) -> tuple[int, int]:
     """(trainable, total) parameter counts (seed-generator state excluded)."""
     trainable = sum(int(tf.size(v)) for v in model.trainable_weights)

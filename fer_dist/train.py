@@ -276,6 +276,23 @@ class LoopState:
         return improved, stop
 
 
+def calibrate_batchnorm(model, images: np.ndarray, config: TrainConfig) -> tuple[int, int]:
+    """`model.calibrate_batchnorm` on `config.calibrate_batchnorm` training images drawn with the
+    seed (the same on every worker), run on a strategy-free copy whose variables are then assigned
+    back, as a checkpoint restore does. Returns (BatchNorm layers, images)."""
+    from fer_dist import model as model_lib
+
+    count = min(config.calibrate_batchnorm, len(images))
+    chosen = np.sort(np.random.default_rng([config.seed, 2]).choice(len(images), count, replace=False))
+    plain = model_lib.build(config)
+    for target, source in zip(plain.variables, model.variables):
+        target.assign(np.asarray(source.numpy()))
+    layers = model_lib.calibrate_batchnorm(plain, images[chosen], config)
+    for target, source in zip(model.variables, plain.variables):
+        target.assign(np.asarray(source.numpy()))
+    return layers, count
+
+
 def _save_variables(path: str, variables) -> None:
     np.savez(path, *[np.asarray(v.numpy()) for v in variables])
 
@@ -373,6 +390,10 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
 
     state, best_weights = LoopState(learning_rate=config.learning_rate), None
     restore = session.restore_dir()
+    if config.calibrate_batchnorm and not restore:  # a checkpoint holds calibrated statistics already
+        count, images = calibrate_batchnorm(model, dataset.train.images, config)
+        if rank == 0:
+            log.info("calibrate_batchnorm: set the moving statistics of %d BatchNorm layers from %d training images", count, images)
     if restore:
         state, best_weights = read_checkpoint(restore, model, optimizer)
         shutil.rmtree(restore, ignore_errors=True)
@@ -411,7 +432,10 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
                 cached.train.dtype, "loaded" if cached.hit else "computed", cached.seconds, cached.uri,
             )
             if cached.train_flipped is not None:
-                log.info("feature cache: augment_flip reads each example's flipped-image features with probability 1/2")
+                log.info(
+                    "feature cache: augment_flip reads each example's flipped-image features (%s) with probability 1/2",
+                    "loaded" if cached.flipped_hit else "computed now",
+                )
         return cached.split.remainder, cached.train, cached.val, cached.train_flipped
 
     def per_example_loss(labels, logits):

@@ -28,3 +28,24 @@ def test_throughput_smoke_writes_figures(repo_root, tmp_path):
     assert report["ratios"]["c_over_b_cached"] is None
     assert report["machine"]["cpus"] >= 1 and report["command"].startswith("python benchmarks/throughput.py")
     assert "img/s" in proc.stdout and "b'/a" in proc.stdout
+
+
+def test_compare_runs_presets_side_by_side_on_equal_time(repo_root, tmp_path):
+    """benchmarks/compare.py: two presets at once under one train_minutes budget, a table and compare.json."""
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "benchmarks/compare.py", str(out), "--data", "builtin", "--presets", "smoke,demo",
+           "--minutes", "0.02", "--images-per-epoch", "64", "--set", "builtin_size=400"]
+    proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "compare.json").read_text())
+    assert [r["preset"] for r in report["runs"]] == ["smoke", "demo"] and report["minutes"] == 0.02
+    for r in report["runs"]:
+        assert 0.0 <= r["publictest_accuracy"] <= 1.0 and r["epochs_run"] >= 1
+        assert r["epochs_run"] < 1000  # the budget, not the epochs, ended it
+        assert "--set train_minutes=0.02" in r["command"] and "--set weights=none" in r["command"]
+        assert r["command"].startswith("python jobs/train.py")
+        assert (out / r["preset"] / "metrics.json").exists() and (out / f"{r['preset']}.log").exists()
+    assert "| smoke |" in proc.stdout and "| demo |" in proc.stdout
+    # A second call finds both runs done and only rebuilds the table.
+    again = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "started" not in again.stdout, again.stdout + again.stderr[-2000:]

@@ -32,6 +32,7 @@ def test_overrides_are_typed():
         ({"epochs": "ten"}, "epochs='ten': expected an integer"),
         ({"epochs": "-1"}, "epochs=-1: must be >= 1"),
         ({"train_minutes": "-5"}, "train_minutes=-5.0: must be >= 0"),
+        ({"calibrate_batchnorm": "-1"}, "calibrate_batchnorm=-1: must be >= 0"),
         ({"train_minutes": "soon"}, "train_minutes='soon': expected"),
         ({"dropout": "1.0"}, "dropout=1.0: must be in [0, 1)"),
         ({"deterministic": "maybe"}, "expected true or false"),
@@ -88,7 +89,7 @@ def test_config_is_frozen():
 NEW_FIELDS = {
     "nesterov": True, "lr_schedule": "plateau", "warmup_epochs": 0, "class_weighting": "none",
     "augment_flip": False, "augment_shift": 0.0, "augment_zoom": 0.0, "augment_rotation": 0.0,
-    "augment_erasing": 0.0, "mixup_alpha": 0.0, "eval_tta": "none",
+    "augment_erasing": 0.0, "mixup_alpha": 0.0, "eval_tta": "none", "train_minutes": 0.0, "calibrate_batchnorm": 0,
 }
 
 
@@ -102,14 +103,24 @@ def test_new_fields_default_to_the_old_behaviour_in_old_presets(preset):
     assert C.TrainConfig.from_json(json.dumps(old)) == c
 
 
-def test_best_preset():
-    c = C.resolve("best")
+def test_finetune_preset():
+    c = C.resolve("finetune")
     assert (c.backbone, c.weights, c.freeze_layers, c.train_batchnorm) == ("resnet50", "imagenet", 175, False)
     assert (c.unfreeze_epoch, c.unfreeze_to, c.unfreeze_lr_factor) == (2, 0, 0.1)  # head warm-up, then all
     assert (c.optimizer, c.nesterov, c.momentum, c.learning_rate, c.weight_decay) == ("sgd", True, 0.9, 0.01, 1e-4)
     assert c.lr_schedule == "plateau" and c.label_smoothing == 0.1 and c.image_size >= 96
     assert c.augment_flip and c.augment_shift > 0 and c.augment_rotation > 0 and c.eval_tta == "tencrop"
     assert C.image_augmentations(c) and "augment_flip=true" in C.describe(c)
+
+
+def test_best_preset_is_the_seed_with_conv4_trained_and_stays_on_the_feature_cache():
+    from fer_dist import features
+
+    best, seed = C.resolve("best"), C.resolve("seed")
+    assert (best.backbone, best.weights, best.image_size, best.global_batch_size) == ("resnet50", "imagenet", 48, 32)
+    assert best.freeze_layers == 81 < seed.freeze_layers and best.train_batchnorm
+    assert best.augment_flip and best.label_smoothing == 0.1 and best.eval_tta == "flip"
+    assert features.config_reason(best) is None  # flips are cached: the cache stays on
 
 
 def test_augmentation_and_schedule_overrides_are_typed():

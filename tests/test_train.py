@@ -88,6 +88,45 @@ def test_train_minutes_budget_ends_the_run_mid_epoch_and_stays_ended(tmp_path):
     assert [r["epoch"] for r in full.state.history] == [1, 2, 3] and not full.state.out_of_time
 
 
+def test_calibrate_batchnorm_standardises_frozen_layers_and_keeps_flags():
+    import keras
+    import tensorflow as tf
+
+    from fer_dist import model as M
+
+    cfg = C.resolve("seed", {"weights": "none", "head_units": "32", "calibrate_batchnorm": "64"})
+    model = M.build(cfg)
+    flags = [layer.trainable for layer in model._flatten_layers(include_self=False)]
+    bn = M.trunk_of(model).get_layer("conv4_block6_3_bn")  # frozen (layer < 143)
+    images = tiny_dataset().train.images[:64]
+    assert M.calibrate_batchnorm(model, images, cfg) == 53 + 1  # the trunk and the one head layer
+    assert flags == [layer.trainable for layer in model._flatten_layers(include_self=False)]
+    assert bn.momentum == 0.99 and not bn.trainable
+    upto = keras.Model(M.trunk_of(model).input, bn.output)
+    out = upto(M.preprocess(tf.constant(images), cfg), training=False).numpy()  # inference mode: moving statistics
+    assert abs(out.mean()) < 1e-3 and abs(out.std() - 1.0) < 1e-2
+
+
+def test_calibrated_run_resumes_without_recalibrating(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="fer_dist")
+    cfg = C.resolve("smoke", dict(SMOKE, deterministic="true", calibrate_batchnorm="128"))
+    data = tiny_dataset()
+    straight = T.fit(cfg, T.LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
+    assert "calibrate_batchnorm: set the moving statistics of" in caplog.text
+    plain = T.fit(cfg.replace(calibrate_batchnorm=0), T.LocalSession(str(tmp_path / "p"), show_progress=False), dataset=data)
+    assert straight.state.history[0]["loss"] != plain.state.history[0]["loss"]
+
+    with pytest.raises(Interrupt):
+        T.fit(cfg, StopAfter(str(tmp_path / "b"), 2), dataset=data)
+    caplog.clear()
+    resumed = T.fit(cfg, T.LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data)
+    assert "calibrate_batchnorm: set" not in caplog.text  # the checkpoint's statistics are kept
+    for a, b in zip(straight.model.variables, resumed.model.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+
+
 def test_checkpoint_from_another_config_is_refused(tmp_path):
     from fer_dist.errors import UserError
 
