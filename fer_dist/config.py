@@ -48,6 +48,9 @@ class TrainConfig:
     # training images (model.calibrate_batchnorm): a data-dependent init for weights=none,
     # AdaBN for pretrained weights. 0 = off (the seed recipe).
     calibrate_batchnorm: int = 0
+    # Before every validation, recompute the moving statistics of the BatchNorm layers that
+    # train from this many training images under the current weights (PreciseBN); 0 = off.
+    precise_bn: int = 0
     head_pooling: str = "flatten"  # how the backbone's feature map enters the head
     head_units: tuple[int, ...] = (1024, 512)  # Dense(he_uniform) + BatchNorm + ReLU + Dropout per entry
     dropout: float = 0.5
@@ -229,20 +232,22 @@ PRESETS["finetune"] = dict(
     eval_tta="tencrop",  # [P&K], [K&C]: ten-crop averaging at test time
     feature_cache=False,  # the input is augmented: the frozen-trunk cache would not be exact
 )
-# `best`: the strongest recipe measured here (README "Results"): the seed's ResNet50 at 48 px
-# with its first three stages frozen instead of four, so that conv4 and conv5 learn (ResNet50's
-# conv4 is where FER-specific parts of faces appear; the seed's frozen conv4 only gives them
-# fixed features), trained on the feature cache, with cached horizontal flips, label smoothing and
-# flip TTA, none of which costs a step of the cache's speed.
+# `best`: the strongest recipe measured here (README "Results": against `seed` on equal CPU time
+# from random weights): the seed's model and optimiser, trained on the feature cache, plus four
+# choices that cost no step of the cache's speed. Tried and dropped on the same budget (README):
+# freezing 81 layers so that conv4 trains too (no gain in 30 CPU-minutes, 1.6x slower per image),
+# and calibrate_batchnorm (worse random features).
 PRESETS["best"] = dict(
     PRESETS["seed"],
-    freeze_layers=81,  # conv1-conv3 frozen (conv3_block4_out is trunk layer 80): own measurement, see README
-    head_pooling="avg",  # 2048 pooled features instead of 8192 flattened: 4x fewer head weights (own choice)
-    head_units=(512,),  # one hidden layer (own choice)
+    # [WJ21] Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm" (PreciseBN): BatchNorm statistics
+    # recomputed under the current weights before each validation. Measured on the seed's own
+    # checkpoints: +1.8 and +2.5 points of PublicTest accuracy, and a stable validation curve
+    # (the lagging moving averages made it swing by 10-20 points), so the best epoch is chosen on
+    # what the model can do.
+    precise_bn=2048,
     label_smoothing=0.1,  # [S16]
     augment_flip=True,  # [P&K]: horizontal flips; exact on the feature cache (both outcomes cached)
     eval_tta="flip",  # [P&K]: averaging the flipped view at test time
-    decay_factor=0.5,  # own choice: halve on plateaus (the seed's 0.9 barely moves in a short run)
 )
 DEFAULT_PRESET = "demo"
 
@@ -353,6 +358,7 @@ def validate(c: TrainConfig) -> TrainConfig:
     need(c.steps_per_epoch >= 0, f"steps_per_epoch={c.steps_per_epoch}: must be >= 0 (0 = full epoch)")
     need(c.train_minutes >= 0, f"train_minutes={c.train_minutes}: must be >= 0 (0 = no budget)")
     need(c.calibrate_batchnorm >= 0, f"calibrate_batchnorm={c.calibrate_batchnorm}: must be >= 0 (0 = off)")
+    need(c.precise_bn >= 0, f"precise_bn={c.precise_bn}: must be >= 0 (0 = off)")
     need(c.global_batch_size >= 1, f"global_batch_size={c.global_batch_size}: must be >= 1")
     need(0.0 <= c.dropout < 1.0, f"dropout={c.dropout}: must be in [0, 1)")
     need(c.learning_rate > 0, f"learning_rate={c.learning_rate}: must be > 0")
@@ -455,6 +461,7 @@ def describe(config: TrainConfig) -> str:
         f"epochs={config.epochs}"
         + (f" train_minutes={config.train_minutes:g}" if config.train_minutes else "")
         + (f" calibrate_batchnorm={config.calibrate_batchnorm}" if config.calibrate_batchnorm else "")
+        + (f" precise_bn={config.precise_bn}" if config.precise_bn else "")
         + (f" lr_schedule={config.lr_schedule}" if config.lr_schedule != "plateau" else "")
         + (f" warmup_epochs={config.warmup_epochs}" if config.warmup_epochs else "")
         + (

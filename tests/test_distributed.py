@@ -122,8 +122,9 @@ def test_killed_worker_is_replaced_and_the_run_completes(tmp_path, tiny_csv):
 
 
 def test_driver_killed_then_resume(tmp_path, tiny_csv):
-    # In-graph augmentation on: it must run inside strategy.run under MultiWorkerMirroredStrategy too.
-    augment = ["--set", "augment_flip=true", "--set", "augment_shift=0.1", "--set", "augment_erasing=0.3"]
+    # In-graph augmentation and PreciseBN on: both must run inside strategy.run under MultiWorkerMirroredStrategy too.
+    augment = ["--set", "augment_flip=true", "--set", "augment_shift=0.1", "--set", "augment_erasing=0.3",
+               "--set", "precise_bn=64"]
     args = ["--workers", "2", "--data", tiny_csv, "--storage", str(tmp_path), "--name", "drv", "--epochs", "4", *SMOKE, *augment]
     proc = job(args)
     run = str(tmp_path / "drv")

@@ -127,6 +127,28 @@ def test_calibrated_run_resumes_without_recalibrating(tmp_path, caplog):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
 
 
+def test_precise_bn_sets_moving_statistics_from_training_images_each_epoch(tmp_path):
+    import keras
+
+    from fer_dist import model as M
+
+    cfg = C.resolve("smoke", dict(SMOKE, epochs="1", precise_bn="96", early_stop_patience="0"))
+    data = tiny_dataset()
+    result = T.fit(cfg, T.LocalSession(str(tmp_path / "run"), show_progress=False), dataset=data)
+    trunk = M.trunk_of(result.model)
+    bn = next(l for l in trunk.layers if isinstance(l, keras.layers.BatchNormalization))
+    conv = trunk.layers[trunk.layers.index(bn) - 1]  # the first BatchNorm reads the first convolution
+    chosen = np.sort(np.random.default_rng([cfg.seed, 3, 1]).choice(len(data.train), 96, replace=False))
+    conv_out = keras.Model(trunk.input, conv.output)(M.preprocess(data.train.images[chosen], cfg)).numpy()
+    np.testing.assert_allclose(bn.moving_mean.numpy(), conv_out.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), conv_out.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
+
+    plain = T.fit(cfg.replace(precise_bn=0), T.LocalSession(str(tmp_path / "plain"), show_progress=False), dataset=data)
+    other = next(l for l in M.trunk_of(plain.model).layers if isinstance(l, keras.layers.BatchNormalization))
+    assert not np.allclose(other.moving_mean.numpy(), conv_out.mean(axis=(0, 1, 2)), rtol=1e-2, atol=1e-2)
+    assert bn.momentum == other.momentum > 0  # restored after the pass
+
+
 def test_checkpoint_from_another_config_is_refused(tmp_path):
     from fer_dist.errors import UserError
 
