@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], help="key=value for every run")
     args = p.parse_args(argv)
     args.out_dir = os.path.abspath(args.out_dir)
-    args.data = os.path.abspath(args.data) if "://" not in args.data else args.data
+    if args.data != "builtin" and "://" not in args.data:  # the runs start in the repository root
+        args.data = os.path.abspath(args.data)
     os.makedirs(args.out_dir, exist_ok=True)
     presets = [x for x in args.presets.split(",") if x]
     cores = sorted(os.sched_getaffinity(0))
