@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import os
 
@@ -155,6 +157,28 @@ def build(config: TrainConfig) -> keras.Model:
     return model
 
 
+@contextlib.contextmanager
+def batchnorm_statistics_pass(batchnorms: list):
+    """Within it, a training-mode forward pass sets the moving mean and variance of `batchnorms`
+    to its batch's statistics (momentum 0). Keras reads `momentum` when a call is traced, so a
+    tf.function must be traced inside. Momenta are restored on exit."""
+    momenta = [bn.momentum for bn in batchnorms]
+    try:
+        for bn in batchnorms:
+            bn.momentum = 0.0
+        yield
+    finally:
+        for bn, momentum in zip(batchnorms, momenta):
+            bn.momentum = momentum
+
+
+def batchnorm_layers(model: keras.Model, trainable_only: bool = False) -> list:
+    return [
+        layer for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization) and (layer.trainable or not trainable_only)
+    ]
+
+
 def calibrate_batchnorm(model: keras.Model, images, config: TrainConfig) -> int:
     """Sets every BatchNorm layer's moving mean and variance to the statistics of its input over
     `images` (uint8 faces), computed in one training-mode forward pass with momentum 0, frozen
@@ -167,20 +191,17 @@ def calibrate_batchnorm(model: keras.Model, images, config: TrainConfig) -> int:
     scaled; calibrated, each layer's outputs are standardised as in a trained network. With
     pretrained weights it re-estimates the statistics on the target data (AdaBN, Li et al. 2016).
     """
-    layers = [layer for layer in model._flatten_layers(include_self=False)]
-    batchnorms = [layer for layer in layers if isinstance(layer, keras.layers.BatchNormalization)]
-    saved = [(layer, layer.trainable) for layer in layers], [(bn, bn.momentum) for bn in batchnorms]
+    layers = list(model._flatten_layers(include_self=False))
+    batchnorms = batchnorm_layers(model)
+    flags = [layer.trainable for layer in layers]
     try:
         for layer in layers:  # a frozen Keras 3 BatchNorm runs in inference mode and would not update
             layer.trainable = True
-        for bn in batchnorms:
-            bn.momentum = 0.0
-        model(preprocess(tf.constant(images), config), training=True)
+        with batchnorm_statistics_pass(batchnorms):
+            model(preprocess(tf.constant(images), config), training=True)
     finally:
-        for layer, flag in saved[0]:
+        for layer, flag in zip(layers, flags):
             layer.trainable = flag
-        for bn, momentum in saved[1]:
-            bn.momentum = momentum
     return len(batchnorms)
 
 

@@ -40,7 +40,7 @@ from typing import Protocol
 import numpy as np
 
 from fer_dist import storage
-from fer_dist.config import TrainConfig, describe, image_augmentations
+from fer_dist.config import TrainConfig, describe
 from fer_dist.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -458,10 +458,10 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
 
     def make_steps(net, trainable: list):
         """(train_step, eval_step) tf.functions of one phase: `net` on its inputs, updating `trainable`."""
-        # On cached features the only augmentation is the cached flip (in the input pipeline).
+        # On cached features the only augmentation is the cached flip, done by the input pipeline.
         in_graph = (augmenting or mixing) and net is model
-        if net is not model and (mixing or [a for a in image_augmentations(config) if a != "augment_flip=true"]):
-            raise RuntimeError("augmentation or mixup on cached features")  # pragma: no cover - config_reason prevents it
+        if net is not model and features_lib.config_reason(config):  # pragma: no cover - inputs_for checked it
+            raise RuntimeError("augmentation or mixup on cached features")
 
         def replica_train_step(images, labels):
             mix = None
@@ -524,22 +524,10 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
             None if train_features is None else train_features[chosen],
         )
         batch = next(iter(strategy.distribute_datasets_from_function(fn)))
-        import keras
-
-        layers = [
-            layer for layer in net._flatten_layers(include_self=False)
-            if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-        ]
-        momenta = [layer.momentum for layer in layers]
-        if id(net) not in precise_forward:
-            precise_forward[id(net)] = tf.function(lambda images: net(images, training=True))
-        try:
-            for layer in layers:
-                layer.momentum = 0.0  # read when the forward pass is traced (its first call, below)
+        with model_lib.batchnorm_statistics_pass(model_lib.batchnorm_layers(net, trainable_only=True)):
+            if id(net) not in precise_forward:  # traced on this first call, with momentum 0
+                precise_forward[id(net)] = tf.function(lambda images: net(images, training=True))
             strategy.run(precise_forward[id(net)], args=(batch[0],))
-        finally:
-            for layer, momentum in zip(layers, momenta):
-                layer.momentum = momentum
 
     steps = pipeline.steps_per_epoch(len(dataset.train), config)
     outputs = RunOutputs(session.run_dir, config) if rank == 0 else None

@@ -112,8 +112,7 @@ def convert(source: dict[str, np.ndarray], path: str = "weights") -> dict[str, l
         kernel = np.transpose(conv["weight"], (2, 3, 1, 0)).astype(np.float32)  # [o,i,h,w] -> [h,w,i,o]
         bias = conv["bias"].astype(np.float32) if "bias" in conv else np.zeros(kernel.shape[-1], np.float32)
         result[f"{base}_conv"] = [kernel, bias]
-        result[f"{base}_bn"] = [bn["weight"], bn["bias"], bn["running_mean"], bn["running_var"]]
-        result[f"{base}_bn"] = [a.astype(np.float32) for a in result[f"{base}_bn"]]
+        result[f"{base}_bn"] = [bn[p].astype(np.float32) for p in ("weight", "bias", "running_mean", "running_var")]
     # Fold the mean difference into conv1: conv(x - m_vgg) = conv(x - m_imagenet) + conv(m_imagenet - m_vgg).
     kernel, bias = result["conv1_conv"]
     shift = np.asarray(IMAGENET_BGR_MEAN, np.float64) - np.asarray(VGGFACE2_BGR_MEAN, np.float64)
@@ -121,15 +120,27 @@ def convert(source: dict[str, np.ndarray], path: str = "weights") -> dict[str, l
     return result
 
 
+def check_output(out_path: str) -> None:
+    """A new Keras weights file: `.weights.h5`, not there yet (nothing is ever overwritten)."""
+    if not out_path.endswith(".weights.h5"):
+        raise UserError(f"OUTPUT {out_path!r}: must end in .weights.h5 (a Keras weights file)")
+    if os.path.exists(out_path):
+        raise UserError(f"OUTPUT {out_path}: already exists; remove it or choose another name")
+
+
+def convert_file(source_path: str, out_path: str) -> tuple[int, int]:
+    """`jobs/convert_weights.py`: checks OUTPUT first, then reads, converts and writes; (layers, values)."""
+    check_output(out_path)
+    converted = convert(read_source(source_path), path=source_path)
+    return len(converted), write_keras_weights(converted, out_path, path=source_path)
+
+
 def write_keras_weights(converted: dict[str, list[np.ndarray]], out_path: str, path: str = "weights") -> int:
     """Builds `keras.applications.ResNet50(include_top=False)`, sets the converted weights and saves
     them as a Keras weights file (`.weights.h5`) that `weights=PATH` loads; returns the parameter count."""
     import keras
 
-    if not out_path.endswith(".weights.h5"):
-        raise UserError(f"{out_path}: the output must end in .weights.h5 (a Keras weights file)")
-    if os.path.exists(out_path):
-        raise UserError(f"{out_path}: already exists; remove it or choose another name")
+    check_output(out_path)
     trunk = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(224, 224, 3))
     count = 0
     for layer in trunk.layers:

@@ -31,13 +31,8 @@ def main(
     from fer_dist import weights
 
     cli.setup_logging()
-    if not output.endswith(".weights.h5"):
-        raise cli.UserError(f"OUTPUT {output!r}: must end in .weights.h5")
-    if os.path.exists(output):
-        raise cli.UserError(f"OUTPUT {output}: already exists; remove it or choose another name")
-    converted = weights.convert(weights.read_source(source), path=source)
-    count = weights.write_keras_weights(converted, output, path=source)
-    print(f"wrote {output}: {len(converted)} layers, {count:,} values; use --set weights={output}", flush=True)
+    layers, count = weights.convert_file(source, output)
+    print(f"wrote {output}: {layers} layers, {count:,} values; use --set weights={output}", flush=True)
 
 
 if __name__ == "__main__":
