@@ -33,11 +33,26 @@ def command(args, preset: str) -> list[str]:
 
     batch = C.resolve(preset, dict(o.split("=", 1) for o in args.set)).global_batch_size
     return [
-        sys.executable, os.path.join(ROOT, "jobs", "train.py"), "--data", args.data, "--preset", preset,
-        "--set", "weights=none", "--set", f"train_minutes={args.minutes:g}",
-        "--set", f"steps_per_epoch={max(1, args.images_per_epoch // batch)}",
+        sys.executable,
+        os.path.join(ROOT, "jobs", "train.py"),
+        "--data",
+        args.data,
+        "--preset",
+        preset,
+        "--set",
+        "weights=none",
+        "--set",
+        f"train_minutes={args.minutes:g}",
+        "--set",
+        f"steps_per_epoch={max(1, args.images_per_epoch // batch)}",
         *[x for o in args.set for x in ("--set", o)],
-        "--epochs", "1000", "--storage", args.out_dir, "--name", preset, "--quiet",
+        "--epochs",
+        "1000",
+        "--storage",
+        args.out_dir,
+        "--name",
+        preset,
+        "--quiet",
     ]
 
 
@@ -93,7 +108,11 @@ def main(argv=None) -> int:
         core = {cores[i % len(cores)]}
         log = open(os.path.join(args.out_dir, f"{preset}.log"), "w")
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             preexec_fn=lambda core=core: os.sched_setaffinity(0, core),
         )
         running[preset] = (proc, time.time(), cmd)
@@ -108,8 +127,14 @@ def main(argv=None) -> int:
         rows[preset] = summarize(args, preset, cmd, time.time() - start)
 
     ordered = [rows[p] for p in presets]
-    json.dump({"minutes": args.minutes, "data": args.data, "runs": ordered}, open(os.path.join(args.out_dir, "compare.json"), "w"), indent=2)
-    print(f"\n| preset | PublicTest accuracy | TTA | epochs of {args.images_per_epoch} images | images seen | best epoch | img/s | loop min |")
+    json.dump(
+        {"minutes": args.minutes, "data": args.data, "runs": ordered},
+        open(os.path.join(args.out_dir, "compare.json"), "w"),
+        indent=2,
+    )
+    print(
+        f"\n| preset | PublicTest accuracy | TTA | epochs of {args.images_per_epoch} images | images seen | best epoch | img/s | loop min |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in ordered:
         print(

@@ -128,8 +128,16 @@ def part_a(args, data: str, cache_dir: str) -> dict:
     total = (1 + args.windows) * args.steps
     if total * config.global_batch_size > len(y):
         raise SystemExit(f"{total} steps of {config.global_batch_size} need more than the {len(y)} training images")
-    model.fit(x, y, batch_size=config.global_batch_size, epochs=1, steps_per_epoch=total, shuffle=True,
-              verbose=0, callbacks=[Stamps()])
+    model.fit(
+        x,
+        y,
+        batch_size=config.global_batch_size,
+        epochs=1,
+        steps_per_epoch=total,
+        shuffle=True,
+        verbose=0,
+        callbacks=[Stamps()],
+    )
     values = []
     for w in range(1, 1 + args.windows):  # window 0 (steps 1..N) is warm-up
         t0, t1 = stamps[w * args.steps], stamps[(w + 1) * args.steps]
@@ -138,7 +146,9 @@ def part_a(args, data: str, cache_dir: str) -> dict:
 
 
 def _fit_part(args, data: str, cache_dir: str, feature_cache: bool) -> dict:
-    from fer_dist import features, model as model_lib, train
+    from fer_dist import features, steps, train
+    from fer_dist import model as model_lib
+    from fer_dist.sessions import LocalSession
 
     config = bench_config(args, data, cache_dir, feature_cache=feature_cache)
     dataset = load_dataset(config)
@@ -146,14 +156,18 @@ def _fit_part(args, data: str, cache_dir: str, feature_cache: bool) -> dict:
     if feature_cache:
         # Build the cache entry exactly as train.fit would (seeds, then the model), and time it;
         # fit then finds it (a second, independent check that the key is deterministic).
-        train.configure_runtime(config)
+        steps.configure_runtime(config)
         model = model_lib.build(config)
         cached, why = features.prepare(config, model, dataset)
         if cached is None:
             raise RuntimeError(f"feature cache not used: {why}")
-        out.update(cache_build_seconds=round(cached.seconds, 2), cache_hit_before=cached.hit,
-                   cache_images=len(dataset.train) + len(dataset.val), cache_dtype=str(cached.train.dtype),
-                   cache_train_mb=round(cached.train.nbytes / 2**20, 1))
+        out.update(
+            cache_build_seconds=round(cached.seconds, 2),
+            cache_hit_before=cached.hit,
+            cache_images=len(dataset.train) + len(dataset.val),
+            cache_dtype=str(cached.train.dtype),
+            cache_train_mb=round(cached.train.nbytes / 2**20, 1),
+        )
         del model, cached
     run_dir = tempfile.mkdtemp(prefix="fer_bench_run_")
     try:
@@ -169,7 +183,7 @@ def _fit_part(args, data: str, cache_dir: str, feature_cache: bool) -> dict:
         handler = Grab()
         logging.getLogger("fer_dist").addHandler(handler)
         logging.getLogger("fer_dist").setLevel(logging.INFO)
-        result = train.fit(config, train.LocalSession(run_dir, show_progress=False), dataset=dataset)
+        result = train.fit(config, LocalSession(run_dir, show_progress=False), dataset=dataset)
         logging.getLogger("fer_dist").removeHandler(handler)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -237,8 +251,9 @@ def part_c(args, data: str, cache_dir: str) -> dict:
     monitor.start()
     try:
         launch.ensure_ray(num_cpus=os.cpu_count())
-        trainer = launch.make_trainer(config, storage_uri=storage_dir, name="bench", num_workers=2,
-                                      cpus_per_worker=1.0, max_failures=0)
+        trainer = launch.make_trainer(
+            config, storage_uri=storage_dir, name="bench", num_workers=2, cpus_per_worker=1.0, max_failures=0
+        )
         result = trainer.fit()
         if result.error:
             raise result.error
@@ -282,7 +297,9 @@ def ratio(x, y):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--data", default=DEFAULT_DATA if os.path.exists(DEFAULT_DATA) else "builtin")
     p.add_argument("--steps", type=int, default=None, help="steps per timed window (default 12; smoke 2)")
     p.add_argument("--windows", type=int, default=None, help="timed windows after the warm-up one (default 3; smoke 2)")
@@ -311,9 +328,22 @@ def main(argv=None) -> int:
         for part in PARTS:
             print(f"[throughput] part {part} ...", flush=True)
             part_json = os.path.join(workdir, f"{part}.json")
-            cmd = [sys.executable, os.path.abspath(__file__), "--part", part, "--part-data", data,
-                   "--cache-dir", cache_dir, "--part-json", part_json, "--steps", str(args.steps),
-                   "--windows", str(args.windows)] + (["--smoke"] if args.smoke else [])
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--part",
+                part,
+                "--part-data",
+                data,
+                "--cache-dir",
+                cache_dir,
+                "--part-json",
+                part_json,
+                "--steps",
+                str(args.steps),
+                "--windows",
+                str(args.windows),
+            ] + (["--smoke"] if args.smoke else [])
             subprocess.run(cmd, check=True, cwd=REPO)
             with open(part_json) as f:
                 results[part] = json.load(f)
@@ -326,17 +356,23 @@ def main(argv=None) -> int:
     a, b, bc = (results[k]["images_per_second"] for k in PARTS)
     c = results.get("c", {}).get("images_per_second")
     report = {
-        "command": "python " + " ".join([os.path.relpath(os.path.abspath(__file__), REPO)] + (argv if argv is not None else sys.argv[1:])),
+        "command": "python "
+        + " ".join([os.path.relpath(os.path.abspath(__file__), REPO)] + (argv if argv is not None else sys.argv[1:])),
         "machine": {
-            "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
             "gpu": "none",
         },
         "setup": {
             "model": "ResNet50 weights=none, freeze_layers=143, head (1024, 512) flatten, Adam 1e-3, batch 32"
-            if not args.smoke else "smoke: ResNet50 weights=none, freeze_layers=143, head (32,), 32 px",
+            if not args.smoke
+            else "smoke: ResNet50 weights=none, freeze_layers=143, head (32,), 32 px",
             "image_size": 32 if args.smoke else 48,
             "data": data_note,
-            "steps_per_window": args.steps, "timed_windows": args.windows, "warmup_windows": 1,
+            "steps_per_window": args.steps,
+            "timed_windows": args.windows,
+            "warmup_windows": 1,
             "statistic": "median images/second over the timed windows",
         },
         "parts": results,

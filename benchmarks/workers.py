@@ -6,7 +6,8 @@ names starting with `w1` use 1 worker, others 2; names containing `kill` SIGKILL
 after the epoch-2 checkpoint appears. Prints (and writes OUT_DIR/workers.json) per run: wall time,
 images/second per epoch and their median, final val/test accuracy. The kill cost is the kill run's
 wall time minus an uninterrupted 2-worker run's. Each run's output is kept as OUT_DIR/NAME.log.
-Needs psutil (`pip install -e ".[test]"`); tests/test_distributed.py uses its `train_workers`.
+Needs psutil (`pip install -e ".[test]"`). tests/ray_workers.py holds a copy of `train_workers` for
+tests/test_distributed.py (tests do not import benchmarks).
 """
 
 from __future__ import annotations
@@ -41,10 +42,23 @@ def run(out_dir: str, name: str) -> dict:
     workers = 1 if name.startswith("w1") else 2
     start = time.time()
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "jobs", "train.py"), "--workers", str(workers), "--name", name,
-         "--storage", out_dir, *JOB],
-        cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
+        [
+            sys.executable,
+            os.path.join(ROOT, "jobs", "train.py"),
+            "--workers",
+            str(workers),
+            "--name",
+            name,
+            "--storage",
+            out_dir,
+            *JOB,
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     killed_at = None
     if "kill" in name:
@@ -67,10 +81,15 @@ def run(out_dir: str, name: str) -> dict:
     history = pd.read_csv(os.path.join(out_dir, name, "history.csv"))
     metrics = json.load(open(os.path.join(out_dir, name, "metrics.json")))
     return dict(
-        name=name, workers=workers, wall_s=wall, killed_at_s=killed_at, epochs=list(map(int, history["epoch"])),
+        name=name,
+        workers=workers,
+        wall_s=wall,
+        killed_at_s=killed_at,
+        epochs=list(map(int, history["epoch"])),
         img_s_per_epoch=[round(x, 1) for x in history["images_per_second"]],
         median_img_s=round(float(history["images_per_second"].median()), 1),
-        val_accuracy=round(float(history["val_accuracy"].iloc[-1]), 4), test_accuracy=metrics.get("test_accuracy"),
+        val_accuracy=round(float(history["val_accuracy"].iloc[-1]), 4),
+        test_accuracy=metrics.get("test_accuracy"),
     )
 
 

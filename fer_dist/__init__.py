@@ -1,6 +1,6 @@
 """fer_dist: distributed facial-emotion-recognition training (FER-2013, Keras ResNet50, Ray).
 
-    python jobs/train.py            # embedded demo on the built-in dataset
+python jobs/train.py            # embedded demo on the built-in dataset
 """
 
 import os as _os

@@ -174,8 +174,10 @@ def random_erasing(images: tf.Tensor, seed, probability: float, fill: float = FI
     rows = tf.range(height, dtype=tf.float32)[None, :, None]
     cols = tf.range(width, dtype=tf.float32)[None, None, :]
     inside = (
-        (rows >= top[:, None, None]) & (rows < (top + h)[:, None, None])
-        & (cols >= left[:, None, None]) & (cols < (left + w)[:, None, None])
+        (rows >= top[:, None, None])
+        & (rows < (top + h)[:, None, None])
+        & (cols >= left[:, None, None])
+        & (cols < (left + w)[:, None, None])
     )
     erase = inside & apply[:, None, None]
     return tf.where(erase[..., None], tf.cast(fill, images.dtype), images)

@@ -1,4 +1,4 @@
-"""One typed, frozen training config; presets are code.
+"""One typed, frozen training config; its named presets are data in `fer_dist/presets.py`.
 
     python jobs/train.py --preset seed --set dropout=0.4 --set global_batch_size=64
 
@@ -14,10 +14,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
+from fer_dist import presets
 from fer_dist.errors import UserError
+from fer_dist.values import coerce, parse_overrides
 
 BACKBONES = ("resnet50", "compact")
 OPTIMIZERS = ("adam", "sgd")
@@ -61,7 +64,9 @@ class TrainConfig:
     momentum: float = 0.9  # SGD only
     nesterov: bool = True  # SGD only: Nesterov momentum
     weight_decay: float = 0.0
-    lr_schedule: str = "plateau"  # "plateau": decay on val_loss plateaus; "cosine": per-step cosine decay to min_learning_rate
+    lr_schedule: str = (
+        "plateau"  # "plateau": decay on val_loss plateaus; "cosine": per-step cosine decay to min_learning_rate
+    )
     warmup_epochs: int = 0  # linear learning-rate warm-up over the first N epochs (per step; either schedule)
     # Two phases: epochs 1..unfreeze_epoch train with `freeze_layers` frozen (e.g. the head alone
     # on a frozen trunk), then only the first `unfreeze_to` layers stay frozen and the learning
@@ -98,7 +103,9 @@ class TrainConfig:
     deterministic: bool = False  # op determinism: a resumed run ends with the same weights
     mixed_precision: bool = False  # mixed_float16 compute, float32 logits (GPU)
     jit_compile: bool = False  # XLA-compile the train step
-    feature_cache: bool = True  # resnet50 with frozen layers: train the remainder on cached prefix features (fer_dist/features.py)
+    feature_cache: bool = (
+        True  # resnet50 with frozen layers: train the remainder on cached prefix features (fer_dist/features.py)
+    )
     feature_cache_dir: str = ""  # where cached features go (a directory or gs:// URI); "" = ~/.cache/fer_dist/features
     feature_dtype: str = "float16"  # storage dtype of cached features: float16 (half the memory) or float32 (exact)
     keep_checkpoints: int = 2  # best K by val_accuracy are kept, plus the latest
@@ -112,7 +119,7 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, source: str = "config.json") -> "TrainConfig":
+    def from_json(cls, text: str, source: str = "config.json") -> TrainConfig:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as e:
@@ -121,227 +128,30 @@ class TrainConfig:
             raise UserError(f"{source}: expected a JSON object of config fields")
         return validate(replace(cls(), raw, source=source))
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return validate(replace(self, changes))
-
-
-# ------------------------------------------------------------------------------
-# Presets. Each is the set of fields that differ from the defaults above.
-# ------------------------------------------------------------------------------
-PRESETS: dict[str, dict[str, Any]] = {
-    # The seed recipe, faithfully: ResNet50 with ImageNet weights, first 143 layers
-    # frozen, Dense(he_uniform)+BatchNorm+Dropout(0.5) head, Adam, LR x0.9 on
-    # val_loss plateau, early stopping, small batches. It reached 53.2% test accuracy.
-    "seed": dict(
-        backbone="resnet50",
-        weights="imagenet",
-        freeze_layers=143,
-        head_pooling="flatten",
-        head_units=(1024, 512),
-        dropout=0.5,
-        optimizer="adam",
-        learning_rate=1e-3,
-        decay_factor=0.9,
-        decay_patience=2,
-        early_stop_patience=6,
-        global_batch_size=32,
-        epochs=30,
-    ),
-    # Seconds on a CPU: the compact backbone, a few hundred built-in images.
-    "smoke": dict(
-        backbone="compact",
-        weights="none",
-        freeze_layers=0,
-        head_pooling="avg",
-        head_units=(32,),
-        dropout=0.2,
-        builtin_size=600,
-        epochs=2,
-        global_batch_size=32,
-        early_stop_patience=0,
-    ),
-    # The embedded default run: the compact backbone on the built-in dataset,
-    # >= 90% test accuracy in a few minutes on a 2-core CPU.
-    "demo": dict(
-        backbone="compact",
-        weights="none",
-        freeze_layers=0,
-        head_pooling="avg",
-        head_units=(64,),
-        dropout=0.3,
-        learning_rate=3e-3,
-        decay_factor=0.5,
-        decay_patience=1,
-        early_stop_patience=3,
-        builtin_size=12000,
-        global_batch_size=64,
-        epochs=12,
-    ),
-}
-# The default search's trials (`python jobs/tune.py`): the demo recipe on fewer images and
-# epochs, so that >= 6 trials fit in a few minutes on a 2-core CPU.
-PRESETS["quick"] = dict(PRESETS["demo"], builtin_size=6000, epochs=8, global_batch_size=32, early_stop_patience=0)
-# `finetune`: the long GPU recipe: ResNet50 from ImageNet (or VGGFace2) weights at 96 px, fine-tuned
-# end to end with the training choices of the best single networks published on FER-2013. Its
-# accuracy has not been measured here (no ImageNet weights, no GPU on the machines the README's
-# figures come from); at 17 img/s in phase 2 on the 2-core CPU it is a GPU recipe.
-#   [K&C] Khaireddin & Chen 2021, "Facial Emotion Recognition: State of the Art Performance on
-#         FER2013" (arXiv 2105.03588): VGG variant, 73.28% test; SGD + Nesterov best of the
-#         optimisers they compared, reduce-on-plateau best of the schedules, augmentation by
-#         rescaling / shifting (up to 20%) and rotation (up to 10 degrees), random erasing,
-#         ten-crop at test time, batch 64.
-#   [P&K] Pramerdorfer & Kampel 2016, "Facial Expression Recognition using Convolutional Neural
-#         Networks: State of the Art" (arXiv 1612.02903): random crops + horizontal flips in
-#         training, ten-crop averaging at test time; deeper nets (ResNet, Inception) on FER-2013.
-#   [S16] Szegedy et al. 2016, "Rethinking the Inception Architecture" (label smoothing 0.1).
-#   [KTL] the Keras transfer-learning guide: train the new head on the frozen trunk first, then
-#         unfreeze and fine-tune with a low learning rate, keeping BatchNorm in inference mode.
-PRESETS["finetune"] = dict(
-    backbone="resnet50",
-    weights="imagenet",  # transfer from ImageNet, as the seed recipe
-    image_size=96,  # 48-px faces upsampled in the input pipeline: ResNet50's stride 32 leaves 3x3 maps instead of 2x2 (own choice; larger costs 4x per doubling)
-    # Two phases [KTL]: 2 epochs train the head on the frozen trunk (a random head's large
-    # gradients would otherwise wreck the pretrained features), then the whole trunk is
-    # fine-tuned (FER-2013's 28k faces differ from ImageNet; [K&C]/[P&K] train every layer)
-    # at a tenth of the learning rate.
-    freeze_layers=175,  # every ResNet50 trunk layer (include_top=False has 175)
-    unfreeze_epoch=2,
-    unfreeze_to=0,
-    unfreeze_lr_factor=0.1,
-    train_batchnorm=False,  # [KTL]: pretrained BatchNorm statistics stay in inference mode
-    head_pooling="avg",  # the standard ResNet head: global average pooling (own choice)
-    head_units=(512,),  # one hidden layer (own choice)
-    dropout=0.5,  # as the seed recipe
-    optimizer="sgd",  # [K&C]: SGD with Nesterov momentum was the best optimiser
-    nesterov=True,  # [K&C]
-    momentum=0.9,  # [K&C]
-    learning_rate=0.01,  # [K&C]
-    weight_decay=1e-4,  # [K&C] (decoupled in Keras: variable -= lr * wd * variable)
-    lr_schedule="plateau",  # [K&C]: reduce-on-plateau beat cosine annealing and step decay
-    decay_factor=0.75,  # [K&C]
-    decay_patience=5,  # [K&C]
-    early_stop_patience=12,  # own choice (K&C train a fixed 300 epochs from scratch; a pretrained trunk needs fewer)
-    epochs=80,  # own choice, see above
-    label_smoothing=0.1,  # [S16]
-    global_batch_size=64,  # [K&C]
-    augment_flip=True,  # [P&K], [K&C]
-    augment_shift=0.2,  # [K&C]: shifts up to 20% (with the zoom below: [P&K]'s random crops)
-    augment_zoom=0.2,  # [K&C]: rescaling up to 20%
-    augment_rotation=10.0,  # [K&C]: up to 10 degrees
-    augment_erasing=0.5,  # [K&C]: random erasing with probability 0.5
-    eval_tta="tencrop",  # [P&K], [K&C]: ten-crop averaging at test time
-    feature_cache=False,  # the input is augmented: the frozen-trunk cache would not be exact
-)
-# `best`: the strongest recipe measured here: 44.33% PublicTest against the seed's 41.24% on equal
-# CPU time from random weights (README "Results", `python benchmarks/compare.py`). The seed's
-# model, optimiser and feature cache, plus four choices that cost no training step. Tried and
-# dropped on the way (README): freezing 81 layers so that conv4 trains too (no gain in the budget,
-# 1.6x slower per image) and calibrate_batchnorm (worse random features).
-PRESETS["best"] = dict(
-    PRESETS["seed"],
-    # [WJ21] Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm" (PreciseBN): BatchNorm statistics
-    # recomputed under the current weights before each validation. Measured on the seed's own
-    # checkpoints: +1.8 and +2.5 points of PublicTest accuracy, and a stable validation curve
-    # (the lagging moving averages made it swing by 10-20 points), so the best epoch is chosen on
-    # what the model can do, and plateau decay reacts to real plateaus.
-    precise_bn=2048,
-    label_smoothing=0.1,  # [S16]
-    augment_flip=True,  # [P&K]: horizontal flips; exact on the feature cache (both outcomes cached)
-    eval_tta="flip",  # [P&K]: averaging the flipped view at test time
-)
-DEFAULT_PRESET = "demo"
 
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-def _field_types() -> dict[str, Any]:
+def field_types() -> dict[str, Any]:
+    """Each field's type (bool, int, float, str or tuple[int, ...]), by field name."""
     hints = typing.get_type_hints(TrainConfig)
     return {f.name: hints[f.name] for f in dataclasses.fields(TrainConfig)}
 
 
-def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
-    """Turns a JSON value or a `--set` string into the field's type, or raises UserError."""
-    where = f"{source}: " if source else ""
-    bad = UserError(f"{where}{key}={value!r}: expected {_type_name(kind)}")
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
-            return False
-        raise bad
-    if kind is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise bad from None
-        raise bad
-    if kind is float:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise bad from None
-        raise bad
-    if kind is str:
-        if isinstance(value, str):
-            return value
-        raise bad
-    if typing.get_origin(kind) is tuple:
-        if isinstance(value, str):
-            parts = [p for p in value.replace(" ", "").split(",") if p != ""]
-        elif isinstance(value, (list, tuple)):
-            parts = list(value)
-        else:
-            raise bad
-        try:
-            return tuple(_coerce(key, p, int, source) for p in parts)
-        except UserError:
-            raise bad from None
-    raise bad  # pragma: no cover - every field type is handled above
-
-
-def _type_name(kind: Any) -> str:
-    if typing.get_origin(kind) is tuple:
-        return "comma-separated integers"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
-
-
 def replace(base: TrainConfig, changes: Mapping[str, Any], source: str = "") -> TrainConfig:
     """Applies `changes` (typed or string values) to `base`; unknown keys are errors."""
-    types = _field_types()
+    types = field_types()
     coerced = {}
     for key, value in changes.items():
         if key not in types:
             where = f"{source}: " if source else ""
             raise UserError(f"{where}unknown config key {key!r} (known: {', '.join(types)})")
-        coerced[key] = _coerce(key, value, types[key], source)
+        coerced[key] = coerce(key, value, types[key], source)
     return dataclasses.replace(base, **coerced)
-
-
-def parse_overrides(items: list[str] | None) -> dict[str, str]:
-    """`["dropout=0.3", "head_units=256,128"]` -> {"dropout": "0.3", ...}."""
-    out: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {item!r}: expected key=value")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def validate(c: TrainConfig) -> TrainConfig:
@@ -404,7 +214,9 @@ def validate(c: TrainConfig) -> TrainConfig:
         c.class_weighting in CLASS_WEIGHTINGS,
         f"class_weighting={c.class_weighting!r}: expected one of {', '.join(CLASS_WEIGHTINGS)}",
     )
-    need(0.0 <= c.augment_shift <= 0.5, f"augment_shift={c.augment_shift}: must be in [0, 0.5] (a fraction of the side)")
+    need(
+        0.0 <= c.augment_shift <= 0.5, f"augment_shift={c.augment_shift}: must be in [0, 0.5] (a fraction of the side)"
+    )
     need(0.0 <= c.augment_zoom < 1.0, f"augment_zoom={c.augment_zoom}: must be in [0, 1)")
     need(0.0 <= c.augment_rotation <= 180.0, f"augment_rotation={c.augment_rotation}: must be in [0, 180] degrees")
     need(0.0 <= c.augment_erasing <= 1.0, f"augment_erasing={c.augment_erasing}: must be in [0, 1] (a probability)")
@@ -430,10 +242,10 @@ def resolve(
     config_file: str | None = None,
 ) -> TrainConfig:
     """preset -> config file -> overrides -> validation. The one place a run's config is made."""
-    name = preset or DEFAULT_PRESET
-    if name not in PRESETS:
-        raise UserError(f"--preset {name!r}: unknown preset (known: {', '.join(PRESETS)})")
-    config = replace(TrainConfig(), PRESETS[name], source=f"preset {name}")
+    name = preset or presets.DEFAULT_PRESET
+    if name not in presets.PRESETS:
+        raise UserError(f"--preset {name!r}: unknown preset (known: {', '.join(presets.PRESETS)})")
+    config = replace(TrainConfig(), presets.PRESETS[name].fields, source=f"preset {name}")
     if config_file:
         from fer_dist import storage
 
@@ -467,7 +279,8 @@ def describe(config: TrainConfig) -> str:
         + (
             f" unfreeze_epoch={config.unfreeze_epoch} unfreeze_to={config.unfreeze_to}"
             f" unfreeze_lr_factor={config.unfreeze_lr_factor:g}"
-            if config.unfreeze_epoch else ""
+            if config.unfreeze_epoch
+            else ""
         )
         + (f" nesterov={str(config.nesterov).lower()}" if config.optimizer == "sgd" else "")
         + "".join(f" {a}" for a in image_augmentations(config))
@@ -479,13 +292,12 @@ def describe(config: TrainConfig) -> str:
 
 __all__ = [
     "TrainConfig",
-    "PRESETS",
-    "DEFAULT_PRESET",
     "resolve",
     "parse_overrides",
     "replace",
     "validate",
     "field_names",
+    "field_types",
     "describe",
     "image_augmentations",
     "field",

@@ -401,7 +401,7 @@ def _read_image_folder(uri: str, skip_bad_rows: bool) -> tuple[dict[str, Split],
             entries = _visible(storage.listdir(storage.join(uri, name, emotion)))
             files += [(split, f"{name}/{emotion}/{f}", label) for f in entries]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        decoded = list(pool.map(lambda rel: _decode_image(storage.join(uri, rel)), [f[1] for f in files]))
+        decoded = list(pool.map(lambda rel: decode_image(storage.join(uri, rel)), [f[1] for f in files]))
     per_split: dict[str, tuple[list[np.ndarray], list[int]]] = {}
     skipped: list[_Skipped] = []
     for (split, rel, label), image in zip(files, decoded):
@@ -455,7 +455,7 @@ def _emotion_label(uri: str, rel: str, name: str) -> int:
     )
 
 
-def _decode_image(uri: str) -> np.ndarray | str:
+def decode_image(uri: str) -> np.ndarray | str:
     """A uint8 [48, 48] grayscale face, or what is wrong with the file."""
     if not uri.lower().endswith(IMAGE_SUFFIXES):
         return f"not an image file (expected {', '.join(IMAGE_SUFFIXES)})"

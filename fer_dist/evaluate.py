@@ -367,7 +367,9 @@ def evaluate_run(model, dataset, config, run_dir: str, state) -> dict:
         summary[name] = metrics
         write_confusion(run_dir, metrics, name)
         if name == "val":
-            storage.write_bytes(storage.join(run_dir, "val_mistakes.png"), mistakes_grid(split.images, split.labels, probs))
+            storage.write_bytes(
+                storage.join(run_dir, "val_mistakes.png"), mistakes_grid(split.images, split.labels, probs)
+            )
         print(format_report(metrics, f"{name} ({len(split)} images, best epoch {state.best_epoch})"), flush=True)
     write_history_plot(run_dir)
     write_tensorboard_images(run_dir)
@@ -442,13 +444,21 @@ def evaluate_data(
         check_tta(tta)
     loaded = [load_run(r) for r in run_dirs]
     first = loaded[0][0]
-    dataset = data_lib.load(data, skip_bad_rows=skip_bad_rows, val_fraction=first.val_fraction, seed=first.seed, builtin_size=first.builtin_size)
+    dataset = data_lib.load(
+        data,
+        skip_bad_rows=skip_bad_rows,
+        val_fraction=first.val_fraction,
+        seed=first.seed,
+        builtin_size=first.builtin_size,
+    )
     split = split or ("test" if dataset.test is not None else "val")
     chosen = getattr(dataset, split)
     if chosen is None:
         raise UserError(f"--split test: {data} has no test split (PrivateTest); use --split val")
     used = [tta or config.eval_tta for config, _ in loaded]
-    probs = average_probs([predict_probs(model, chosen.images, config, tta=t) for (config, model), t in zip(loaded, used)])
+    probs = average_probs(
+        [predict_probs(model, chosen.images, config, tta=t) for (config, model), t in zip(loaded, used)]
+    )
     metrics = compute_metrics(chosen.labels, probs)
     metrics["tta"] = used[0] if len(set(used)) == 1 else used
     return metrics, split

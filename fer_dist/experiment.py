@@ -11,14 +11,12 @@ confusion matrices, curves, the exported model) from rank 0 and prints where it 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
-import tempfile
 
-from fer_dist import cli, storage
+from fer_dist import runs, storage
 from fer_dist.config import TrainConfig, replace, resolve, validate
 from fer_dist.errors import UserError
+from fer_dist.launch import DEFAULT_MAX_FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +67,20 @@ def train(
     resume: bool = False,
     workers: int = 0,
     gpus_per_worker: float = 0.0,
-    max_failures: int = 3,
+    max_failures: int = DEFAULT_MAX_FAILURES,
     progress: bool = True,
 ) -> dict:
     """Runs one training job end to end; returns the final metrics."""
     if resume and not name:
         raise UserError("--resume needs --name NAME (the run to continue)")
-    name = name or cli.new_run_name(preset or "demo")
+    name = name or runs.new_run_name(preset or "demo")
     output = storage.absolute(output)
     run_dir = storage.join(output, name)
     if resume:
-        cli.prepare_run_dir(output, name, resume=True)
+        runs.prepare_run_dir(output, name, resume=True)
     config = resolve_for_run(preset, overrides, config_file, run_dir, resume)
     if not resume:
-        cli.prepare_run_dir(output, name, resume=False)
+        runs.prepare_run_dir(output, name, resume=False)
         storage.write_text(storage.join(run_dir, "config.json"), config.to_json())
     log.info("run %s -> %s", name, run_dir)
 
@@ -90,42 +88,23 @@ def train(
         from fer_dist import launch
 
         metrics = launch.run_on_ray(
-            config, storage_uri=output, name=name, num_workers=workers,
-            gpus_per_worker=gpus_per_worker, max_failures=max_failures,
+            config,
+            storage_uri=output,
+            name=name,
+            num_workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            max_failures=max_failures,
         )
     else:
+        from fer_dist import reporting
         from fer_dist import train as train_lib
+        from fer_dist.sessions import LocalSession
 
-        session = train_lib.LocalSession(run_dir, config.keep_checkpoints, show_progress=progress)
+        session = LocalSession(run_dir, config.keep_checkpoints, show_progress=progress)
         result = train_lib.fit(config, session)
-        metrics = finish(result, config, run_dir)
+        metrics = reporting.finish(result, config, run_dir)
     print_summary(run_dir, metrics, config)
     return metrics
-
-
-def finish(result, config: TrainConfig, run_dir: str) -> dict:
-    """Rank 0 after training: metrics.json, confusion matrices, curves, exported model."""
-    from fer_dist import evaluate
-
-    if not result.trained_epochs and storage.exists(storage.join(run_dir, evaluate.METRICS_FILE)):
-        log.info("the run was already complete: keeping its metrics.json and exported model")
-        return read_metrics(run_dir)
-    log.info("final evaluation with the weights of epoch %d", result.state.best_epoch)
-    metrics = evaluate.evaluate_run(result.model, result.dataset, config, run_dir, result.state)
-    export_model(result.model, run_dir)
-    log.info("exported model.keras and saved_model/ to %s", run_dir)
-    return metrics
-
-
-def export_model(model, run_dir: str) -> None:
-    """`model.keras` (Keras 3) and `saved_model/` (TF serving) beside the checkpoints."""
-    with tempfile.TemporaryDirectory(prefix="fer_dist_export_") as tmp:
-        path = os.path.join(tmp, "model.keras")
-        model.save(path)
-        storage.write_bytes(storage.join(run_dir, "model.keras"), open(path, "rb").read())
-        saved = os.path.join(tmp, "saved_model")
-        model.export(saved, verbose=False)
-        storage.upload_dir(saved, storage.join(run_dir, "saved_model"))
 
 
 def print_summary(run_dir: str, metrics: dict, config: TrainConfig) -> None:
@@ -145,7 +124,3 @@ def print_summary(run_dir: str, metrics: dict, config: TrainConfig) -> None:
             "  (add --set weights=none where ImageNet weights cannot be downloaded)"
         )
     print("\n".join(lines), flush=True)
-
-
-def read_metrics(run_dir: str) -> dict:
-    return json.loads(storage.read_text(storage.join(run_dir, "metrics.json")))

@@ -347,14 +347,20 @@ def prepare(config: TrainConfig, model, dataset) -> tuple[Cached | None, str]:
     seconds = time.perf_counter() - start
     _save(storage.join(entry, "train.npy"), train)
     _save(storage.join(entry, "val.npy"), val)
-    meta = dict(description, feature_shape=list(split.feature_shape), stored_dtype=str(train.dtype),
-                compute_seconds=round(seconds, 2))
+    meta = dict(
+        description,
+        feature_shape=list(split.feature_shape),
+        stored_dtype=str(train.dtype),
+        compute_seconds=round(seconds, 2),
+    )
     storage.write_text(meta_uri, json.dumps(meta, indent=1, sort_keys=True) + "\n")
     flipped, _ = _flipped(config, split, dataset, entry, train)
     return Cached(split, train, val, flipped, entry, False, time.perf_counter() - start, False), ""
 
 
-def _flipped(config: TrainConfig, split: Split, dataset, entry: str, train: np.ndarray) -> tuple[np.ndarray | None, bool]:
+def _flipped(
+    config: TrainConfig, split: Split, dataset, entry: str, train: np.ndarray
+) -> tuple[np.ndarray | None, bool]:
     """(features of the horizontally flipped train images, loaded?) when augment_flip is on, else
     (None, True). Kept in the entry as `train_flip.npy`, written atomically on first use."""
     if not config.augment_flip:

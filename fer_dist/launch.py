@@ -19,53 +19,52 @@ import logging
 import os
 import tempfile
 
-from fer_dist import storage
+from fer_dist import checkpoint, storage
 from fer_dist.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint_epoch_"
-CHECKPOINT_FILES = ("model.npz", "optimizer.npz", "config.json", "state.json")
+DEFAULT_MAX_FAILURES = 3  # worker-group restarts before a run fails (--max-failures)
+PG_KEY = "fer_dist/placement_group/{run}"
 # Environment that Ray workers must share with the driver.
 PROPAGATED_ENV = ("STORAGE_EMULATOR_HOST", "TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL", "GOOGLE_CLOUD_PROJECT")
 
 
 class RaySession:
-    """A `train.Session` inside a Ray Train worker."""
+    """A `sessions.Session` inside a Ray Train worker: checkpoints go through `ray.train.report`
+    to `<run_dir>/checkpoint_epoch_NNNN`; the chief then applies the one retention policy."""
 
-    def __init__(self, run_dir: str):
+    show_progress = False
+
+    def __init__(self, run_dir: str, keep_checkpoints: int):
         self.run_dir = run_dir
+        self.keep = keep_checkpoints
 
     def restore_dir(self) -> str | None:
-        """Ray's latest registered checkpoint, else the newest complete one in storage.
+        """Ray's latest registered checkpoint, else the newest whole one in storage.
 
         A worker killed just after uploading a checkpoint, before the controller registered
         its report, leaves Ray with no checkpoint while storage holds one: using it keeps
         the loss at most one epoch."""
         import ray.train
 
-        target = tempfile.mkdtemp(prefix="fer_dist_restore_")
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
-            return checkpoint.to_directory(target)
-        names = [n for n in storage.listdir(self.run_dir) if n.startswith(CHECKPOINT_PREFIX)]
-        for name in reversed(names):
-            uri = storage.join(self.run_dir, name)
-            if set(CHECKPOINT_FILES) <= set(storage.listdir(uri)):
-                log.info("Ray registered no checkpoint; resuming from %s found in storage", uri)
-                return storage.download_dir(uri, target)
-        return None
+        registered = ray.train.get_checkpoint()
+        if registered is not None:
+            target = tempfile.mkdtemp(prefix="fer_dist_restore_")
+            return registered.to_directory(target)
+        newest = checkpoint.newest_whole(self.run_dir, checkpoint.RAY_PREFIX)
+        if newest is None:
+            return None
+        log.info("Ray registered no checkpoint; resuming from %s found in storage", newest.uri)
+        return checkpoint.download(newest.uri)
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         import ray.train
 
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(
-            metrics, checkpoint=checkpoint, checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{metrics['epoch']:04d}"
-        )
-
-    def progress(self) -> bool:
-        return False
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=checkpoint.ray_name(metrics["epoch"]))
+        if checkpoint_dir:  # only the chief passes a checkpoint
+            checkpoint.prune(self.run_dir, checkpoint.RAY_PREFIX, self.keep)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -73,21 +72,20 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
     import tensorflow as tf
 
-    from fer_dist import cli, experiment, train
+    from fer_dist import logs, reporting, train
+    from fer_dist.steps import is_chief
 
-    cli.setup_logging()
+    logs.setup_logging()
     threads = max(1, round(loop_config["cpus_per_worker"]))
     if threads:  # 2 workers on 2 cores must not each take every core
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     config = TrainConfig.from_json(loop_config["config_json"])
-    if loop_config.get("in_tune") and ray.train.get_context().get_world_rank() == 0:
-        from fer_dist import tune as tune_lib
-
-        tune_lib.record_placement_group(loop_config["run_name"])
-    result = train.fit(config, RaySession(loop_config["run_dir"]))
-    if result.rank == 0:
-        experiment.finish(result, config, loop_config["run_dir"])
+    if loop_config.get("in_tune") and is_chief(ray.train.get_context().get_world_rank()):
+        record_placement_group(loop_config["run_name"])
+    result = train.fit(config, RaySession(loop_config["run_dir"], config.keep_checkpoints))
+    if result.model is not None:  # the chief
+        reporting.finish(result, config, loop_config["run_dir"])
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -126,7 +124,7 @@ def make_trainer(
     num_workers: int,
     gpus_per_worker: float = 0.0,
     cpus_per_worker: float = 1.0,
-    max_failures: int = 3,
+    max_failures: int = DEFAULT_MAX_FAILURES,
     callbacks=None,
 ):
     """The TensorflowTrainer for one run; `tune.py` calls this for every trial."""
@@ -149,20 +147,23 @@ def make_trainer(
     return TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "config_json": config.to_json(), "run_dir": run_dir, "run_name": name,
-            "cpus_per_worker": cpus_per_worker, "in_tune": bool(callbacks),
+            "config_json": config.to_json(),
+            "run_dir": run_dir,
+            "run_name": name,
+            "cpus_per_worker": cpus_per_worker,
+            "in_tune": bool(callbacks),
         },
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
+        ),
         run_config=RunConfig(
             name=name,
             storage_path=path,
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=config.keep_checkpoints + 1,
-                checkpoint_score_attribute="val_accuracy",
-                checkpoint_score_order="max",
-            ),
+            # Ray keeps every checkpoint it registers; the chief applies the one retention
+            # policy (checkpoint.kept: best K by val_accuracy plus the latest) after each report.
+            checkpoint_config=CheckpointConfig(checkpoint_score_attribute="val_accuracy", checkpoint_score_order="max"),
             callbacks=callbacks,
             worker_runtime_env={"env_vars": env} if env else None,
         ),
@@ -176,18 +177,58 @@ def run_on_ray(
     name: str,
     num_workers: int,
     gpus_per_worker: float = 0.0,
-    max_failures: int = 3,
+    max_failures: int = DEFAULT_MAX_FAILURES,
 ) -> dict:
     """Trains on Ray; returns the final metrics that rank 0 wrote to `<storage>/<name>/metrics.json`."""
     import json
 
     ensure_ray()
     trainer = make_trainer(
-        config, storage_uri=storage_uri, name=name, num_workers=num_workers,
-        gpus_per_worker=gpus_per_worker, max_failures=max_failures,
+        config,
+        storage_uri=storage_uri,
+        name=name,
+        num_workers=num_workers,
+        gpus_per_worker=gpus_per_worker,
+        max_failures=max_failures,
     )
     log.info("Ray Train: %d worker(s), %s GPU each, storage %s", num_workers, gpus_per_worker or "no", storage_uri)
     result = trainer.fit()
     if result.error:
         raise result.error
     return json.loads(storage.read_text(storage.join(storage_uri, name, "metrics.json")))
+
+
+# ---------------------------------------------------------------------------------
+# ray-project/ray#54305: when Tune stops a Train V2 trial, the placement group of its worker
+# group is not released and the next trial waits forever. Each trial's rank-0 worker records
+# its placement group id in Ray's KV store; `tune.ReleaseTrialPlacementGroups` removes exactly
+# that group when the trial completes or fails (safe with concurrent trials).
+# ---------------------------------------------------------------------------------
+def record_placement_group(run_name: str) -> None:
+    """Called by a trial's rank-0 Train worker: remember its worker placement group."""
+    import ray
+    from ray.experimental import internal_kv
+
+    pg = ray.util.get_current_placement_group()
+    if pg is not None and internal_kv._internal_kv_initialized():
+        internal_kv._internal_kv_put(PG_KEY.format(run=run_name), pg.id.hex(), overwrite=True)
+
+
+def release_placement_group(run_name: str) -> bool:
+    """Removes the recorded worker placement group of a finished trial; True if one was removed."""
+    import ray
+    from ray.experimental import internal_kv
+    from ray.util.placement_group import PlacementGroup
+
+    key = PG_KEY.format(run=run_name)
+    pg_hex = internal_kv._internal_kv_get(key)
+    if not pg_hex:
+        return False
+    internal_kv._internal_kv_del(key)
+    pg_id = pg_hex.decode() if isinstance(pg_hex, bytes) else pg_hex
+    state = ray.util.placement_group_table().get(pg_id, {}).get("state")
+    if state in (None, "REMOVED"):
+        return False
+    ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+    log.info("released the leftover worker placement group of %s (ray-project/ray#54305)", run_name)
+    return True

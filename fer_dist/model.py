@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import contextlib
-
 import logging
 import os
 
@@ -106,7 +105,9 @@ def _freeze(trunk: keras.Model, config: TrainConfig) -> int:
     """Freezes the first `freeze_layers` layers (and BatchNorm unless train_batchnorm); returns the count."""
     n = min(config.freeze_layers, len(trunk.layers))
     if config.freeze_layers > len(trunk.layers):
-        log.warning("freeze_layers=%d but the %s trunk has %d layers: freezing all", config.freeze_layers, config.backbone, n)
+        log.warning(
+            "freeze_layers=%d but the %s trunk has %d layers: freezing all", config.freeze_layers, config.backbone, n
+        )
     for i, layer in enumerate(trunk.layers):
         frozen = i < n
         if isinstance(layer, keras.layers.BatchNormalization) and not config.train_batchnorm:
@@ -122,7 +123,7 @@ def set_phase(model: keras.Model, config: TrainConfig, phase: int) -> int:
     trunk = trunk_of(model)
     frozen = _freeze(trunk, config)
     if phase == 2:
-        for layer in trunk.layers[config.unfreeze_to:frozen]:
+        for layer in trunk.layers[config.unfreeze_to : frozen]:
             if not isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = True
         frozen = min(config.unfreeze_to, len(trunk.layers))
@@ -152,7 +153,11 @@ def build(config: TrainConfig) -> keras.Model:
     trainable, total = count_params(model)
     log.info(
         "model %s: %d of %d trunk layers frozen; %s trainable of %s parameters",
-        model.name, frozen, len(trunk.layers), f"{trainable:,}", f"{total:,}",
+        model.name,
+        frozen,
+        len(trunk.layers),
+        f"{trainable:,}",
+        f"{total:,}",
     )
     return model
 
@@ -174,7 +179,8 @@ def batchnorm_statistics_pass(batchnorms: list):
 
 def batchnorm_layers(model: keras.Model, trainable_only: bool = False) -> list:
     return [
-        layer for layer in model._flatten_layers(include_self=False)
+        layer
+        for layer in model._flatten_layers(include_self=False)
         if isinstance(layer, keras.layers.BatchNormalization) and (layer.trainable or not trainable_only)
     ]
 

@@ -73,8 +73,13 @@ def _inputs_fn(split: Split, config: TrainConfig, features: np.ndarray | None):
 
 
 def train_dataset_fn(
-    split: Split, config: TrainConfig, first_epoch: int, last_epoch: int, steps: int,
-    features: np.ndarray | None = None, flipped_features: np.ndarray | None = None,
+    split: Split,
+    config: TrainConfig,
+    first_epoch: int,
+    last_epoch: int,
+    steps: int,
+    features: np.ndarray | None = None,
+    flipped_features: np.ndarray | None = None,
 ):
     """A `distribute_datasets_from_function` callable yielding per-replica batches for epochs
     [first_epoch, last_epoch); of cached `features` rows instead of images when given, and

@@ -6,7 +6,7 @@
 `predict(path, run_dir, tta)` reads one image file, or every .jpg/.jpeg/.png file directly
 in a directory (sorted by name; other files there are left alone), of any size, gray or
 colour: each is converted to 8-bit gray and resized to 48x48 as the training images
-(`data._decode_image`, PIL, bilinear). It loads the run with `evaluate.load_run` (local or
+(`data.decode_image`, PIL, bilinear). It loads the run with `evaluate.load_run` (local or
 gs://) and returns one row per image: the image, the top emotion and its probability, and
 the probabilities of all 7 emotions (each row sums to 1). `tta` is the test-time
 augmentation (`evaluate.predict_probs`): None uses the run's `eval_tta`.
@@ -45,11 +45,11 @@ def image_paths(path: str) -> list[str]:
 
 def read_faces(paths: list[str]) -> np.ndarray:
     """uint8 gray faces [N, 48, 48]; UserError naming the first file that is not a readable image."""
-    from fer_dist.data import _decode_image
+    from fer_dist.data import decode_image
 
     faces = []
     for path in paths:
-        face = _decode_image(path)
+        face = decode_image(path)
         if isinstance(face, str):
             raise UserError(f"{path}: {face}")
         faces.append(face)
@@ -91,7 +91,9 @@ def format_json(frame: pd.DataFrame) -> str:
         }
         for _, row in frame.iterrows()
     ]
-    return json.dumps({"run": frame.attrs.get("run"), "tta": frame.attrs.get("tta"), "predictions": predictions}, indent=2)
+    return json.dumps(
+        {"run": frame.attrs.get("run"), "tta": frame.attrs.get("tta"), "predictions": predictions}, indent=2
+    )
 
 
 def render(frame: pd.DataFrame, fmt: str) -> str:

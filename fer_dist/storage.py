@@ -20,7 +20,7 @@ import os
 import posixpath
 import shutil
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 import pyarrow.fs as pafs
 
@@ -37,7 +37,7 @@ def absolute(uri: str) -> str:
     if is_gcs(uri):
         return uri
     if uri.startswith("file://"):
-        uri = uri[len("file://"):]
+        uri = uri[len("file://") :]
     return os.path.abspath(os.path.expanduser(uri))
 
 
@@ -45,7 +45,7 @@ def join(uri: str, *parts: str) -> str:
     """Joins path parts, keeping a `gs://` scheme intact."""
     uri = str(uri)
     if is_gcs(uri):
-        return GCS_SCHEME + posixpath.join(uri[len(GCS_SCHEME):], *parts)
+        return GCS_SCHEME + posixpath.join(uri[len(GCS_SCHEME) :], *parts)
     return os.path.join(uri, *parts)
 
 
@@ -58,12 +58,14 @@ def _emulator_endpoint(emulator_host: str) -> tuple[str, str]:
     return (scheme or "http"), rest.split("/", 1)[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gcs(emulator_host: str | None) -> pafs.GcsFileSystem:
     if emulator_host:
         scheme, endpoint = _emulator_endpoint(emulator_host)
         return pafs.GcsFileSystem(
-            anonymous=True, scheme=scheme, endpoint_override=endpoint,
+            anonymous=True,
+            scheme=scheme,
+            endpoint_override=endpoint,
             retry_time_limit=datetime.timedelta(seconds=10),
         )
     return pafs.GcsFileSystem()
@@ -78,9 +80,9 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path inside it) for a URI. The path has no scheme."""
     uri = str(uri)
     if is_gcs(uri):
-        return _gcs(os.environ.get("STORAGE_EMULATOR_HOST") or None), uri[len(GCS_SCHEME):].rstrip("/")
+        return _gcs(os.environ.get("STORAGE_EMULATOR_HOST") or None), uri[len(GCS_SCHEME) :].rstrip("/")
     if uri.startswith("file://"):
-        uri = uri[len("file://"):]
+        uri = uri[len("file://") :]
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
@@ -112,7 +114,7 @@ def listdir(uri: str) -> list[str]:
     names = set()
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
         if info.path.startswith(base):
-            name = info.path[len(base):].strip("/").split("/", 1)[0]
+            name = info.path[len(base) :].strip("/").split("/", 1)[0]
             if name:
                 names.add(name)
     return sorted(names)

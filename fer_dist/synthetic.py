@@ -27,7 +27,7 @@ on this data, while the compact CNN of the demo run reaches over 90%.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -280,8 +280,11 @@ def _pose(image: Image.Image, background: float, rng: Rng) -> Image.Image:
     e = c - a * (c + tx) - b * (c + ty)
     g = c - d * (c + tx) - f * (c + ty)
     return image.transform(
-        image.size, Image.Transform.AFFINE, (a, b, e, d, f, g),
-        resample=Image.Resampling.BILINEAR, fillcolor=int(background),
+        image.size,
+        Image.Transform.AFFINE,
+        (a, b, e, d, f, g),
+        resample=Image.Resampling.BILINEAR,
+        fillcolor=int(background),
     )
 
 

@@ -9,7 +9,7 @@ continues from its own checkpoints. ASHA stops weak trials (random search, or Op
 
 ray-project/ray#54305: when Tune stops a Train V2 trial, the placement group of its worker
 group is not released and the next trial waits forever. Each trial's rank-0 worker records
-its placement group id in Ray's KV store (`record_placement_group`), and
+its placement group id in Ray's KV store (`launch.record_placement_group`), and
 `ReleaseTrialPlacementGroups.on_trial_complete/on_trial_error` removes exactly that group:
 safe with concurrent trials, because other trials' groups are never touched.
 """
@@ -25,12 +25,12 @@ import os
 import time
 
 from fer_dist import storage
-from fer_dist.config import TrainConfig, _field_types, _coerce
+from fer_dist.config import TrainConfig, field_types
 from fer_dist.errors import UserError
+from fer_dist.values import coerce
 
 log = logging.getLogger(__name__)
 
-PG_KEY = "fer_dist/placement_group/{run}"
 TRIALS_DIR = "trials"
 
 
@@ -82,7 +82,7 @@ def parse_space(preset: str, specs: list[str] | None) -> dict[str, Dim]:
     """The preset's space with `key=spec` edits: `a,b,c` (choice), `lo:hi` (uniform),
     `log:lo:hi` (log-uniform), `off` (drop the key: it keeps its config value)."""
     space = dict(SPACES.get(preset, SPACES["seed"]))
-    types = _field_types()
+    types = field_types()
     for item in specs or []:
         key, sep, spec = item.partition("=")
         key, spec = key.strip(), spec.strip()
@@ -100,7 +100,7 @@ def parse_space(preset: str, specs: list[str] | None) -> dict[str, Dim]:
             elif len(parts) == 2:
                 dim = Dim("uniform", (float(parts[0]), float(parts[1])))
             else:
-                dim = Dim("choice", tuple(_coerce(key, v, types[key], "--space") for v in spec.split(",")))
+                dim = Dim("choice", tuple(coerce(key, v, types[key], "--space") for v in spec.split(",")))
         except ValueError:
             raise UserError(f"--space {item!r}: range bounds must be numbers") from None
         if dim.kind != "choice" and not dim.values[0] < dim.values[1]:
@@ -121,42 +121,14 @@ def check_space(base: TrainConfig, space: dict[str, Dim], workers_per_trial: int
                 raise UserError(f"--space {key}: {e}") from None
     for batch in space.get("global_batch_size", Dim("choice", (base.global_batch_size,))).values:
         if int(batch) % workers_per_trial:
-            raise UserError(f"--space global_batch_size: {batch} does not divide over --workers-per-trial {workers_per_trial}")
+            raise UserError(
+                f"--space global_batch_size: {batch} does not divide over --workers-per-trial {workers_per_trial}"
+            )
 
 
 # ---------------------------------------------------------------------------------
-# ray-project/ray#54305 workaround.
+# ray-project/ray#54305 workaround (launch.record_placement_group / release_placement_group).
 # ---------------------------------------------------------------------------------
-def record_placement_group(run_name: str) -> None:
-    """Called by a trial's rank-0 Train worker: remember its worker placement group."""
-    import ray
-    from ray.experimental import internal_kv
-
-    pg = ray.util.get_current_placement_group()
-    if pg is not None and internal_kv._internal_kv_initialized():
-        internal_kv._internal_kv_put(PG_KEY.format(run=run_name), pg.id.hex(), overwrite=True)
-
-
-def release_placement_group(run_name: str) -> bool:
-    """Removes the recorded worker placement group of a finished trial; True if one was removed."""
-    import ray
-    from ray.experimental import internal_kv
-    from ray.util.placement_group import PlacementGroup
-
-    key = PG_KEY.format(run=run_name)
-    pg_hex = internal_kv._internal_kv_get(key)
-    if not pg_hex:
-        return False
-    internal_kv._internal_kv_del(key)
-    pg_id = pg_hex.decode() if isinstance(pg_hex, bytes) else pg_hex
-    state = ray.util.placement_group_table().get(pg_id, {}).get("state")
-    if state in (None, "REMOVED"):
-        return False
-    ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
-    log.info("released the leftover worker placement group of %s (ray-project/ray#54305)", run_name)
-    return True
-
-
 def trial_run_name(trial_id: str) -> str:
     return f"trial-{trial_id}"
 
@@ -164,14 +136,16 @@ def trial_run_name(trial_id: str) -> str:
 def _callback_class():
     from ray.tune import Callback
 
+    from fer_dist import launch
+
     class ReleaseTrialPlacementGroups(Callback):
         """Frees a stopped/finished trial's Train worker group (ray-project/ray#54305)."""
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            release_placement_group(trial_run_name(trial.trial_id))
+            launch.release_placement_group(trial_run_name(trial.trial_id))
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            release_placement_group(trial_run_name(trial.trial_id))
+            launch.release_placement_group(trial_run_name(trial.trial_id))
 
     return ReleaseTrialPlacementGroups
 
@@ -179,7 +153,9 @@ def _callback_class():
 # ---------------------------------------------------------------------------------
 # The trial and the search.
 # ---------------------------------------------------------------------------------
-def run_trial(params: dict, *, base_json: str, trials_uri: str, workers: int, gpus_per_worker: float, cpus_per_worker: float) -> None:
+def run_trial(
+    params: dict, *, base_json: str, trials_uri: str, workers: int, gpus_per_worker: float, cpus_per_worker: float
+) -> None:
     """The Tune function trainable: one distributed Ray Train run."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -189,8 +165,14 @@ def run_trial(params: dict, *, base_json: str, trials_uri: str, workers: int, gp
     config = TrainConfig.from_json(base_json).replace(**params)
     name = trial_run_name(tune.get_context().get_trial_id())
     trainer = launch.make_trainer(
-        config, storage_uri=trials_uri, name=name, num_workers=workers, gpus_per_worker=gpus_per_worker,
-        cpus_per_worker=cpus_per_worker, max_failures=1, callbacks=[TuneReportCallback()],
+        config,
+        storage_uri=trials_uri,
+        name=name,
+        num_workers=workers,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        max_failures=1,
+        callbacks=[TuneReportCallback()],
     )
     result = trainer.fit()
     if result.error:
@@ -213,23 +195,24 @@ class SearchSpec:
 def search(base: TrainConfig, space: dict[str, Dim], spec: SearchSpec, *, storage_uri: str, name: str, resume: bool):
     """Runs (or resumes) a search; writes results.csv, curves PNG, best_config.json, best_model/."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from fer_dist import launch
-
     from fer_dist.experiment import absolute_paths
 
     # Trials run in Ray's own working directories: every local path must be absolute.
     storage_uri, base = storage.absolute(storage_uri), absolute_paths(base)
-    mode = "min" if spec.metric.endswith("loss") else "max"
     search_uri = storage.join(storage_uri, name)
     fs, path = storage.filesystem(storage_uri)
     trials_uri = storage.join(search_uri, TRIALS_DIR)
     launch.ensure_ray()
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_trial, base_json=base.to_json(), trials_uri=trials_uri, workers=spec.workers_per_trial,
-            gpus_per_worker=spec.gpus_per_worker, cpus_per_worker=spec.cpus_per_worker,
+            run_trial,
+            base_json=base.to_json(),
+            trials_uri=trials_uri,
+            workers=spec.workers_per_trial,
+            gpus_per_worker=spec.gpus_per_worker,
+            cpus_per_worker=spec.cpus_per_worker,
         ),
         {"CPU": 0.01},  # the trial driver only coordinates; {"CPU": 0} is refused by Tune
     )
@@ -240,42 +223,63 @@ def search(base: TrainConfig, space: dict[str, Dim], spec: SearchSpec, *, storag
         tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
     else:
         if storage.exists(search_uri) and storage.listdir(search_uri):
-            raise UserError(f"search directory {search_uri} already exists: pass --resume to continue it, or choose another --name")
-        storage.write_text(storage.join(search_uri, "base_config.json"), base.to_json())
-        storage.write_text(
-            storage.join(search_uri, "space.json"),
-            json.dumps({k: {"kind": d.kind, "values": list(d.values)} for k, d in space.items()}, indent=2) + "\n",
-        )
-        search_alg = None
-        if spec.searcher == "optuna":
-            from ray.tune.search.optuna import OptunaSearch
-
-            search_alg = OptunaSearch(seed=base.seed)
-        tuner = tune.Tuner(
-            trainable,
-            param_space={k: d.to_tune() for k, d in space.items()},
-            tune_config=tune.TuneConfig(
-                metric=spec.metric,
-                mode=mode,
-                num_samples=spec.samples,
-                max_concurrent_trials=spec.max_concurrent,
-                search_alg=search_alg,
-                scheduler=ASHAScheduler(
-                    time_attr="epoch", max_t=base.epochs, grace_period=spec.grace_period,
-                    reduction_factor=spec.reduction_factor,
-                ),
-            ),
-            run_config=tune.RunConfig(
-                name=name, storage_path=path, storage_filesystem=fs,
-                callbacks=[_callback_class()()], verbose=1,
-            ),
-        )
-    log.info("search %s: %d samples, %d worker(s)/trial, space %s", search_uri, spec.samples, spec.workers_per_trial,
-             ", ".join(f"{k}={d.describe()}" for k, d in space.items()))
+            raise UserError(
+                f"search directory {search_uri} already exists: pass --resume to continue it, or choose another --name"
+            )
+        tuner = _new_tuner(trainable, base, space, spec, search_uri=search_uri, name=name, path=path, fs=fs)
+    log.info(
+        "search %s: %d samples, %d worker(s)/trial, space %s",
+        search_uri,
+        spec.samples,
+        spec.workers_per_trial,
+        ", ".join(f"{k}={d.describe()}" for k, d in space.items()),
+    )
     start = time.perf_counter()
     grid = tuner.fit()
     log.info("search finished in %.0f s", time.perf_counter() - start)
     return summarize(grid, base, spec, search_uri, trials_uri)
+
+
+def _new_tuner(trainable, base: TrainConfig, space: dict[str, Dim], spec: SearchSpec, *, search_uri, name, path, fs):
+    """A new search: base_config.json and space.json beside it, ASHA (random or Optuna)."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    mode = "min" if spec.metric.endswith("loss") else "max"
+    storage.write_text(storage.join(search_uri, "base_config.json"), base.to_json())
+    storage.write_text(
+        storage.join(search_uri, "space.json"),
+        json.dumps({k: {"kind": d.kind, "values": list(d.values)} for k, d in space.items()}, indent=2) + "\n",
+    )
+    search_alg = None
+    if spec.searcher == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=base.seed)
+    return tune.Tuner(
+        trainable,
+        param_space={k: d.to_tune() for k, d in space.items()},
+        tune_config=tune.TuneConfig(
+            metric=spec.metric,
+            mode=mode,
+            num_samples=spec.samples,
+            max_concurrent_trials=spec.max_concurrent,
+            search_alg=search_alg,
+            scheduler=ASHAScheduler(
+                time_attr="epoch",
+                max_t=base.epochs,
+                grace_period=spec.grace_period,
+                reduction_factor=spec.reduction_factor,
+            ),
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=path,
+            storage_filesystem=fs,
+            callbacks=[_callback_class()()],
+            verbose=1,
+        ),
+    )
 
 
 def results_table(grid, base: TrainConfig, spec: SearchSpec):
@@ -293,15 +297,19 @@ def results_table(grid, base: TrainConfig, spec: SearchSpec):
         config = base.replace(**params)
         early = bool(history.get("stopped_early", pd.Series([False])).fillna(False).astype(bool).any())
         best = history[spec.metric].max() if spec.metric in history else math.nan
-        rows.append({
-            "trial": trial_run_name(trial_id),
-            **{k: params[k] for k in sorted(params)},
-            f"best_{spec.metric}": best,
-            "epochs_run": epochs_run,
-            "stopped": "early_stop" if early else ("asha" if epochs_run < config.epochs else "no"),
-            "wall_seconds": round(float(history["time_total_s"].max()), 1) if "time_total_s" in history else math.nan,
-            "error": "" if result.error is None else type(result.error).__name__,
-        })
+        rows.append(
+            {
+                "trial": trial_run_name(trial_id),
+                **{k: params[k] for k in sorted(params)},
+                f"best_{spec.metric}": best,
+                "epochs_run": epochs_run,
+                "stopped": "early_stop" if early else ("asha" if epochs_run < config.epochs else "no"),
+                "wall_seconds": round(float(history["time_total_s"].max()), 1)
+                if "time_total_s" in history
+                else math.nan,
+                "error": "" if result.error is None else type(result.error).__name__,
+            }
+        )
         if "epoch" in history and spec.metric in history:
             curves[trial_run_name(trial_id)] = history[["epoch", spec.metric]]
     table = pd.DataFrame(rows)
@@ -361,14 +369,14 @@ def summarize(grid, base: TrainConfig, spec: SearchSpec, search_uri: str, trials
 
 
 def export_best(best, config: TrainConfig, metric: str, mode: str, target_uri: str, like_uri: str) -> None:
-    """The best trial's best checkpoint as a run directory: config.json, model.keras, checkpoint metrics.
-
-    Train V2 trials hand Tune their checkpoints as the `checkpoint_path` metric."""
+    """The best trial's best whole checkpoint as a run directory: config.json, model.keras,
+    checkpoint metrics. Train V2 trials hand Tune their checkpoints as the `checkpoint_path`
+    metric; the trials' retention (checkpoint.kept) may have removed some of them."""
     import tempfile
 
     import keras
-    import numpy as np
 
+    from fer_dist import checkpoint
     from fer_dist import model as model_lib
 
     history = best.metrics_dataframe
@@ -378,21 +386,22 @@ def export_best(best, config: TrainConfig, metric: str, mode: str, target_uri: s
     rows = history.dropna(subset=["checkpoint_path"]).sort_values(metric, ascending=(mode == "min"))
     for _, row in rows.iterrows():
         checkpoint_uri = storage.uri_of(row["checkpoint_path"], like_uri)
-        if storage.exists(storage.join(checkpoint_uri, "model.npz")):
+        if storage.exists(checkpoint_uri) and checkpoint.verify(checkpoint_uri) is None:
             break
     else:
         log.warning("the best trial's checkpoints are gone; nothing exported")
         return
     with tempfile.TemporaryDirectory(prefix="fer_dist_best_") as tmp:
         model = model_lib.build(config)
-        with np.load(io.BytesIO(storage.read_bytes(storage.join(checkpoint_uri, "model.npz")))) as saved:
-            for i, v in enumerate(model.variables):
-                v.assign(saved[f"arr_{i}"])
+        checkpoint.load_model_weights(checkpoint_uri, model)
         path = os.path.join(tmp, "model.keras")
         model.save(path)
-        storage.write_bytes(storage.join(target_uri, "model.keras"), open(path, "rb").read())
+        with open(path, "rb") as f:
+            storage.write_bytes(storage.join(target_uri, "model.keras"), f.read())
     storage.write_text(storage.join(target_uri, "config.json"), config.to_json())
     clean = {k: v for k, v in row.items() if isinstance(v, (int, float, str, bool))}
     clean["checkpoint"] = checkpoint_uri
-    storage.write_text(storage.join(target_uri, "checkpoint_metrics.json"), json.dumps(clean, indent=2, default=str) + "\n")
+    storage.write_text(
+        storage.join(target_uri, "checkpoint_metrics.json"), json.dumps(clean, indent=2, default=str) + "\n"
+    )
     keras.backend.clear_session()

@@ -99,16 +99,23 @@ def convert(source: dict[str, np.ndarray], path: str = "weights") -> dict[str, l
         if target is not None:
             layers.setdefault(target[0], {})[target[1]] = array
     expected = ["conv1"] + [
-        f"conv{stage}_block{block}_{k}" for stage, n in zip(range(2, 6), BLOCKS)
-        for block in range(1, n + 1) for k in ((0, 1, 2, 3) if block == 1 else (1, 2, 3))
+        f"conv{stage}_block{block}_{k}"
+        for stage, n in zip(range(2, 6), BLOCKS)
+        for block in range(1, n + 1)
+        for k in ((0, 1, 2, 3) if block == 1 else (1, 2, 3))
     ]
     result: dict[str, list[np.ndarray]] = {}
     for base in expected:
         conv, bn = layers.get(f"{base}_conv", {}), layers.get(f"{base}_bn", {})
-        for layer, params, need in ((f"{base}_conv", conv, ("weight",)), (f"{base}_bn", bn, ("weight", "bias", "running_mean", "running_var"))):
+        for layer, params, need in (
+            (f"{base}_conv", conv, ("weight",)),
+            (f"{base}_bn", bn, ("weight", "bias", "running_mean", "running_var")),
+        ):
             missing = [p for p in need if p not in params]
             if missing:
-                raise UserError(f"{path}: missing {', '.join(missing)} of {layer} (a ResNet-50 needs all 53 conv + BatchNorm pairs)")
+                raise UserError(
+                    f"{path}: missing {', '.join(missing)} of {layer} (a ResNet-50 needs all 53 conv + BatchNorm pairs)"
+                )
         kernel = np.transpose(conv["weight"], (2, 3, 1, 0)).astype(np.float32)  # [o,i,h,w] -> [h,w,i,o]
         bias = conv["bias"].astype(np.float32) if "bias" in conv else np.zeros(kernel.shape[-1], np.float32)
         result[f"{base}_conv"] = [kernel, bias]
@@ -151,9 +158,7 @@ def write_keras_weights(converted: dict[str, list[np.ndarray]], out_path: str, p
         values = converted[layer.name]
         for variable, value in zip(layer.weights, values):
             if tuple(variable.shape) != value.shape:
-                raise UserError(
-                    f"{path}: {layer.name} expects {tuple(variable.shape)}, the file has {value.shape}"
-                )
+                raise UserError(f"{path}: {layer.name} expects {tuple(variable.shape)}, the file has {value.shape}")
         layer.set_weights(values)
         count += sum(int(v.size) for v in values)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)

@@ -8,32 +8,7 @@ resnet50_ft_weight.pkl or resnet50_scratch_weight.pkl). OUTPUT: a new `.weights.
 (never overwritten). The mapping and what it leaves out: fer_dist/weights.py.
 """
 
-from __future__ import annotations
-
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import typer  # noqa: E402
-
-from fer_dist import cli  # noqa: E402
-
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
-@app.command(help=__doc__)
-@cli.user_errors_exit
-def main(
-    source: str = typer.Argument(..., help="The VGGFace2 ResNet-50 pickle (name -> array)."),
-    output: str = typer.Argument(..., help="The Keras weights file to write (*.weights.h5)."),
-) -> None:
-    from fer_dist import weights
-
-    cli.setup_logging()
-    layers, count = weights.convert_file(source, output)
-    print(f"wrote {output}: {layers} layers, {count:,} values; use --set weights={output}", flush=True)
-
+from fer_dist.cli.convert_weights import app
 
 if __name__ == "__main__":
     app()

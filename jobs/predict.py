@@ -8,37 +8,7 @@ colour (converted to gray and resized to 48x48). --run is a run directory (local
 with model.keras. --tta: none | flip | tencrop (default: the run's eval_tta).
 """
 
-from __future__ import annotations
-
-import os
-import sys
-from typing import Optional
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import typer  # noqa: E402
-
-from fer_dist import cli  # noqa: E402
-
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
-@app.command(help=__doc__)
-@cli.user_errors_exit
-def main(
-    image_or_dir: str = typer.Argument(..., help="An image file, or a directory of images."),
-    run: str = typer.Option(..., "--run", help="The trained run's directory (local or gs://)."),
-    fmt: str = typer.Option("table", "--format", help="table | json."),
-    tta: Optional[str] = typer.Option(None, "--tta", help="Test-time augmentation: none | flip | tencrop."),
-) -> None:
-    from fer_dist import predict
-
-    cli.setup_logging()
-    if fmt not in predict.FORMATS:
-        raise cli.UserError(f"--format {fmt!r}: expected one of {', '.join(predict.FORMATS)}")
-    frame = predict.predict(image_or_dir, run, tta)
-    print(predict.render(frame, fmt), flush=True)
-
+from fer_dist.cli.predict import app
 
 if __name__ == "__main__":
     app()

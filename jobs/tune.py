@@ -9,75 +9,7 @@
 Results in <storage>/<name>/: results.csv, <metric>_curves.png, best_config.json, best_model/.
 """
 
-from __future__ import annotations
-
-import os
-import sys
-from typing import List, Optional
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import typer  # noqa: E402
-
-from fer_dist import cli  # noqa: E402
-
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
-@app.command(help=__doc__)
-@cli.user_errors_exit
-def main(
-    data: Optional[str] = typer.Option(None, "--data", help="As in jobs/train.py (default: built-in data)."),
-    preset: str = typer.Option("quick", "--preset", help="Base recipe of every trial; also picks the search space."),
-    overrides: Optional[List[str]] = typer.Option(None, "--set", help="key=value for the base config; repeatable."),
-    space: Optional[List[str]] = typer.Option(None, "--space", help="key=a,b,c | key=lo:hi | key=log:lo:hi | key=off."),
-    samples: int = typer.Option(8, "--samples", help="Trials to run."),
-    workers_per_trial: int = typer.Option(1, "--workers-per-trial", help="Ray Train workers of each trial."),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker"),
-    cpus_per_worker: float = typer.Option(
-        0.95, "--cpus-per-worker", help="CPUs of each worker; a little under 1 leaves room for the trial drivers (0.01 each)."
-    ),
-    max_concurrent: int = typer.Option(2, "--max-concurrent", help="Trials running at once."),
-    metric: str = typer.Option("val_accuracy", "--metric", help="val_accuracy (maximised) or val_loss (minimised)."),
-    grace_period: int = typer.Option(2, "--grace-period", help="ASHA: epochs before a trial can be stopped (epoch-1 scores are mostly noise)."),
-    reduction_factor: int = typer.Option(2, "--reduction-factor", help="ASHA: keep 1/N of trials at each rung."),
-    searcher: str = typer.Option("random", "--searcher", help="random | optuna."),
-    storage_uri: str = typer.Option("./runs/tune", "--storage", help="A directory or gs://bucket/prefix."),
-    name: Optional[str] = typer.Option(None, "--name", help="The search's directory name (generated when absent)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue search --name without rerunning finished trials."),
-) -> None:
-    from fer_dist import config as config_lib, tune as tune_lib
-
-    cli.setup_logging()
-    checks = [
-        (samples >= 1, f"--samples {samples}: must be >= 1"),
-        (workers_per_trial >= 1, f"--workers-per-trial {workers_per_trial}: must be >= 1"),
-        (gpus_per_worker >= 0, f"--gpus-per-worker {gpus_per_worker}: must be >= 0"),
-        (cpus_per_worker > 0, f"--cpus-per-worker {cpus_per_worker}: must be > 0"),
-        (max_concurrent >= 1, f"--max-concurrent {max_concurrent}: must be >= 1"),
-        (metric in ("val_accuracy", "val_loss"), f"--metric {metric!r}: expected val_accuracy or val_loss"),
-        (grace_period >= 1, f"--grace-period {grace_period}: must be >= 1"),
-        (reduction_factor >= 2, f"--reduction-factor {reduction_factor}: must be >= 2"),
-        (searcher in ("random", "optuna"), f"--searcher {searcher!r}: expected random or optuna"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise cli.UserError(message)
-    if resume and not name:
-        raise cli.UserError("--resume needs --name NAME (the search to continue)")
-    sets = config_lib.parse_overrides(overrides)
-    if data is not None:
-        sets["data"] = data
-    base = config_lib.resolve(preset, sets)
-    search_space = tune_lib.parse_space(preset, space)
-    tune_lib.check_space(base, search_space, workers_per_trial)
-    spec = tune_lib.SearchSpec(
-        samples=samples, workers_per_trial=workers_per_trial, gpus_per_worker=gpus_per_worker,
-        cpus_per_worker=cpus_per_worker, max_concurrent=max_concurrent, metric=metric,
-        grace_period=grace_period, reduction_factor=reduction_factor, searcher=searcher,
-    )
-    tune_lib.search(base, search_space, spec, storage_uri=storage_uri, name=name or cli.new_run_name("search"), resume=resume)
-
+from fer_dist.cli.tune import app
 
 if __name__ == "__main__":
     app()

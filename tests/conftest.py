@@ -24,7 +24,16 @@ if _TESTS not in sys.path:  # pytest's default import mode adds it too; be expli
 from gcs_emulator import Emulator, running_emulator  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SLOW_MARKERS = ("ray", "fer2013")  # tests carrying these are `slow` too: `pytest -m "not slow"` skips them
 FER2013_CSV = REPO_ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config, items):
+    """Ray tests and the FER-2013 test are slow tier: add the `slow` marker to them."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in SLOW_MARKERS):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

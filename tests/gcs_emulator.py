@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -91,16 +91,32 @@ def running_emulator(bucket: str = "fer-test", timeout: float = START_TIMEOUT_S)
     env = dict(os.environ)
     env.pop("STORAGE_EMULATOR_HOST", None)
     proc = subprocess.Popen(
-        [*_command(), "start", "--host", "127.0.0.1", "--port", str(port),
-         "--default-bucket", bucket, "--in-memory", "--quiet"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+        [
+            *_command(),
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--default-bucket",
+            bucket,
+            "--in-memory",
+            "--quiet",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     try:
         deadline = time.monotonic() + timeout
         while not (_answers(host + "/") and _bucket_exists(host, bucket)):
             if proc.poll() is not None or time.monotonic() > deadline:
-                why = (f"exited with status {proc.returncode}" if proc.poll() is not None
-                       else f"did not answer HTTP on {host} within {timeout:.0f} s")
+                why = (
+                    f"exited with status {proc.returncode}"
+                    if proc.poll() is not None
+                    else f"did not answer HTTP on {host} within {timeout:.0f} s"
+                )
                 _stop(proc)
                 log.seek(0)
                 output = log.read().decode("utf-8", "replace")[-4000:]

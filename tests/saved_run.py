@@ -12,7 +12,8 @@ import os
 
 
 def save_untrained_run(run_dir, preset: str = "smoke", **overrides) -> str:
-    from fer_dist import config as C, model as model_lib
+    from fer_dist import config as C
+    from fer_dist import model as model_lib
 
     config = C.resolve(preset, {k: str(v) for k, v in overrides.items()})
     os.makedirs(run_dir, exist_ok=True)

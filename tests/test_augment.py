@@ -10,7 +10,11 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from fer_dist import NUM_CLASSES, augment as A, config as C, features, train as T
+from fer_dist import NUM_CLASSES, features
+from fer_dist import augment as A
+from fer_dist import config as C
+from fer_dist import train as T
+from fer_dist.sessions import LocalSession
 from tests.tiny import tiny_dataset
 
 ALL_ON = {
@@ -91,8 +95,12 @@ def test_affine_warp_matches_tensorflow_projective_transform():
     m = A.affine_matrices(theta, scale, shifts, 48, 48)
     ours = A.affine_warp(x, m).numpy()
     reference = tf.raw_ops.ImageProjectiveTransformV3(
-        images=x, transforms=tf.concat([m, tf.zeros([6, 2])], axis=1), output_shape=[48, 48],
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT",
+        images=x,
+        transforms=tf.concat([m, tf.zeros([6, 2])], axis=1),
+        output_shape=[48, 48],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
     ).numpy()
     np.testing.assert_allclose(ours, reference, atol=1e-3)
 
@@ -229,15 +237,24 @@ def test_feature_cache_with_mixup_and_class_weighting():
 # --- the real loop with everything on ------------------------------------------------
 
 LOOP = dict(
-    ALL_ON, epochs="2", steps_per_epoch="2", mixup_alpha="0.4", class_weighting="balanced",
-    optimizer="sgd", learning_rate="0.05", lr_schedule="cosine", warmup_epochs="1", deterministic="true",
+    ALL_ON,
+    epochs="2",
+    steps_per_epoch="2",
+    mixup_alpha="0.4",
+    class_weighting="balanced",
+    optimizer="sgd",
+    learning_rate="0.05",
+    lr_schedule="cosine",
+    warmup_epochs="1",
+    deterministic="true",
 )
 
 
+@pytest.mark.slow  # over 15 s on a 2-core CPU
 def test_loop_with_augmentation_runs_writes_history_and_is_deterministic(tmp_path):
     cfg = C.resolve("smoke", LOOP)
     data = tiny_dataset()
-    first = T.fit(cfg, T.LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
+    first = T.fit(cfg, LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
     history = pd.read_csv(os.path.join(tmp_path, "a", "history.csv"))
     assert list(history["epoch"]) == [1, 2]
     assert np.isfinite(history["loss"]).all() and np.isfinite(history["val_loss"]).all()
@@ -246,19 +263,20 @@ def test_loop_with_augmentation_runs_writes_history_and_is_deterministic(tmp_pat
     assert history["learning_rate"][0] == pytest.approx(0.05)
     assert history["learning_rate"][1] == pytest.approx(1e-6 + (0.05 - 1e-6) * 0.5 * (1 + math.cos(math.pi * 0.5)))
 
-    second = T.fit(cfg, T.LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data)
+    second = T.fit(cfg, LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data)
     for a, b in zip(first.model.variables, second.model.variables):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
 
     # Augmentation changes what is learnt: the same run without it ends elsewhere.
     plain = cfg.replace(**{k: getattr(C.TrainConfig(), k) for k in ALL_ON})
-    third = T.fit(plain, T.LocalSession(str(tmp_path / "c"), show_progress=False), dataset=data)
+    third = T.fit(plain, LocalSession(str(tmp_path / "c"), show_progress=False), dataset=data)
     assert any(
         not np.array_equal(np.asarray(a), np.asarray(b))
         for a, b in zip(first.model.trainable_variables, third.model.trainable_variables)
     )
 
 
+@pytest.mark.slow  # over 15 s on a 2-core CPU
 def test_class_weighting_on_cached_features_follows_training_on_images(tmp_path, caplog):
     """Class weighting keeps the frozen-trunk cache: float32 features train as images do."""
     import logging
@@ -269,17 +287,36 @@ def test_class_weighting_on_cached_features_follows_training_on_images(tmp_path,
     caplog.set_level(logging.INFO, logger="fer_dist")
     full = tiny_split(256, 1)
     keep = (full.labels != 1) | (np.arange(256) % 6 == 0)  # disgust rare, as in FER-2013
-    data = Dataset(train=Split(full.images[keep], full.labels[keep]), val=tiny_split(64, 2), test=None, source="tiny-rare", notes=())
-    cfg = C.resolve("seed", {
-        "weights": "none", "head_units": "32", "early_stop_patience": "0", "feature_cache_dir": str(tmp_path / "cache"),
-        "epochs": "1", "steps_per_epoch": "3", "feature_dtype": "float32", "class_weighting": "balanced",
-    })
-    cached = T.fit(cfg, T.LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
+    data = Dataset(
+        train=Split(full.images[keep], full.labels[keep]),
+        val=tiny_split(64, 2),
+        test=None,
+        source="tiny-rare",
+        notes=(),
+    )
+    cfg = C.resolve(
+        "seed",
+        {
+            "weights": "none",
+            "head_units": "32",
+            "early_stop_patience": "0",
+            "feature_cache_dir": str(tmp_path / "cache"),
+            "epochs": "1",
+            "steps_per_epoch": "3",
+            "feature_dtype": "float32",
+            "class_weighting": "balanced",
+        },
+    )
+    cached = T.fit(cfg, LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
     assert "feature cache: training the last" in caplog.text and "class weighting balanced: " in caplog.text
-    plain = T.fit(cfg.replace(feature_cache=False), T.LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data)
+    plain = T.fit(
+        cfg.replace(feature_cache=False), LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data
+    )
     for a, b in zip(cached.model.variables, plain.model.variables):
         a, b = np.asarray(a), np.asarray(b)
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * max(1.0, np.abs(b).max()), err_msg=str(a.shape))
     assert cached.state.history[0]["loss"] == pytest.approx(plain.state.history[0]["loss"], rel=1e-4)
-    unweighted = T.fit(cfg.replace(class_weighting="none"), T.LocalSession(str(tmp_path / "c"), show_progress=False), dataset=data)
+    unweighted = T.fit(
+        cfg.replace(class_weighting="none"), LocalSession(str(tmp_path / "c"), show_progress=False), dataset=data
+    )
     assert unweighted.state.history[0]["loss"] != pytest.approx(cached.state.history[0]["loss"], rel=1e-3)

@@ -4,13 +4,20 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # benchmarks run end to end as subprocesses
+
 
 def test_throughput_smoke_writes_figures(repo_root, tmp_path):
     out = tmp_path / "x.json"
     # The Ray part (c) is covered by tests/test_distributed.py; here it would add a cluster start.
     proc = subprocess.run(
         [sys.executable, "benchmarks/throughput.py", "--smoke", "--no-ray", "--output", str(out)],
-        cwd=repo_root, capture_output=True, text=True, timeout=300,
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -33,8 +40,21 @@ def test_throughput_smoke_writes_figures(repo_root, tmp_path):
 def test_compare_runs_presets_side_by_side_on_equal_time(repo_root, tmp_path):
     """benchmarks/compare.py: two presets at once under one train_minutes budget, a table and compare.json."""
     out = tmp_path / "cmp"
-    cmd = [sys.executable, "benchmarks/compare.py", str(out), "--data", "builtin", "--presets", "smoke,demo",
-           "--minutes", "0.02", "--images-per-epoch", "64", "--set", "builtin_size=400"]
+    cmd = [
+        sys.executable,
+        "benchmarks/compare.py",
+        str(out),
+        "--data",
+        "builtin",
+        "--presets",
+        "smoke,demo",
+        "--minutes",
+        "0.02",
+        "--images-per-epoch",
+        "64",
+        "--set",
+        "builtin_size=400",
+    ]
     proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "compare.json").read_text())

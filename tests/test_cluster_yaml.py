@@ -58,10 +58,7 @@ def _gpu_count(node_config: dict) -> int:
 
 
 def _gpu_types(config: dict) -> dict:
-    return {
-        name: nt for name, nt in config["available_node_types"].items()
-        if _gpu_count(nt["node_config"]) > 0
-    }
+    return {name: nt for name, nt in config["available_node_types"].items() if _gpu_count(nt["node_config"]) > 0}
 
 
 def test_raw_file_matches_ray_schema(raw):

@@ -88,9 +88,20 @@ def test_config_is_frozen():
 
 
 NEW_FIELDS = {
-    "nesterov": True, "lr_schedule": "plateau", "warmup_epochs": 0, "class_weighting": "none",
-    "augment_flip": False, "augment_shift": 0.0, "augment_zoom": 0.0, "augment_rotation": 0.0,
-    "augment_erasing": 0.0, "mixup_alpha": 0.0, "eval_tta": "none", "train_minutes": 0.0, "calibrate_batchnorm": 0, "precise_bn": 0,
+    "nesterov": True,
+    "lr_schedule": "plateau",
+    "warmup_epochs": 0,
+    "class_weighting": "none",
+    "augment_flip": False,
+    "augment_shift": 0.0,
+    "augment_zoom": 0.0,
+    "augment_rotation": 0.0,
+    "augment_erasing": 0.0,
+    "mixup_alpha": 0.0,
+    "eval_tta": "none",
+    "train_minutes": 0.0,
+    "calibrate_batchnorm": 0,
+    "precise_bn": 0,
 }
 
 
@@ -125,8 +136,17 @@ def test_best_preset_is_the_seed_plus_cache_friendly_choices():
 
 
 def test_augmentation_and_schedule_overrides_are_typed():
-    c = C.resolve("smoke", {"augment_flip": "on", "augment_rotation": "10", "mixup_alpha": "0.2",
-                            "lr_schedule": "cosine", "warmup_epochs": "2", "nesterov": "false"})
+    c = C.resolve(
+        "smoke",
+        {
+            "augment_flip": "on",
+            "augment_rotation": "10",
+            "mixup_alpha": "0.2",
+            "lr_schedule": "cosine",
+            "warmup_epochs": "2",
+            "nesterov": "false",
+        },
+    )
     assert c.augment_flip is True and c.augment_rotation == 10.0 and c.mixup_alpha == 0.2
     assert (c.lr_schedule, c.warmup_epochs, c.nesterov) == ("cosine", 2, False)
     assert C.image_augmentations(c) == ["augment_flip=true", "augment_rotation=10"]

@@ -18,8 +18,8 @@ import time
 import pandas as pd
 import pytest
 
-from benchmarks.workers import train_workers
 from fer_dist import storage
+from tests.ray_workers import train_workers
 
 pytestmark = pytest.mark.ray
 
@@ -39,7 +39,11 @@ def job(args: list[str], env_extra: dict | None = None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", RAY_DEDUP_LOGS="0", **(env_extra or {}))
     return subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "jobs", "train.py"), *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,  # its Ray cluster shares the session: killpg ends all of it
     )
 
@@ -83,11 +87,15 @@ def history(run_uri: str) -> pd.DataFrame:
 def test_two_workers_stream_to_gcs_and_load_back(gcs_emulator, gcs_prefix, tmp_path, tiny_csv):
     data = storage.join(gcs_prefix, "data", "tiny.csv")  # the data is read from the bucket too
     storage.write_bytes(data, open(tiny_csv, "rb").read())
-    out = finish(job(["--workers", "2", "--data", data, "--storage", gcs_prefix, "--name", "two", "--epochs", "2", *SMOKE]))
+    out = finish(
+        job(["--workers", "2", "--data", data, "--storage", gcs_prefix, "--name", "two", "--epochs", "2", *SMOKE])
+    )
     run = storage.join(gcs_prefix, "two")
     assert "val_accuracy:" in out, out[-3000:]
     names = set(storage.listdir(run))
-    assert {"config.json", "history.csv", "metrics.json", "model.keras", "saved_model", "val_confusion.csv"} <= names, names
+    assert {"config.json", "history.csv", "metrics.json", "model.keras", "saved_model", "val_confusion.csv"} <= names, (
+        names
+    )
     assert len(checkpoints(run)) == 2
     assert list(history(run)["epoch"]) == [1, 2]
     metrics = json.loads(storage.read_text(storage.join(run, "metrics.json")))
@@ -95,17 +103,38 @@ def test_two_workers_stream_to_gcs_and_load_back(gcs_emulator, gcs_prefix, tmp_p
     # The exported model and the checkpoints load back from the bucket.
     evaluated = subprocess.run(
         [sys.executable, "jobs/evaluate.py", run, "--output", str(tmp_path / "eval")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert json.load(open(tmp_path / "eval" / "metrics.json"))["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+    assert json.load(open(tmp_path / "eval" / "metrics.json"))["accuracy"] == pytest.approx(
+        metrics["test_accuracy"], abs=1e-6
+    )
     ckpt = storage.join(run, checkpoints(run)[-1])
     assert {"model.npz", "optimizer.npz", "config.json", "state.json"} <= set(storage.listdir(ckpt))
     assert json.loads(storage.read_text(storage.join(ckpt, "config.json")))["backbone"] == "compact"
 
 
 def test_killed_worker_is_replaced_and_the_run_completes(tmp_path, tiny_csv):
-    proc = job(["--workers", "2", "--data", tiny_csv, "--storage", str(tmp_path), "--name", "kill", "--epochs", "4", "--max-failures", "2", *SMOKE])
+    proc = job(
+        [
+            "--workers",
+            "2",
+            "--data",
+            tiny_csv,
+            "--storage",
+            str(tmp_path),
+            "--name",
+            "kill",
+            "--epochs",
+            "4",
+            "--max-failures",
+            "2",
+            *SMOKE,
+        ]
+    )
     run = str(tmp_path / "kill")
     wait_for(lambda: len(checkpoints(run)) >= 1, proc, what="the first checkpoint")
     victims = train_workers(proc.pid)
@@ -123,9 +152,30 @@ def test_killed_worker_is_replaced_and_the_run_completes(tmp_path, tiny_csv):
 
 def test_driver_killed_then_resume(tmp_path, tiny_csv):
     # In-graph augmentation and PreciseBN on: both must run inside strategy.run under MultiWorkerMirroredStrategy too.
-    augment = ["--set", "augment_flip=true", "--set", "augment_shift=0.1", "--set", "augment_erasing=0.3",
-               "--set", "precise_bn=64"]
-    args = ["--workers", "2", "--data", tiny_csv, "--storage", str(tmp_path), "--name", "drv", "--epochs", "4", *SMOKE, *augment]
+    augment = [
+        "--set",
+        "augment_flip=true",
+        "--set",
+        "augment_shift=0.1",
+        "--set",
+        "augment_erasing=0.3",
+        "--set",
+        "precise_bn=64",
+    ]
+    args = [
+        "--workers",
+        "2",
+        "--data",
+        tiny_csv,
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "drv",
+        "--epochs",
+        "4",
+        *SMOKE,
+        *augment,
+    ]
     proc = job(args)
     run = str(tmp_path / "drv")
     wait_for(lambda: len(checkpoints(run)) >= 2, proc, what="two checkpoints")

@@ -251,9 +251,10 @@ def test_mistakes_grid_rejects_misaligned_images():
 
 @pytest.fixture(scope="module")
 def tta_model():
-    from fer_dist import config as C, model as model_lib
-
     import keras
+
+    from fer_dist import config as C
+    from fer_dist import model as model_lib
 
     config = C.resolve("smoke")
     keras.utils.set_random_seed(0)
@@ -297,7 +298,9 @@ def test_tta_tencrop_rows_sum_to_one_and_views_are_crops_and_mirrors(tta_model):
     # A constant face looks the same in every view: tencrop == none.
     flat = np.full((2, 48, 48), 90, np.uint8)
     np.testing.assert_allclose(
-        evaluate.predict_probs(model, flat, config, tta="tencrop"), evaluate.predict_probs(model, flat, config), atol=1e-5
+        evaluate.predict_probs(model, flat, config, tta="tencrop"),
+        evaluate.predict_probs(model, flat, config),
+        atol=1e-5,
     )
     views = augment.tta_views(tf.random.uniform([2, 48, 48, 3]), "tencrop")
     assert len(views) == 10 and all(v.shape == (2, 48, 48, 3) for v in views)
@@ -322,16 +325,21 @@ def test_tta_composes_with_ensembles(tmp_path):
     b = save_untrained_run(tmp_path / "b", data=csv, seed=2, eval_tta="flip")
     val = data_lib.load(csv).val
     (ca, ma), (cb, mb) = evaluate.load_run(a), evaluate.load_run(b)
-    want = evaluate.average_probs([evaluate.predict_probs(ma, val.images, ca, tta="tencrop"),
-                                   evaluate.predict_probs(mb, val.images, cb, tta="tencrop")])
+    want = evaluate.average_probs(
+        [
+            evaluate.predict_probs(ma, val.images, ca, tta="tencrop"),
+            evaluate.predict_probs(mb, val.images, cb, tta="tencrop"),
+        ]
+    )
     metrics, split = evaluate.evaluate_data([a, b], csv, "val", tta="tencrop")
     assert split == "val" and metrics["tta"] == "tencrop"
     assert metrics == evaluate.compute_metrics(val.labels, want) | {"tta": "tencrop"}
     # Without --tta each run uses its own eval_tta.
     metrics, _ = evaluate.evaluate_data([a, b], csv, "val")
     assert metrics["tta"] == ["none", "flip"]
-    want = evaluate.average_probs([evaluate.predict_probs(ma, val.images, ca),
-                                   evaluate.predict_probs(mb, val.images, cb, tta="flip")])
+    want = evaluate.average_probs(
+        [evaluate.predict_probs(ma, val.images, ca), evaluate.predict_probs(mb, val.images, cb, tta="flip")]
+    )
     assert metrics["confusion_matrix"] == evaluate.compute_metrics(val.labels, want)["confusion_matrix"]
 
 

@@ -7,7 +7,11 @@ import os
 import numpy as np
 import pytest
 
-from fer_dist import config as C, features as F, train as T
+from fer_dist import checkpoint
+from fer_dist import config as C
+from fer_dist import features as F
+from fer_dist import train as T
+from fer_dist.sessions import LocalSession
 from tests.tiny import tiny_dataset, tiny_split
 
 # ResNet50 weights=none with the seed's 143 frozen layers and a small head: seconds per test.
@@ -88,7 +92,9 @@ def test_cut_inside_a_block_is_still_exact(built, freeze):
     images = tiny_split(6, seed=6).images
     full = model(_inputs(images, cfg), training=False).numpy()
     feats = F.compute_features(split.prefix, images, cfg.replace(feature_dtype="float32"))
-    np.testing.assert_allclose(split.remainder(feats, training=False).numpy(), full, rtol=1e-5, atol=1e-5 * np.abs(full).max())
+    np.testing.assert_allclose(
+        split.remainder(feats, training=False).numpy(), full, rtol=1e-5, atol=1e-5 * np.abs(full).max()
+    )
 
 
 def test_configs_that_cannot_use_the_cache():
@@ -113,15 +119,17 @@ def test_same_seed_same_prefix_weights():
     assert hashes[0] == hashes[1]
 
 
+@pytest.mark.slow  # over 15 s on a 2-core CPU
 def test_training_on_cached_features(tmp_path, caplog):
     """Learns on tiny data through the cache; checkpoint and returned model are the full model."""
-    from fer_dist import evaluate, model as M
+    from fer_dist import evaluate
+    from fer_dist import model as M
 
     caplog.set_level(logging.INFO, logger="fer_dist")
     cfg = _config(tmp_path, epochs="3")
     data = tiny_dataset()
     run_dir = str(tmp_path / "run")
-    result = T.fit(cfg, T.LocalSession(run_dir, show_progress=False), dataset=data)
+    result = T.fit(cfg, LocalSession(run_dir, show_progress=False), dataset=data)
     assert "feature cache: training the last 38 layers on cached conv4 features (exact" in caplog.text
     history = result.state.history
     assert history[-1]["loss"] < history[0]["loss"] and history[-1]["accuracy"] > 0.5
@@ -145,22 +153,25 @@ def test_training_on_cached_features(tmp_path, caplog):
     # The checkpoint holds every variable of the full model: it loads into a fresh model.build.
     ckpt = os.path.join(run_dir, "checkpoints", "epoch_0003")
     fresh = M.build(cfg)
-    T._load_variables(os.path.join(ckpt, "model.npz"), fresh.variables, "model")
+    checkpoint.load_model_weights(ckpt, fresh)
     np.testing.assert_allclose(evaluate.predict_probs(fresh, images, cfg), probs, atol=1e-6)
 
     # A second run with the same config and data loads the entry instead of computing it.
     caplog.clear()
-    T.fit(cfg.replace(epochs=1), T.LocalSession(str(tmp_path / "again"), show_progress=False), dataset=data)
+    T.fit(cfg.replace(epochs=1), LocalSession(str(tmp_path / "again"), show_progress=False), dataset=data)
     assert "loaded in" in caplog.text and len(os.listdir(tmp_path / "cache")) == 1
 
 
+@pytest.mark.slow  # over 15 s on a 2-core CPU
 def test_cached_training_follows_uncached_training(tmp_path, caplog):
     """float32 features: the same batches, dropout masks and updates as training on images."""
     caplog.set_level(logging.INFO, logger="fer_dist")
     data = tiny_dataset(n_train=192, n_val=64, n_test=7)
     cfg = _config(tmp_path, epochs="1", steps_per_epoch="3", feature_dtype="float32")
-    cached = T.fit(cfg, T.LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
-    plain = T.fit(cfg.replace(feature_cache=False), T.LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data)
+    cached = T.fit(cfg, LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
+    plain = T.fit(
+        cfg.replace(feature_cache=False), LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data
+    )
     assert "feature cache: not used (feature_cache=false)" in caplog.text
     for a, b in zip(cached.model.variables, plain.model.variables):
         a, b = np.asarray(a), np.asarray(b)
@@ -168,11 +179,12 @@ def test_cached_training_follows_uncached_training(tmp_path, caplog):
     assert cached.state.history[0]["loss"] == pytest.approx(plain.state.history[0]["loss"], rel=1e-4)
 
 
+@pytest.mark.slow  # over 15 s on a 2-core CPU
 def test_two_phase_moves_the_cut_and_recomputes_the_cache(tmp_path, caplog):
     """Phase 1 trains on conv4 features; phase 2 unfreezes to layer 81 and trains on features cut there."""
     caplog.set_level(logging.INFO, logger="fer_dist")
     cfg = _config(tmp_path, epochs="2", steps_per_epoch="3", unfreeze_epoch="1", unfreeze_to="81")
-    result = T.fit(cfg, T.LocalSession(str(tmp_path / "run"), show_progress=False), dataset=tiny_dataset())
+    result = T.fit(cfg, LocalSession(str(tmp_path / "run"), show_progress=False), dataset=tiny_dataset())
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("feature cache: training")]
     assert len(lines) == 2 and "cached conv4 features" in lines[0] and "cached conv4" not in lines[1], lines
     assert "phase 2 from epoch 2: 81 trunk layers frozen" in caplog.text
@@ -182,9 +194,9 @@ def test_two_phase_moves_the_cut_and_recomputes_the_cache(tmp_path, caplog):
 
 
 def test_pipeline_reads_each_example_from_the_flipped_features_half_the_time():
-    from fer_dist import pipeline
-
     import tensorflow as tf
+
+    from fer_dist import pipeline
 
     split = tiny_split(96, 3)
     cfg = C.resolve("seed", {"global_batch_size": "16", "augment_flip": "true"})
@@ -205,7 +217,7 @@ def test_pipeline_reads_each_example_from_the_flipped_features_half_the_time():
     np.testing.assert_array_equal(labels, split.labels[index])  # labels follow the example, flipped or not
     for epoch in range(2):
         order = pipeline.epoch_order(96, epoch, 6, cfg).ravel()
-        np.testing.assert_array_equal(index[epoch * 96:(epoch + 1) * 96], order)  # the same order as without flips
+        np.testing.assert_array_equal(index[epoch * 96 : (epoch + 1) * 96], order)  # the same order as without flips
     share = float(np.mean(values < 0))
     assert 0.35 < share < 0.65, share
     np.testing.assert_array_equal(values, np.concatenate([x for x, _ in batches()]))  # a function of (seed, epoch)
@@ -213,13 +225,14 @@ def test_pipeline_reads_each_example_from_the_flipped_features_half_the_time():
         pipeline.train_dataset_fn(split, cfg, 0, 1, 6, plain, flipped[:10])
 
 
+@pytest.mark.slow  # over 15 s on a 2-core CPU
 def test_augment_flip_trains_on_cached_features_of_flipped_images(tmp_path, caplog):
     from fer_dist import model as M
 
     caplog.set_level(logging.INFO, logger="fer_dist")
     data = tiny_dataset(n_train=96, n_val=32, n_test=7)
     cfg = _config(tmp_path, epochs="1", steps_per_epoch="2", feature_dtype="float32", augment_flip="true")
-    T.fit(cfg, T.LocalSession(str(tmp_path / "run"), show_progress=False), dataset=data)
+    T.fit(cfg, LocalSession(str(tmp_path / "run"), show_progress=False), dataset=data)
     assert "feature cache: training the last" in caplog.text and "flipped-image features" in caplog.text
     (entry,) = os.listdir(tmp_path / "cache")
     stored = np.load(tmp_path / "cache" / entry / F.FLIP_FILE)

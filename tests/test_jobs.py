@@ -34,9 +34,12 @@ def test_malformed_csv_row_names_file_and_line(tmp_path):
     csv = tmp_path / "bad.csv"
     good = " ".join(["7"] * 2304)
     csv.write_text(f"emotion,pixels,Usage\n0,{good},Training\n3,{good} 9,Training\n")
-    assert_user_error(run("train.py", "--data", str(csv), "--preset", "smoke", "--output", str(tmp_path)), "bad.csv line 3", "2305")
+    assert_user_error(
+        run("train.py", "--data", str(csv), "--preset", "smoke", "--output", str(tmp_path)), "bad.csv line 3", "2305"
+    )
 
 
+@pytest.mark.slow  # trains end to end in subprocesses
 def test_train_refuse_overwrite_resume_and_evaluate(tmp_path):
     data = write_tiny_csv(tmp_path / "tiny.csv", n_train=224, n_val=70, n_test=70)
     args = ["--data", data, "--preset", "smoke", "--output", str(tmp_path / "runs"), "--name", "r1", "--quiet"]
@@ -44,8 +47,17 @@ def test_train_refuse_overwrite_resume_and_evaluate(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     run_dir = tmp_path / "runs" / "r1"
     assert "run directory:" in first.stdout and "test_accuracy:" in first.stdout
-    for name in ("config.json", "history.csv", "metrics.json", "curves.png", "val_confusion.csv", "val_confusion.png",
-                 "test_confusion.csv", "val_mistakes.png", "model.keras"):
+    for name in (
+        "config.json",
+        "history.csv",
+        "metrics.json",
+        "curves.png",
+        "val_confusion.csv",
+        "val_confusion.png",
+        "test_confusion.csv",
+        "val_mistakes.png",
+        "model.keras",
+    ):
         assert (run_dir / name).exists(), name
     before = (run_dir / "metrics.json").read_text()
 
@@ -67,7 +79,9 @@ def test_train_refuse_overwrite_resume_and_evaluate(tmp_path):
     assert "macro-F1" in evaluated.stdout
     out = run_dir / "evaluations" / "tiny-val" / "metrics.json"
     metrics = json.loads(out.read_text())
-    assert metrics["accuracy"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["val_accuracy"], abs=1e-6)
+    assert metrics["accuracy"] == pytest.approx(
+        json.loads((run_dir / "metrics.json").read_text())["val_accuracy"], abs=1e-6
+    )
     assert (run_dir / "evaluations" / "tiny-val" / "val_confusion.png").exists()
 
     ensemble = run("evaluate.py", str(run_dir), str(run_dir), "--data", data, "--output", str(tmp_path / "ens"))

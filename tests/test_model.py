@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fer_dist import config as C, model as M
+from fer_dist import config as C
+from fer_dist import model as M
 from fer_dist.errors import UserError
 
 
@@ -87,4 +88,6 @@ def test_weights_file_is_loaded(tmp_path):
     path = str(tmp_path / "resnet50_notop.weights.h5")
     donor.save_weights(path)
     m = M.build(cfg.replace(weights=path))
-    np.testing.assert_array_equal(M.trunk_of(m).get_layer("conv1_conv").kernel.numpy(), donor.get_layer("conv1_conv").kernel.numpy())
+    np.testing.assert_array_equal(
+        M.trunk_of(m).get_layer("conv1_conv").kernel.numpy(), donor.get_layer("conv1_conv").kernel.numpy()
+    )

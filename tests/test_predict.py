@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from fer_dist import EMOTIONS, NUM_CLASSES
-from tests.saved_run import save_untrained_run
 from tests import jobs_helpers
+from tests.saved_run import save_untrained_run
 from tests.tiny import write_tiny_csv
 
 ROOT = jobs_helpers.ROOT
@@ -75,6 +75,7 @@ def test_predict_matches_evaluate_on_the_decoded_faces(run_dir, faces_dir):
     assert len(want[0]) == NUM_CLASSES
 
 
+@pytest.mark.slow  # over 15 s on a 2-core CPU
 def test_predict_errors(run_dir, faces_dir, tmp_path):
     assert_user_error(run("predict.py", str(faces_dir / "notes.txt"), "--run", run_dir), "notes.txt: not an image file")
     broken = tmp_path / "broken.png"
@@ -90,10 +91,15 @@ def test_predict_errors(run_dir, faces_dir, tmp_path):
     assert_user_error(run("predict.py", str(faces_dir), "--run", run_dir, "--format", "xml"), "--format 'xml'")
 
 
+@pytest.mark.slow  # over 15 s on a 2-core CPU
 def test_evaluate_job_tta_flag(run_dir, tmp_path):
     data = write_tiny_csv(tmp_path / "tiny.csv", n_train=70, n_val=21)
-    assert_user_error(run("evaluate.py", run_dir, "--data", data, "--tta", "sideways"), "--tta 'sideways'", "none, flip, tencrop")
-    proc = run("evaluate.py", run_dir, "--data", data, "--split", "val", "--tta", "flip", "--output", str(tmp_path / "ev"))
+    assert_user_error(
+        run("evaluate.py", run_dir, "--data", data, "--tta", "sideways"), "--tta 'sideways'", "none, flip, tencrop"
+    )
+    proc = run(
+        "evaluate.py", run_dir, "--data", data, "--split", "val", "--tta", "flip", "--output", str(tmp_path / "ev")
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tta flip" in proc.stdout
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())

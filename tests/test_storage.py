@@ -12,9 +12,9 @@ import uuid
 
 import pyarrow.fs as pafs
 import pytest
+from gcs_emulator import pid_alive, running_emulator
 
 from fer_dist import storage
-from gcs_emulator import pid_alive, running_emulator
 
 
 @pytest.fixture(params=["local", "gcs"])
@@ -51,6 +51,7 @@ def test_is_gcs_and_join():
     assert storage.join("gs://b/p/", "x") == "gs://b/p/x"
     assert storage.join("/tmp/a", "b", "c") == os.path.join("/tmp/a", "b", "c")
     from pathlib import Path
+
     assert storage.join(Path("/tmp/a"), "b") == "/tmp/a/b"
 
 
@@ -65,7 +66,9 @@ def test_filesystem_and_local_path(tmp_path, monkeypatch):
     assert storage.local_path("gs://b/k") is None
 
 
-@pytest.mark.parametrize("host", ["http://127.0.0.1:9023", "127.0.0.1:9023", "http://127.0.0.1:9023/", " http://127.0.0.1:9023 "])
+@pytest.mark.parametrize(
+    "host", ["http://127.0.0.1:9023", "127.0.0.1:9023", "http://127.0.0.1:9023/", " http://127.0.0.1:9023 "]
+)
 def test_emulator_host_parsing(host):
     assert storage._emulator_endpoint(host) == ("http", "127.0.0.1:9023")
     assert storage._emulator_endpoint("https://gcs.local:443") == ("https", "gcs.local:443")
@@ -73,11 +76,11 @@ def test_emulator_host_parsing(host):
 
 def test_gcs_filesystem_with_and_without_scheme(gcs_emulator, gcs_prefix, monkeypatch):
     storage.write_text(storage.join(gcs_prefix, "f.txt"), "same")
-    bare = gcs_emulator.host[len("http://"):]
+    bare = gcs_emulator.host[len("http://") :]
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", bare)
     fs, path = storage.filesystem(storage.join(gcs_prefix, "f.txt"))
     assert isinstance(fs, pafs.GcsFileSystem)
-    assert path == gcs_prefix[len("gs://"):] + "/f.txt"
+    assert path == gcs_prefix[len("gs://") :] + "/f.txt"
     assert storage.read_text(storage.join(gcs_prefix, "f.txt")) == "same"
 
 
@@ -180,8 +183,11 @@ def test_upload_download_round_trip(root, tmp_path):
 
     back = tmp_path / "back"
     assert storage.download_dir(dest, str(back)) == str(back)
-    got = {os.path.relpath(os.path.join(d, n), back): open(os.path.join(d, n), "rb").read()
-           for d, _, names in os.walk(back) for n in names}
+    got = {
+        os.path.relpath(os.path.join(d, n), back): open(os.path.join(d, n), "rb").read()
+        for d, _, names in os.walk(back)
+        for n in names
+    }
     assert got == files
 
 
@@ -217,11 +223,11 @@ def test_gcs_is_gcsfilesystem_and_ray_copy_files(gcs_prefix, tmp_path):
     make_tree(tmp_path / "ckpt")
     dest = path + "/checkpoint_000001"
     fs.create_dir(dest)
-    pafs.copy_files(str(tmp_path / "ckpt"), dest, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=fs)
+    pafs.copy_files(str(tmp_path / "ckpt"), dest, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     assert storage.listdir(storage.join(gcs_prefix, "x")) == ["checkpoint_000001", "direct.txt"]
-    pafs.copy_files(dest, str(tmp_path / "restored"), source_filesystem=fs,
-                    destination_filesystem=pafs.LocalFileSystem())
+    pafs.copy_files(
+        dest, str(tmp_path / "restored"), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
+    )
     assert (tmp_path / "restored" / "sub" / "deeper" / "c.json").read_bytes() == b'{"c": 1}'
 
 
@@ -231,7 +237,7 @@ def test_google_cloud_storage_client_agrees(gcs_emulator, gcs_prefix):
 
     client = gcs.Client(project="test", credentials=AnonymousCredentials())
     bucket = client.bucket(gcs_emulator.bucket)
-    key = gcs_prefix[len(f"gs://{gcs_emulator.bucket}/"):]
+    key = gcs_prefix[len(f"gs://{gcs_emulator.bucket}/") :]
 
     storage.write_text(storage.join(gcs_prefix, "run", "metrics.json"), '{"acc": 0.5}')
     storage.write_bytes(storage.join(gcs_prefix, "run", "ckpt", "w.bin"), b"\x00" * 100)
@@ -248,7 +254,9 @@ def test_google_cloud_storage_client_agrees(gcs_emulator, gcs_prefix):
 
     storage.delete_dir(storage.join(gcs_prefix, "run"))
     assert sorted(b.name for b in client.list_blobs(bucket, prefix=key + "/")) == [
-        f"{key}/gcs/hello.txt", f"{key}/gcs/nested/n.txt"]
+        f"{key}/gcs/hello.txt",
+        f"{key}/gcs/nested/n.txt",
+    ]
 
 
 def test_delete_dir_on_bucket_root_keeps_bucket(monkeypatch):
@@ -272,7 +280,11 @@ def test_emulator_process_is_gone_after_the_context_manager():
 def test_emulator_start_failure_is_clear(monkeypatch):
     import gcs_emulator
 
-    monkeypatch.setattr(gcs_emulator, "_command", lambda: [sys.executable, "-c", "import sys; sys.stderr.write('boom-1234'); sys.exit(3)"])
+    monkeypatch.setattr(
+        gcs_emulator,
+        "_command",
+        lambda: [sys.executable, "-c", "import sys; sys.stderr.write('boom-1234'); sys.exit(3)"],
+    )
     with pytest.raises(RuntimeError, match=r"(?s)exited with status 3.*boom-1234"):
         with running_emulator():
             pass

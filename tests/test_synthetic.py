@@ -87,6 +87,7 @@ def test_generation_is_fast():
     assert time.process_time() - start < 4.0  # ~0.9 s on this project's 2-core CPU
 
 
+@pytest.mark.slow  # over 15 s on a 2-core CPU
 def test_a_linear_softmax_classifier_stays_below_60_percent(large):
     images, labels = large
     x = images.reshape(len(images), -1).astype(np.float32)
@@ -96,7 +97,9 @@ def test_a_linear_softmax_classifier_stays_below_60_percent(large):
     predicted = (x @ weights + bias).argmax(axis=1)
     train_accuracy = float((predicted[:N_TRAIN] == labels[:N_TRAIN]).mean())
     test_accuracy = float((predicted[N_TRAIN:] == labels[N_TRAIN:]).mean())
-    print(f"linear softmax on pixels: train {train_accuracy:.3f}, test {test_accuracy:.3f}, chance {1 / NUM_CLASSES:.3f}")
+    print(
+        f"linear softmax on pixels: train {train_accuracy:.3f}, test {test_accuracy:.3f}, chance {1 / NUM_CLASSES:.3f}"
+    )
     assert train_accuracy > 0.25  # the classifier did fit (so the bound below means something)
     assert test_accuracy > 1.2 / NUM_CLASSES  # and the classes carry some linear signal
     assert test_accuracy < 0.60

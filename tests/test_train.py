@@ -8,7 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fer_dist import config as C, train as T
+from fer_dist import checkpoint, optim
+from fer_dist import config as C
+from fer_dist import train as T
+from fer_dist.sessions import LocalSession
 from tests.tiny import tiny_dataset
 
 SMOKE = {"epochs": "3", "builtin_size": "600", "learning_rate": "0.003"}
@@ -18,7 +21,7 @@ class Interrupt(Exception):
     pass
 
 
-class StopAfter(T.LocalSession):
+class StopAfter(LocalSession):
     """A local session that dies right after the checkpoint of epoch `n` is stored."""
 
     def __init__(self, run_dir, n):
@@ -32,15 +35,26 @@ class StopAfter(T.LocalSession):
 
 
 def test_loop_learns_and_writes_outputs(tmp_path):
-    cfg = C.resolve("smoke", SMOKE)
+    # PreciseBN: after 3 short epochs the BatchNorm moving averages lag the weights. Measured
+    # final val_accuracy over seeds 0-3 (/tmp/seeds.py in the closing note of the architecture
+    # issue): 0.589, 0.714, 1.0, 1.0 without it; 1.0 on all four with precise_bn=224.
+    cfg = C.resolve("smoke", dict(SMOKE, precise_bn="224"))
     run_dir = str(tmp_path / "run")
-    result = T.fit(cfg, T.LocalSession(run_dir, keep_checkpoints=1, show_progress=False), dataset=tiny_dataset())
+    result = T.fit(cfg, LocalSession(run_dir, keep_checkpoints=1, show_progress=False), dataset=tiny_dataset())
     state = result.state
     assert [row["epoch"] for row in state.history] == [1, 2, 3]
     assert state.history[-1]["accuracy"] > 0.6 and state.history[-1]["val_accuracy"] > 0.6
     assert state.history[-1]["loss"] < state.history[0]["loss"]
     history = pd.read_csv(os.path.join(run_dir, "history.csv"))
-    assert list(history.columns[:7]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_second"]
+    assert list(history.columns[:7]) == [
+        "epoch",
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "learning_rate",
+        "images_per_second",
+    ]
     assert len(history) == 3
     assert json.load(open(os.path.join(run_dir, "config.json"))) == cfg.to_dict()
     assert os.listdir(os.path.join(run_dir, "tensorboard", "train"))
@@ -53,14 +67,15 @@ def test_loop_learns_and_writes_outputs(tmp_path):
     assert result.model is not None and result.rank == 0
 
 
+@pytest.mark.slow  # over 15 s on a 2-core CPU
 def test_resume_equals_uninterrupted(tmp_path):
     cfg = C.resolve("smoke", dict(SMOKE, deterministic="true"))
     data = tiny_dataset()
-    straight = T.fit(cfg, T.LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
+    straight = T.fit(cfg, LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
 
     with pytest.raises(Interrupt):
         T.fit(cfg, StopAfter(str(tmp_path / "b"), 2), dataset=data)
-    resumed = T.fit(cfg, T.LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data)
+    resumed = T.fit(cfg, LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data)
 
     assert [r["epoch"] for r in resumed.state.history] == [1, 2, 3]
     for a, b in zip(straight.model.variables, resumed.model.variables):
@@ -75,16 +90,16 @@ def test_train_minutes_budget_ends_the_run_mid_epoch_and_stays_ended(tmp_path):
     data = tiny_dataset()
     assert pipeline.steps_per_epoch(len(data.train), cfg) > 1
     run_dir = str(tmp_path / "run")
-    result = T.fit(cfg, T.LocalSession(run_dir, show_progress=False), dataset=data)
+    result = T.fit(cfg, LocalSession(run_dir, show_progress=False), dataset=data)
     assert [(r["epoch"], r["steps"]) for r in result.state.history] == [(1, 1)]
     assert result.state.out_of_time and not result.state.stopped_early
     assert 0 < result.state.loop_seconds < 60
     assert os.listdir(os.path.join(run_dir, "checkpoints")) == ["epoch_0001"]
-    again = T.fit(cfg, T.LocalSession(run_dir, show_progress=False), dataset=data)  # a resume: nothing left
+    again = T.fit(cfg, LocalSession(run_dir, show_progress=False), dataset=data)  # a resume: nothing left
     assert again.trained_epochs == 0 and [r["epoch"] for r in again.state.history] == [1]
 
     roomy = C.resolve("smoke", dict(SMOKE, train_minutes="30"))  # a budget that is not reached changes nothing
-    full = T.fit(roomy, T.LocalSession(str(tmp_path / "roomy"), show_progress=False), dataset=data)
+    full = T.fit(roomy, LocalSession(str(tmp_path / "roomy"), show_progress=False), dataset=data)
     assert [r["epoch"] for r in full.state.history] == [1, 2, 3] and not full.state.out_of_time
 
 
@@ -107,21 +122,24 @@ def test_calibrate_batchnorm_standardises_frozen_layers_and_keeps_flags():
     assert abs(out.mean()) < 1e-3 and abs(out.std() - 1.0) < 1e-2
 
 
+@pytest.mark.slow  # over 15 s on a 2-core CPU
 def test_calibrated_run_resumes_without_recalibrating(tmp_path, caplog):
     import logging
 
     caplog.set_level(logging.INFO, logger="fer_dist")
     cfg = C.resolve("smoke", dict(SMOKE, deterministic="true", calibrate_batchnorm="128"))
     data = tiny_dataset()
-    straight = T.fit(cfg, T.LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
+    straight = T.fit(cfg, LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
     assert "calibrate_batchnorm: set the moving statistics of" in caplog.text
-    plain = T.fit(cfg.replace(calibrate_batchnorm=0), T.LocalSession(str(tmp_path / "p"), show_progress=False), dataset=data)
+    plain = T.fit(
+        cfg.replace(calibrate_batchnorm=0), LocalSession(str(tmp_path / "p"), show_progress=False), dataset=data
+    )
     assert straight.state.history[0]["loss"] != plain.state.history[0]["loss"]
 
     with pytest.raises(Interrupt):
         T.fit(cfg, StopAfter(str(tmp_path / "b"), 2), dataset=data)
     caplog.clear()
-    resumed = T.fit(cfg, T.LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data)
+    resumed = T.fit(cfg, LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data)
     assert "calibrate_batchnorm: set" not in caplog.text  # the checkpoint's statistics are kept
     for a, b in zip(straight.model.variables, resumed.model.variables):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
@@ -134,7 +152,7 @@ def test_precise_bn_sets_moving_statistics_from_training_images_each_epoch(tmp_p
 
     cfg = C.resolve("smoke", dict(SMOKE, epochs="1", precise_bn="96", early_stop_patience="0"))
     data = tiny_dataset()
-    result = T.fit(cfg, T.LocalSession(str(tmp_path / "run"), show_progress=False), dataset=data)
+    result = T.fit(cfg, LocalSession(str(tmp_path / "run"), show_progress=False), dataset=data)
     trunk = M.trunk_of(result.model)
     bn = next(l for l in trunk.layers if isinstance(l, keras.layers.BatchNormalization))
     conv = trunk.layers[trunk.layers.index(bn) - 1]  # the first BatchNorm reads the first convolution
@@ -143,7 +161,7 @@ def test_precise_bn_sets_moving_statistics_from_training_images_each_epoch(tmp_p
     np.testing.assert_allclose(bn.moving_mean.numpy(), conv_out.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(bn.moving_variance.numpy(), conv_out.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
 
-    plain = T.fit(cfg.replace(precise_bn=0), T.LocalSession(str(tmp_path / "plain"), show_progress=False), dataset=data)
+    plain = T.fit(cfg.replace(precise_bn=0), LocalSession(str(tmp_path / "plain"), show_progress=False), dataset=data)
     other = next(l for l in M.trunk_of(plain.model).layers if isinstance(l, keras.layers.BatchNormalization))
     assert not np.allclose(other.moving_mean.numpy(), conv_out.mean(axis=(0, 1, 2)), rtol=1e-2, atol=1e-2)
     assert bn.momentum == other.momentum > 0  # restored after the pass
@@ -153,10 +171,10 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
     from fer_dist.errors import UserError
 
     cfg = C.resolve("smoke", dict(SMOKE, epochs="1"))
-    T.fit(cfg, T.LocalSession(str(tmp_path / "r"), show_progress=False), dataset=tiny_dataset())
+    T.fit(cfg, LocalSession(str(tmp_path / "r"), show_progress=False), dataset=tiny_dataset())
     wider = cfg.replace(head_units=(48,), epochs=2)
     with pytest.raises(UserError, match="does not match this config's model"):
-        T.fit(wider, T.LocalSession(str(tmp_path / "r"), show_progress=False), dataset=tiny_dataset())
+        T.fit(wider, LocalSession(str(tmp_path / "r"), show_progress=False), dataset=tiny_dataset())
 
 
 def _row(epoch, val_loss):
@@ -164,7 +182,9 @@ def _row(epoch, val_loss):
 
 
 def test_plateau_decay_and_early_stop():
-    cfg = C.resolve("seed", {"decay_factor": "0.5", "decay_patience": "2", "early_stop_patience": "3", "learning_rate": "0.1"})
+    cfg = C.resolve(
+        "seed", {"decay_factor": "0.5", "decay_patience": "2", "early_stop_patience": "3", "learning_rate": "0.1"}
+    )
     s = T.LoopState(learning_rate=0.1)
     assert s.update(_row(1, 1.0), cfg) == (True, False)
     assert s.update(_row(2, 1.1), cfg) == (False, False) and s.learning_rate == 0.1
@@ -186,26 +206,28 @@ def test_batch_larger_than_data_is_a_user_error(tmp_path):
 
     cfg = C.resolve("smoke", {"global_batch_size": "4096"})
     with pytest.raises(UserError, match="global_batch_size=4096 is larger than"):
-        T.fit(cfg, T.LocalSession(str(tmp_path / "r"), show_progress=False), dataset=tiny_dataset())
+        T.fit(cfg, LocalSession(str(tmp_path / "r"), show_progress=False), dataset=tiny_dataset())
 
 
 def test_learning_rate_schedules():
     steps = 10
     plateau = C.resolve("smoke", {"epochs": "5"})
-    assert [T.scheduled_learning_rate(plateau, 0.02, s, steps) for s in (0, 17, 49)] == [0.02] * 3
+    assert [optim.scheduled_learning_rate(plateau, 0.02, s, steps) for s in (0, 17, 49)] == [0.02] * 3
     warm = plateau.replace(warmup_epochs=1)
-    assert T.scheduled_learning_rate(warm, 0.02, 0, steps) == pytest.approx(0.002)
-    assert T.scheduled_learning_rate(warm, 0.02, 4, steps) == pytest.approx(0.01)
-    assert T.scheduled_learning_rate(warm, 0.02, 10, steps) == 0.02
-    cos = C.resolve("smoke", {"epochs": "5", "lr_schedule": "cosine", "learning_rate": "0.1", "min_learning_rate": "0.001"})
-    lrs = [T.scheduled_learning_rate(cos, 0.5, s, steps) for s in range(50)]
+    assert optim.scheduled_learning_rate(warm, 0.02, 0, steps) == pytest.approx(0.002)
+    assert optim.scheduled_learning_rate(warm, 0.02, 4, steps) == pytest.approx(0.01)
+    assert optim.scheduled_learning_rate(warm, 0.02, 10, steps) == 0.02
+    cos = C.resolve(
+        "smoke", {"epochs": "5", "lr_schedule": "cosine", "learning_rate": "0.1", "min_learning_rate": "0.001"}
+    )
+    lrs = [optim.scheduled_learning_rate(cos, 0.5, s, steps) for s in range(50)]
     assert lrs[0] == pytest.approx(0.1) and lrs[25] == pytest.approx(0.001 + 0.099 * 0.5)
     assert lrs[-1] == pytest.approx(0.001 + 0.099 * 0.5 * (1 + math.cos(math.pi * 49 / 50)))
     assert all(a > b for a, b in zip(lrs, lrs[1:]))  # the plateau base (0.5) plays no part
     cos_warm = cos.replace(warmup_epochs=1)
-    assert T.scheduled_learning_rate(cos_warm, 0.5, 9, steps) == pytest.approx(0.1)
-    assert T.scheduled_learning_rate(cos_warm, 0.5, 10, steps) == pytest.approx(0.1)
-    assert T.scheduled_learning_rate(cos_warm, 0.5, 30, steps) == pytest.approx(0.001 + 0.099 * 0.5)
+    assert optim.scheduled_learning_rate(cos_warm, 0.5, 9, steps) == pytest.approx(0.1)
+    assert optim.scheduled_learning_rate(cos_warm, 0.5, 10, steps) == pytest.approx(0.1)
+    assert optim.scheduled_learning_rate(cos_warm, 0.5, 30, steps) == pytest.approx(0.001 + 0.099 * 0.5)
 
 
 def test_cosine_schedule_does_not_decay_on_plateaus():
@@ -217,20 +239,25 @@ def test_cosine_schedule_does_not_decay_on_plateaus():
 
 
 def test_sgd_nesterov_flag():
-    assert T.make_optimizer(C.resolve("smoke", {"optimizer": "sgd"})).nesterov is True
-    assert T.make_optimizer(C.resolve("smoke", {"optimizer": "sgd", "nesterov": "false"})).nesterov is False
+    assert optim.make_optimizer(C.resolve("smoke", {"optimizer": "sgd"})).nesterov is True
+    assert optim.make_optimizer(C.resolve("smoke", {"optimizer": "sgd", "nesterov": "false"})).nesterov is False
 
 
 # --- two phases: head warm-up on a frozen trunk, then unfreezing ---------------------------
 TWO_PHASE = dict(
-    SMOKE, freeze_layers="9", unfreeze_epoch="2", unfreeze_to="0", unfreeze_lr_factor="0.5",
-    decay_factor="1.0", deterministic="true",
+    SMOKE,
+    freeze_layers="9",
+    unfreeze_epoch="2",
+    unfreeze_to="0",
+    unfreeze_lr_factor="0.5",
+    decay_factor="1.0",
+    deterministic="true",
 )
 
 
 def _checkpoint_values(run_dir: str, epoch: int, names: list[str]) -> dict[str, np.ndarray]:
     with np.load(os.path.join(run_dir, "checkpoints", f"epoch_{epoch:04d}", "model.npz")) as saved:
-        return {name: saved[f"arr_{i}"] for i, name in enumerate(names)}
+        return {name: saved[name] for name in names}
 
 
 def test_two_phase_unfreezes_after_warm_up_and_keeps_batchnorm_frozen(tmp_path):
@@ -238,10 +265,10 @@ def test_two_phase_unfreezes_after_warm_up_and_keeps_batchnorm_frozen(tmp_path):
 
     cfg = C.resolve("smoke", TWO_PHASE)
     run_dir = str(tmp_path / "run")
-    result = T.fit(cfg, T.LocalSession(run_dir, keep_checkpoints=3, show_progress=False), dataset=tiny_dataset())
+    result = T.fit(cfg, LocalSession(run_dir, keep_checkpoints=3, show_progress=False), dataset=tiny_dataset())
     assert [r["learning_rate"] for r in result.state.history] == [0.003, 0.003, 0.0015]
     assert result.state.phase == 2
-    names = [v.path for v in M.build(cfg).variables]
+    names = checkpoint.variable_names(M.build(cfg).variables)
     e1, e2, e3 = (_checkpoint_values(run_dir, e, names) for e in (1, 2, 3))
     stem, late = "stem_conv/kernel", "stage64_conv/kernel"
     assert stem in names and late in names
@@ -254,13 +281,14 @@ def test_two_phase_unfreezes_after_warm_up_and_keeps_batchnorm_frozen(tmp_path):
     assert json.load(open(os.path.join(run_dir, "checkpoints", "epoch_0003", "state.json")))["phase"] == 2
 
 
+@pytest.mark.slow  # over 15 s on a 2-core CPU
 def test_two_phase_resume_at_the_switch_equals_uninterrupted(tmp_path):
     cfg = C.resolve("smoke", TWO_PHASE)
     data = tiny_dataset()
-    straight = T.fit(cfg, T.LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
+    straight = T.fit(cfg, LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
     with pytest.raises(Interrupt):  # dies after the last phase-1 epoch: the resume starts phase 2
         T.fit(cfg, StopAfter(str(tmp_path / "b"), 2), dataset=data)
-    resumed = T.fit(cfg, T.LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data)
+    resumed = T.fit(cfg, LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data)
     assert [r["learning_rate"] for r in resumed.state.history] == [0.003, 0.003, 0.0015]
     for a, b in zip(straight.model.variables, resumed.model.variables):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)

@@ -17,16 +17,32 @@ from fer_dist.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SEARCH = [
-    "--preset", "quick", "--set", "builtin_size=700", "--set", "epochs=3", "--samples", "4",
-    "--grace-period", "1", "--reduction-factor", "2", "--max-concurrent", "2",
+    "--preset",
+    "quick",
+    "--set",
+    "builtin_size=700",
+    "--set",
+    "epochs=3",
+    "--samples",
+    "4",
+    "--grace-period",
+    "1",
+    "--reduction-factor",
+    "2",
+    "--max-concurrent",
+    "2",
 ]
 
 
 def tune_job(args: list[str], cwd: str = ROOT) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "jobs", "tune.py"), *args], cwd=cwd,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
+        [sys.executable, os.path.join(ROOT, "jobs", "tune.py"), *args],
+        cwd=cwd,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -54,8 +70,17 @@ def test_search_with_asha_runs_to_the_end_in_gcs(gcs_emulator, gcs_prefix):
     search = storage.join(gcs_prefix, "s")
     table = results(search)
     assert len(table) == 4, table
-    assert set(table.columns) >= {"trial", "global_batch_size", "dropout", "decay_factor", "learning_rate",
-                                  "best_val_accuracy", "epochs_run", "stopped", "wall_seconds"}
+    assert set(table.columns) >= {
+        "trial",
+        "global_batch_size",
+        "dropout",
+        "decay_factor",
+        "learning_rate",
+        "best_val_accuracy",
+        "epochs_run",
+        "stopped",
+        "wall_seconds",
+    }
     # ASHA stopped someone, and the search still ran every trial (ray-project/ray#54305 worked around).
     assert (table["stopped"] == "asha").any(), table
     assert (table["epochs_run"] == 3).any(), table
@@ -95,13 +120,20 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
 
 
 def test_space_parsing_and_checks():
-    from fer_dist import config as C, tune
+    from fer_dist import config as C
+    from fer_dist import tune
 
-    space = tune.parse_space("seed", ["dropout=0.3:0.6", "global_batch_size=16,32", "learning_rate=off", "decay_factor=log:0.3:0.9"])
+    space = tune.parse_space(
+        "seed", ["dropout=0.3:0.6", "global_batch_size=16,32", "learning_rate=off", "decay_factor=log:0.3:0.9"]
+    )
     assert space["dropout"].kind == "uniform" and space["dropout"].values == (0.3, 0.6)
     assert space["global_batch_size"].values == (16, 32)
     assert "learning_rate" not in space and space["decay_factor"].kind == "loguniform"
-    for bad, needle in [("nope=1,2", "unknown config key"), ("dropout=0.6:0.3", "low < high"), ("dropout", "expected key=")]:
+    for bad, needle in [
+        ("nope=1,2", "unknown config key"),
+        ("dropout=0.6:0.3", "low < high"),
+        ("dropout", "expected key="),
+    ]:
         with pytest.raises(UserError, match=needle):
             tune.parse_space("seed", [bad])
     with pytest.raises(UserError, match="does not divide"):
@@ -121,7 +153,9 @@ def test_space_parsing_and_checks():
     ],
 )
 def test_bad_flags_are_one_line_errors(flags, needle):
-    proc = subprocess.run([sys.executable, "jobs/tune.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "jobs/tune.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and needle in last and "Traceback" not in proc.stderr

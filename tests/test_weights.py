@@ -8,7 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from fer_dist import config as C, model as M, weights as W
+from fer_dist import config as C
+from fer_dist import model as M
+from fer_dist import weights as W
 from tests.jobs_helpers import assert_user_error, run
 
 
@@ -22,8 +24,14 @@ def _source_from_keras(trunk) -> dict[str, np.ndarray]:
         elif isinstance(layer, keras.layers.BatchNormalization):
             torch_prefix = _torch_prefix(layer.name)
             gamma, beta, mean, var = layer.get_weights()
-            out.update({f"{torch_prefix}.weight": gamma, f"{torch_prefix}.bias": beta,
-                        f"{torch_prefix}.running_mean": mean, f"{torch_prefix}.running_var": var})
+            out.update(
+                {
+                    f"{torch_prefix}.weight": gamma,
+                    f"{torch_prefix}.bias": beta,
+                    f"{torch_prefix}.running_mean": mean,
+                    f"{torch_prefix}.running_var": var,
+                }
+            )
     out["fc.weight"] = np.zeros((8631, 2048), np.float32)  # the identity classifier, dropped
     out["fc.bias"] = np.zeros(8631, np.float32)
     return out
@@ -46,9 +54,14 @@ def source_trunk():
     rng = np.random.default_rng(0)
     for layer in trunk.layers:  # distinct BatchNorm statistics, so that a swap would show
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(np.float32) if i in (0, 3)
-                               else rng.normal(0, 0.1, w.shape).astype(np.float32)
-                               for i, w in enumerate(layer.get_weights())])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, w.shape).astype(np.float32)
+                    if i in (0, 3)
+                    else rng.normal(0, 0.1, w.shape).astype(np.float32)
+                    for i, w in enumerate(layer.get_weights())
+                ]
+            )
     return trunk
 
 
@@ -64,6 +77,7 @@ def test_names_map_onto_keras_resnet50():
         W.keras_name("features.0.weight")
 
 
+@pytest.mark.slow  # over 15 s on a 2-core CPU
 def test_converted_file_loads_through_weights_path_with_every_value_in_place(tmp_path, source_trunk):
     source = _source_from_keras(source_trunk)
     path = str(tmp_path / "pickled.pkl")
@@ -117,7 +131,7 @@ def test_stem_matches_the_source_model_on_its_own_preprocessing(tmp_path, source
     out = np.zeros((2, 16, 16, kernel.shape[0]))
     for oy in range(16):
         for ox in range(16):
-            window = x[:, 2 * oy:2 * oy + 7, 2 * ox:2 * ox + 7, :]  # [b, h, w, i]
+            window = x[:, 2 * oy : 2 * oy + 7, 2 * ox : 2 * ox + 7, :]  # [b, h, w, i]
             out[:, oy, ox, :] = np.einsum("bhwi,oihw->bo", window, kernel)
     gamma, beta = source["bn1.weight"], source["bn1.bias"]
     mean, var = source["bn1.running_mean"], source["bn1.running_var"]

@@ -26,7 +26,11 @@ def tiny_dataset(n_train: int = 448, n_val: int = 112, n_test: int = 70) -> Data
 def write_tiny_csv(path, n_train: int = 140, n_val: int = 70, n_test: int = 0, seed: int = 0) -> str:
     """The same data as a FER-2013 CSV (Training + PublicTest, and PrivateTest if n_test)."""
     rows = ["emotion,pixels,Usage"]
-    for usage, n, s in (("Training", n_train, seed + 1), ("PublicTest", n_val, seed + 2), ("PrivateTest", n_test, seed + 3)):
+    for usage, n, s in (
+        ("Training", n_train, seed + 1),
+        ("PublicTest", n_val, seed + 2),
+        ("PrivateTest", n_test, seed + 3),
+    ):
         split = tiny_split(n, s)
         for img, y in zip(split.images, split.labels):
             rows.append(f"{y},{' '.join(map(str, img.reshape(-1)))},{usage}")

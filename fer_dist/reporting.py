@@ -1,0 +1,196 @@
+"""The chief's outputs: logs, progress, history.csv, TensorBoard, checkpoints handed to the
+session, and after training metrics.json, confusion matrices, curves and the exported model.
+
+`reporter_for(chief, ...)` is called once per `train.fit`: the chief (`steps.is_chief`) gets a
+`Reporter`, every other worker a `NullReporter` whose methods do nothing, so the loop never
+asks which worker it runs on.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+from fer_dist import storage
+from fer_dist.config import TrainConfig, describe
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "history.csv"
+CONFIG_FILE = "config.json"
+
+
+class NullReporter:
+    """What a non-chief worker reports: nothing."""
+
+    def info(self, message: str, *args) -> None:
+        pass
+
+    def start(self, dataset, replicas: int, per_worker_batch_size: int) -> None:
+        pass
+
+    def begin(self, state) -> None:
+        pass
+
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        pass
+
+    def step(self, epoch: int, done: int, steps: int, loss_sum: float, correct_sum: float) -> None:
+        pass
+
+    def epoch_end(self, state, improved: bool) -> None:
+        pass
+
+    def checkpoint(self, save) -> str | None:
+        """Chief: `save(directory)` into a fresh temporary directory, returned. Others: None."""
+        return None
+
+    def done_with(self, checkpoint_dir: str | None) -> None:
+        if checkpoint_dir:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+class Reporter(NullReporter):
+    """The chief's reporter: config.json, history.csv and TensorBoard scalars in the run directory."""
+
+    def __init__(self, run_dir: str, config: TrainConfig, show_progress: bool):
+        self.run_dir = run_dir
+        self.config = config
+        self.show_progress = show_progress
+        local = storage.local_path(run_dir)
+        self._tb_local = os.path.join(local, "tensorboard") if local else tempfile.mkdtemp(prefix="fer_dist_tb_")
+        self._writer = None
+        self._bar = None
+        self._epoch_start = 0.0
+
+    def info(self, message: str, *args) -> None:
+        log.info(message, *args)
+
+    def start(self, dataset, replicas: int, per_worker_batch_size: int) -> None:
+        log.info("config: %s", describe(self.config))
+        log.info(
+            "data %s: train %d, val %d, test %s; %d replica(s), per_worker_batch_size %d",
+            dataset.source,
+            len(dataset.train),
+            len(dataset.val),
+            len(dataset.test) if dataset.test is not None else "none",
+            replicas,
+            per_worker_batch_size,
+        )
+        for note in dataset.notes:
+            log.info("data: %s", note)
+
+    def begin(self, state) -> None:
+        """config.json, and the history so far of a resumed run."""
+        storage.write_text(storage.join(self.run_dir, CONFIG_FILE), self.config.to_json())
+        if state.history:
+            self.write_history(state.history)
+
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        self._epoch_start = time.perf_counter()
+        self._bar = None
+        if self.show_progress:
+            import keras
+
+            print(f"Epoch {epoch}/{self.config.epochs}", flush=True)
+            self._bar = keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy"])
+
+    def step(self, epoch: int, done: int, steps: int, loss_sum: float, correct_sum: float) -> None:
+        """A progress bar on a terminal; in logs (Ray workers, CI, files) a line every 10% of an epoch."""
+        if self._bar is not None:
+            seen = done * self.config.global_batch_size
+            self._bar.update(done, [("loss", loss_sum / done), ("accuracy", correct_sum / seen)])
+        elif steps >= 50 and done % (steps // 10) == 0 and done < steps:
+            elapsed = time.perf_counter() - self._epoch_start
+            log.info(
+                "epoch %d: %d/%d steps (%d%%) loss %.4f, %.0f img/s, ETA %.0f s",
+                epoch,
+                done,
+                steps,
+                100 * done // steps,
+                loss_sum / done,
+                done * self.config.global_batch_size / elapsed,
+                elapsed / done * (steps - done),
+            )
+
+    def epoch_end(self, state, improved: bool) -> None:
+        row = state.history[-1]
+        log.info(
+            "epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f lr %.3g %.0f img/s%s",
+            row["epoch"],
+            self.config.epochs,
+            row["loss"],
+            row["accuracy"],
+            row["val_loss"],
+            row["val_accuracy"],
+            row["learning_rate"],
+            row["images_per_second"],
+            " *" if improved else "",
+        )
+        self.write_history(state.history)
+        self.write_scalars(row)
+
+    def write_history(self, history: list[dict]) -> None:
+        import pandas as pd
+
+        buf = io.StringIO()
+        pd.DataFrame(history).to_csv(buf, index=False)
+        storage.write_text(storage.join(self.run_dir, HISTORY_FILE), buf.getvalue())
+
+    def write_scalars(self, row: dict) -> None:
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self._tb_local, "train"))
+        with self._writer.as_default(step=row["epoch"]):
+            for key, value in row.items():
+                if key != "epoch":
+                    tf.summary.scalar(key, value)
+        self._writer.flush()
+        if storage.local_path(self.run_dir) is None:
+            storage.upload_dir(self._tb_local, storage.join(self.run_dir, "tensorboard"))
+
+    def checkpoint(self, save) -> str | None:
+        directory = tempfile.mkdtemp(prefix="fer_dist_ckpt_")
+        save(directory)
+        return directory
+
+
+def reporter_for(chief: bool, run_dir: str, config: TrainConfig, show_progress: bool) -> NullReporter:
+    """The one place that turns "is this the chief?" into who writes outputs."""
+    return Reporter(run_dir, config, show_progress) if chief else NullReporter()
+
+
+# ---------------------------------------------------------------------------------
+# After training (the chief): final evaluation and the exported model.
+# ---------------------------------------------------------------------------------
+def finish(result, config: TrainConfig, run_dir: str) -> dict:
+    """metrics.json, confusion matrices, curves, exported model."""
+    import json
+
+    from fer_dist import evaluate
+
+    if not result.trained_epochs and storage.exists(storage.join(run_dir, evaluate.METRICS_FILE)):
+        log.info("the run was already complete: keeping its metrics.json and exported model")
+        return json.loads(storage.read_text(storage.join(run_dir, evaluate.METRICS_FILE)))
+    log.info("final evaluation with the weights of epoch %d", result.state.best_epoch)
+    metrics = evaluate.evaluate_run(result.model, result.dataset, config, run_dir, result.state)
+    export_model(result.model, run_dir)
+    log.info("exported model.keras and saved_model/ to %s", run_dir)
+    return metrics
+
+
+def export_model(model, run_dir: str) -> None:
+    """`model.keras` (Keras 3) and `saved_model/` (TF serving) beside the checkpoints."""
+    with tempfile.TemporaryDirectory(prefix="fer_dist_export_") as tmp:
+        path = os.path.join(tmp, "model.keras")
+        model.save(path)
+        with open(path, "rb") as f:
+            storage.write_bytes(storage.join(run_dir, "model.keras"), f.read())
+        saved = os.path.join(tmp, "saved_model")
+        model.export(saved, verbose=False)
+        storage.upload_dir(saved, storage.join(run_dir, "saved_model"))

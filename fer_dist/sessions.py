@@ -1,0 +1,46 @@
+"""Sessions: where a training loop runs and where its checkpoints and reports go.
+
+`LocalSession` is a plain process: checkpoints go to `<run_dir>/checkpoints/epoch_NNNN/`.
+`launch.RaySession` is a Ray Train worker: checkpoints go through `ray.train.report`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Protocol
+
+from fer_dist import checkpoint, storage
+
+
+class Session(Protocol):
+    run_dir: str  # URI where the chief writes config.json, history.csv, metrics.json, ...
+    show_progress: bool  # progress bars (a terminal), else progress lines in the log
+
+    def restore_dir(self) -> str | None:
+        """A fresh local copy of the checkpoint to resume from (the loop deletes it), or None."""
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        """Called by every worker every epoch; only the chief passes a checkpoint_dir."""
+
+
+class LocalSession:
+    """A plain process: checkpoints in `<run_dir>/checkpoints/`, best `keep` plus the latest."""
+
+    def __init__(self, run_dir: str, keep_checkpoints: int = 2, show_progress: bool = True):
+        self.run_dir = run_dir
+        self.keep = keep_checkpoints
+        self.show_progress = show_progress and sys.stdout.isatty()  # a bar in a log file is noise
+
+    @property
+    def checkpoints_uri(self) -> str:
+        return storage.join(self.run_dir, checkpoint.LOCAL_PARENT)
+
+    def restore_dir(self) -> str | None:
+        newest = checkpoint.newest_whole(self.checkpoints_uri, checkpoint.EPOCH_PREFIX)
+        return checkpoint.download(newest.uri) if newest else None
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        if checkpoint_dir is None:
+            return
+        checkpoint.upload(checkpoint_dir, storage.join(self.checkpoints_uri, checkpoint.name(metrics["epoch"])))
+        checkpoint.prune(self.checkpoints_uri, checkpoint.EPOCH_PREFIX, self.keep)
