@@ -232,6 +232,18 @@ def newest_whole(parent_uri: str, prefix: str) -> Info | None:
     return None
 
 
+def to_resume(parent_uri: str, prefix: str) -> Info | None:
+    """The checkpoint a restart resumes from: the newest whole one; None when there is none at
+    all (a fresh run). Raises CheckpointError when checkpoints exist but none is whole: starting
+    over would silently lose them."""
+    newest = newest_whole(parent_uri, prefix)
+    if newest is None and listing(parent_uri, prefix):
+        raise CheckpointError(
+            f"no whole checkpoint to resume from in {parent_uri}: every one is damaged or incomplete (see the log)"
+        )
+    return newest
+
+
 def download(uri: str) -> str:
     """A fresh local copy of the checkpoint at `uri`; the caller removes it."""
     target = tempfile.mkdtemp(prefix="fer_dist_restore_")

@@ -253,6 +253,10 @@ def resolve(
             text = storage.read_text(config_file)
         except FileNotFoundError:
             raise UserError(f"--config {config_file}: no such file") from None
+        except IsADirectoryError:
+            raise UserError(f"--config {config_file}: is a directory, not a config.json") from None
+        except UnicodeDecodeError:
+            raise UserError(f"--config {config_file}: not a text file (expected a config.json)") from None
         raw = TrainConfig.from_json(text, source=config_file)
         config = replace(config, {k: getattr(raw, k) for k in _explicit_keys(text)}, source=config_file)
     if overrides:

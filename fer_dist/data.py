@@ -6,7 +6,9 @@
 local path or `gs://`) or an image folder (`<root>/train/<emotion>/*.jpg`, as the data set
 is downloaded from Kaggle). Usage `Training`/`PublicTest`/`PrivateTest` (folders
 `train`/`val`/`test`) become the train/val/test splits. Without a validation split one is
-carved from train (stratified, seeded); without a test split `test` is None.
+carved from train (stratified, seeded); without a test split `test` is None. `load` needs
+a training split; `load_splits` (for evaluation) does not: a file of PrivateTest rows only,
+or a folder with only `test/`, gives just its test split.
 
 Every problem with the input raises `UserError` with one line that names the file, the
 1-based physical line for a CSV (header = line 1) and what is wrong. With
@@ -82,6 +84,16 @@ _CSV_LAYOUT = _Layout("Training", "PublicTest", "PrivateTest", "rows")
 _FOLDER_LAYOUT = _Layout("train/", "val/", "test/", "images")
 
 
+@dataclass(frozen=True)
+class Splits:
+    """The splits a data source has, for evaluation (`load_splits`; no training split required)."""
+
+    splits: dict[str, Split]  # "train" | "val" | "test" -> Split, only those present
+    source: str
+    notes: tuple[str, ...]
+    names: dict[str, str]  # each split as the source names it, for messages: {"test": "PrivateTest rows"}
+
+
 # ------------------------------------------------------------------------------
 # load
 # ------------------------------------------------------------------------------
@@ -104,6 +116,41 @@ def load(
         splits, skipped = _read_csv(uri, skip_bad_rows)
         layout = _CSV_LAYOUT
     return _assemble(uri, splits, skipped, layout, val_fraction, seed)
+
+
+def load_splits(
+    uri: str, *, skip_bad_rows: bool = False, val_fraction: float = 0.1, seed: int = 0, builtin_size: int = 12000
+) -> Splits:
+    """The splits of "builtin", a FER-2013 CSV or an image folder, for evaluation: no training split needed.
+
+    With a training split they are `load`'s (a validation split carved from train the same
+    seeded way when there is none); without one, only the splits present (nothing is carved)."""
+    if uri == "builtin":
+        dataset = _load_builtin(builtin_size, seed)
+        found = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
+        return Splits(found, "builtin", dataset.notes, {s: f"built-in {s}" for s in found})
+    try:
+        is_dir, exists = storage.is_dir(uri), storage.exists(uri)
+    except OSError as e:
+        raise UserError(f"{uri}: cannot read ({_one_line(e)})") from None
+    if not exists:
+        raise UserError(f"{uri}: no such file or directory")
+    if is_dir:
+        splits, skipped = _read_image_folder(uri, skip_bad_rows, require_train=False)
+        layout = _FOLDER_LAYOUT
+    else:
+        splits, skipped = _read_csv(uri, skip_bad_rows)
+        layout = _CSV_LAYOUT
+    if "train" in splits:
+        dataset = _assemble(uri, splits, skipped, layout, val_fraction, seed)
+        found = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
+        notes = dataset.notes
+    else:
+        found = dict(splits)
+        notes = (_skipped_note(skipped, layout.unit),) if skipped else ()
+    found = {name: found[name] for name in ("train", "val", "test") if found.get(name) is not None}
+    names = {name: f"{getattr(layout, name)} {layout.unit}" for name in found}
+    return Splits(found, uri, notes, names)
 
 
 def _load_builtin(size: int, seed: int) -> Dataset:
@@ -392,8 +439,10 @@ def read_image_folder(uri: str, *, skip_bad_rows: bool = False) -> tuple[dict[st
     return splits, [s.message for s in skipped]
 
 
-def _read_image_folder(uri: str, skip_bad_rows: bool) -> tuple[dict[str, Split], list[_Skipped]]:
-    split_dirs = _split_dirs(uri)
+def _read_image_folder(
+    uri: str, skip_bad_rows: bool, require_train: bool = True
+) -> tuple[dict[str, Split], list[_Skipped]]:
+    split_dirs = _split_dirs(uri, require_train)
     files: list[tuple[str, str, int]] = []  # (split, relative path, label)
     for split, name in split_dirs.items():
         for emotion in _visible(storage.listdir(storage.join(uri, name))):
@@ -424,8 +473,8 @@ def _visible(names: list[str]) -> list[str]:
     return [n for n in names if not n.startswith(".")]
 
 
-def _split_dirs(uri: str) -> dict[str, str]:
-    """{split: folder name} of the split folders under the root; train/ is required."""
+def _split_dirs(uri: str, require_train: bool = True) -> dict[str, str]:
+    """{split: folder name} of the split folders under the root; train/ is required (or any one without it)."""
     names = _visible(storage.listdir(uri))
     found: dict[str, str] = {}
     for name in names:
@@ -435,7 +484,12 @@ def _split_dirs(uri: str) -> dict[str, str]:
         if split in found:
             raise UserError(f"{uri}: both {found[split]}/ and {name}/ are there; keep one {split} folder")
         found[split] = name
-    if "train" not in found:
+    if not found and not require_train:
+        raise UserError(
+            f"{uri}: no train/, val/ or test/ folder (has: {', '.join(names[:MAX_LISTED]) or 'nothing'}); "
+            f"expected {uri}/test/<emotion>/*.jpg"
+        )
+    if "train" not in found and require_train:
         raise UserError(
             f"{uri}: no train/ folder (has: {', '.join(names[:MAX_LISTED]) or 'nothing'}); "
             f"expected {uri}/train/<emotion>/*.jpg"

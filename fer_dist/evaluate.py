@@ -23,6 +23,7 @@ import io
 import math
 import os
 import shutil
+from dataclasses import dataclass
 
 import matplotlib
 
@@ -405,18 +406,23 @@ def write_tensorboard_images(run_dir: str) -> list[str]:
     return names
 
 
+def load_config(run_dir: str):
+    """The TrainConfig of a run directory (its config.json), local or gs://; no model loaded."""
+    from fer_dist.config import TrainConfig
+
+    config_uri = storage.join(run_dir, "config.json")
+    if not storage.exists(config_uri):
+        raise UserError(f"{run_dir}: not a run directory (no config.json)")
+    return TrainConfig.from_json(storage.read_text(config_uri), source=config_uri)
+
+
 def load_run(run_dir: str):
     """(config, Keras model) of a finished run, local or gs://."""
     import tempfile
 
     import keras
 
-    from fer_dist.config import TrainConfig
-
-    config_uri = storage.join(run_dir, "config.json")
-    if not storage.exists(config_uri):
-        raise UserError(f"{run_dir}: not a run directory (no config.json)")
-    config = TrainConfig.from_json(storage.read_text(config_uri), source=config_uri)
+    config = load_config(run_dir)
     model_uri = storage.join(run_dir, MODEL_FILE)
     if not storage.exists(model_uri):
         raise UserError(f"{run_dir}: no {MODEL_FILE} (has the run finished? resume it with --resume)")
@@ -428,6 +434,154 @@ def load_run(run_dir: str):
     return config, model
 
 
+def check_same_data(run_dirs: list[str], configs: list) -> None:
+    """UserError naming two runs of an ensemble whose config.json `data` differs."""
+    for run_dir, config in zip(run_dirs[1:], configs[1:]):
+        if config.data != configs[0].data:
+            raise UserError(
+                f"cannot ensemble {run_dirs[0]} and {run_dir}: trained on different data "
+                f"({configs[0].data!r} vs {config.data!r})"
+            )
+
+
+def check_same_classes(run_dirs: list[str], models: list) -> None:
+    """UserError naming two runs of an ensemble whose models have different output widths (class counts)."""
+    widths = [model.output_shape[-1] for model in models]
+    for run_dir, width in zip(run_dirs[1:], widths[1:]):
+        if width != widths[0]:
+            raise UserError(
+                f"cannot ensemble {run_dirs[0]} and {run_dir}: different class counts "
+                f"({widths[0]} vs {width} model outputs)"
+            )
+    if widths[0] != NUM_CLASSES:
+        raise UserError(f"{run_dirs[0]}: the model has {widths[0]} outputs, expected {NUM_CLASSES} classes")
+
+
+def choose_split(available, split: str | None) -> str:
+    """The split to score of a `data.Splits`: `split`, or test if the data has it, else val."""
+    if split is not None and split not in SPLIT_NAMES:
+        raise UserError(f"--split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+    if split is None:
+        split = next((s for s in ("test", "val") if s in available.splits), "test")
+    if split not in available.splits:
+        has = ", ".join(f"{s} ({available.names[s]})" for s in available.splits) or "none"
+        other = next((s for s in ("test", "val", "train") if s in available.splits), None)
+        use = f"; use --split {other}" if other else ""
+        raise UserError(f"--split {split}: {available.source} has no {split} split (it has: {has}){use}")
+    return split
+
+
+def tta_key(used: list[str]) -> str:
+    """One name for the TTA of an evaluation: the mode, or the modes joined by "+" when the runs differ."""
+    return "+".join(mode for mode in TTA_MODES if mode in used)
+
+
+def members(run_dirs: list[str]) -> list[str]:
+    """The runs of an evaluation as sorted absolute URIs (what keys an ensemble)."""
+    return sorted(storage.absolute(r).rstrip("/") for r in run_dirs)
+
+
+def evaluation_name(data: str, split: str, tta: str, run_dirs: list[str]) -> str:
+    """The default directory name of an evaluation under RUN/evaluations/:
+    `<data stem>-<split>`, then `-tta_<tta>` unless the TTA is none, then for several runs
+    `-ensemble_<first 8 hex digits of the sha256 of the sorted absolute member URIs>`."""
+    import hashlib
+
+    stem = os.path.basename(data.rstrip("/")).split(".")[0] or "data"
+    name = f"{stem}-{split}" + (f"-tta_{tta}" if tta != "none" else "")
+    if len(run_dirs) > 1:
+        digest = hashlib.sha256("\n".join(members(run_dirs)).encode()).hexdigest()[:8]
+        name += f"-ensemble_{digest}"
+    return name
+
+
+def holds_evaluation(out: str) -> bool:
+    return storage.exists(storage.join(out, METRICS_FILE))
+
+
+def check_output_free(output: str) -> None:
+    """UserError if an explicit --output already holds an evaluation."""
+    if holds_evaluation(output):
+        raise UserError(f"--output {output} already holds an evaluation ({METRICS_FILE}); choose another directory")
+
+
+def free_output(base: str) -> str:
+    """`base` if it holds no evaluation, else the first of `base-2`, `base-3`, ... that holds none."""
+    out, n = base, 1
+    while holds_evaluation(out):
+        n += 1
+        out = f"{base}-{n}"
+    return out
+
+
+@dataclass
+class Evaluation:
+    """What `prepare_evaluation` loaded: the runs, the split chosen and the TTA of each run."""
+
+    run_dirs: list[str]
+    data: str
+    configs: list
+    models: list
+    split: str
+    chosen: object  # data.Split
+    used: list[str]  # TTA of each run
+
+    @property
+    def tta(self) -> str | list[str]:
+        return self.used[0] if len(set(self.used)) == 1 else self.used
+
+    def default_output(self) -> str:
+        name = evaluation_name(self.data, self.split, tta_key(self.used), self.run_dirs)
+        return storage.join(self.run_dirs[0], "evaluations", name)
+
+    def score(self) -> dict:
+        """Metrics of the runs' mean (TTA-averaged) probabilities on the chosen split, with `tta`."""
+        probs = average_probs(
+            [
+                predict_probs(model, self.chosen.images, config, tta=t)
+                for config, model, t in zip(self.configs, self.models, self.used)
+            ]
+        )
+        metrics = compute_metrics(self.chosen.labels, probs)
+        metrics["tta"] = self.tta
+        return metrics
+
+
+def prepare_evaluation(
+    run_dirs: list[str], data: str, split: str | None, skip_bad_rows: bool = False, tta: str | None = None
+) -> Evaluation:
+    """Loads the runs and the data split to score, checking everything that is cheap to check:
+    the flags, that an ensemble's runs share their training data and class count, and that the
+    data has the split (no training split is needed: a file of PrivateTest rows alone will do)."""
+    import logging
+
+    from fer_dist import data as data_lib
+
+    if not run_dirs:
+        raise UserError("no run directories to evaluate")
+    if split is not None and split not in SPLIT_NAMES:
+        raise UserError(f"--split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
+    if tta is not None:
+        check_tta(tta)
+    configs = [load_config(r) for r in run_dirs]
+    check_same_data(run_dirs, configs)
+    first = configs[0]
+    available = data_lib.load_splits(
+        data,
+        skip_bad_rows=skip_bad_rows,
+        val_fraction=first.val_fraction,
+        seed=first.seed,
+        builtin_size=first.builtin_size,
+    )
+    for note in available.notes:
+        logging.getLogger(__name__).info("%s", note)
+    split = choose_split(available, split)
+    models = [load_run(r)[1] for r in run_dirs]
+    check_same_classes(run_dirs, models)
+    used = [tta or config.eval_tta for config in configs]
+    return Evaluation(run_dirs, data, configs, models, split, available.splits[split], used)
+
+
 def evaluate_data(
     run_dirs: list[str], data: str, split: str | None, skip_bad_rows: bool = False, tta: str | None = None
 ) -> tuple[dict, str]:
@@ -436,29 +590,18 @@ def evaluate_data(
     `tta`: test-time augmentation for every run (None: each run's own `eval_tta`); each
     model's probabilities are TTA-averaged first, then averaged over the models.
     Returns (metrics, the split used). Writes nothing; the caller decides where results go."""
-    from fer_dist import data as data_lib
+    evaluation = prepare_evaluation(run_dirs, data, split, skip_bad_rows=skip_bad_rows, tta=tta)
+    return evaluation.score(), evaluation.split
 
-    if split is not None and split not in SPLIT_NAMES:
-        raise UserError(f"--split {split!r}: expected one of {', '.join(SPLIT_NAMES)}")
-    if tta is not None:
-        check_tta(tta)
-    loaded = [load_run(r) for r in run_dirs]
-    first = loaded[0][0]
-    dataset = data_lib.load(
-        data,
-        skip_bad_rows=skip_bad_rows,
-        val_fraction=first.val_fraction,
-        seed=first.seed,
-        builtin_size=first.builtin_size,
-    )
-    split = split or ("test" if dataset.test is not None else "val")
-    chosen = getattr(dataset, split)
-    if chosen is None:
-        raise UserError(f"--split test: {data} has no test split (PrivateTest); use --split val")
-    used = [tta or config.eval_tta for config, _ in loaded]
-    probs = average_probs(
-        [predict_probs(model, chosen.images, config, tta=t) for (config, model), t in zip(loaded, used)]
-    )
-    metrics = compute_metrics(chosen.labels, probs)
-    metrics["tta"] = used[0] if len(set(used)) == 1 else used
-    return metrics, split
+
+def write_evaluation(out: str, metrics: dict, split: str) -> str:
+    """Writes <split>_confusion.csv/.png, then metrics.json (last: it marks a finished evaluation)
+    into `out`; returns the metrics.json URI. UserError if `out` gained a metrics.json meanwhile."""
+    import json
+
+    metrics_uri = storage.join(out, METRICS_FILE)
+    if storage.exists(metrics_uri):
+        raise UserError(f"{out} already holds an evaluation ({METRICS_FILE}); not overwriting it")
+    write_confusion(out, metrics, split)
+    storage.write_text(metrics_uri, json.dumps(metrics, indent=2) + "\n")
+    return metrics_uri

@@ -10,6 +10,7 @@ confusion matrices, curves, the exported model) from rank 0 and prints where it 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 
@@ -70,41 +71,64 @@ def train(
     max_failures: int = DEFAULT_MAX_FAILURES,
     progress: bool = True,
 ) -> dict:
-    """Runs one training job end to end; returns the final metrics."""
+    """Runs one training job end to end; returns the final metrics.
+
+    Everything that can be checked is checked before anything is written (flags, config, data,
+    weights, the bucket); then the run is created atomically (or, with --resume, leased)."""
     if resume and not name:
         raise UserError("--resume needs --name NAME (the run to continue)")
     name = name or runs.new_run_name(preset or "demo")
     output = storage.absolute(output)
-    run_dir = storage.join(output, name)
-    if resume:
-        runs.prepare_run_dir(output, name, resume=True)
+    run_dir = runs.run_dir(output, name)
+    runs.check_state(run_dir, resume)
     config = resolve_for_run(preset, overrides, config_file, run_dir, resume)
-    if not resume:
-        runs.prepare_run_dir(output, name, resume=False)
-        storage.write_text(storage.join(run_dir, "config.json"), config.to_json())
-    log.info("run %s -> %s", name, run_dir)
+    dataset = check_inputs(config)
+    with runs.resuming(run_dir) if resume else contextlib.nullcontext():
+        if not resume:
+            runs.create(run_dir)
+            storage.write_text(storage.join(run_dir, "config.json"), config.to_json())
+        log.info("run %s -> %s", name, run_dir)
+        if workers:
+            from fer_dist import launch
 
-    if workers:
-        from fer_dist import launch
-
-        metrics = launch.run_on_ray(
-            config,
-            storage_uri=output,
-            name=name,
-            num_workers=workers,
-            gpus_per_worker=gpus_per_worker,
-            max_failures=max_failures,
-        )
-    else:
-        from fer_dist import reporting
-        from fer_dist import train as train_lib
-        from fer_dist.sessions import LocalSession
-
-        session = LocalSession(run_dir, config.keep_checkpoints, show_progress=progress)
-        result = train_lib.fit(config, session)
-        metrics = reporting.finish(result, config, run_dir)
+            metrics = launch.run_on_ray(
+                config,
+                storage_uri=output,
+                name=name,
+                num_workers=workers,
+                gpus_per_worker=gpus_per_worker,
+                max_failures=max_failures,
+            )
+        else:
+            metrics = train_here(config, run_dir, dataset, progress)
     print_summary(run_dir, metrics, config)
     return metrics
+
+
+def check_inputs(config: TrainConfig):
+    """Loads the data (bad rows and missing files end here) and checks the weights; returns the data."""
+    from fer_dist import data, weights
+
+    dataset = data.load(
+        config.data,
+        skip_bad_rows=config.skip_bad_rows,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        builtin_size=config.builtin_size,
+    )
+    weights.check(config.backbone, config.weights)
+    return dataset
+
+
+def train_here(config: TrainConfig, run_dir: str, dataset, progress: bool) -> dict:
+    """Trains in this process, then the final evaluation and export."""
+    from fer_dist import reporting
+    from fer_dist import train as train_lib
+    from fer_dist.sessions import LocalSession
+
+    session = LocalSession(run_dir, config.keep_checkpoints, show_progress=progress)
+    result = train_lib.fit(config, session, dataset=dataset)
+    return reporting.finish(result, config, run_dir)
 
 
 def print_summary(run_dir: str, metrics: dict, config: TrainConfig) -> None:

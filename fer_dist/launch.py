@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 
 from fer_dist import checkpoint, storage
 from fer_dist.config import TrainConfig
@@ -41,22 +40,28 @@ class RaySession:
         self.keep = keep_checkpoints
 
     def restore_dir(self) -> str | None:
-        """Ray's latest registered checkpoint, else the newest whole one in storage.
+        """The chief chooses the newest whole checkpoint in storage and every worker takes that one.
 
-        A worker killed just after uploading a checkpoint, before the controller registered
-        its report, leaves Ray with no checkpoint while storage holds one: using it keeps
-        the loss at most one epoch."""
+        Ray's latest registered checkpoint is one of them, but not always the newest (a worker
+        killed after its upload, before the controller registered the report) and not always
+        whole (`ray.train.get_checkpoint()` returns a damaged one on every restart), so the
+        choice is made from storage, verified against each checkpoint's manifest."""
         import ray.train
+        from ray.train.collective import broadcast_from_rank_zero
 
-        registered = ray.train.get_checkpoint()
-        if registered is not None:
-            target = tempfile.mkdtemp(prefix="fer_dist_restore_")
-            return registered.to_directory(target)
-        newest = checkpoint.newest_whole(self.run_dir, checkpoint.RAY_PREFIX)
-        if newest is None:
-            return None
-        log.info("Ray registered no checkpoint; resuming from %s found in storage", newest.uri)
-        return checkpoint.download(newest.uri)
+        from fer_dist.steps import is_chief
+
+        choice = None
+        if is_chief(ray.train.get_context().get_world_rank()):
+            chosen = checkpoint.to_resume(self.run_dir, checkpoint.RAY_PREFIX)
+            registered = ray.train.get_checkpoint()
+            if chosen is not None and (
+                registered is None or not registered.path.endswith(chosen.uri.rsplit("/", 1)[1])
+            ):
+                log.info("resuming from %s (Ray registered %s)", chosen.uri, registered.path if registered else "none")
+            choice = chosen.uri if chosen else None
+        choice = broadcast_from_rank_zero(choice)
+        return checkpoint.download(choice) if choice else None
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         import ray.train
@@ -138,6 +143,8 @@ def make_trainer(
             f"global_batch_size={config.global_batch_size} is not divisible by --workers {num_workers}: "
             f"per_worker_batch_size must be a whole number"
         )
+    if storage.is_gcs(storage_uri):
+        storage.check_bucket(storage_uri)  # Ray's StorageContext would create a missing bucket
     fs, path = storage.filesystem(storage_uri)
     run_dir = storage.join(storage_uri, name)
     resources = {"CPU": cpus_per_worker}

@@ -28,6 +28,7 @@ import tensorflow as tf
 from fer_dist import NUM_CLASSES
 from fer_dist.config import TrainConfig
 from fer_dist.errors import UserError
+from fer_dist.weights import NO_IMAGENET_HINT
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +64,13 @@ def _resnet50_trunk(config: TrainConfig) -> keras.Model:
         trunk = keras.applications.ResNet50(
             include_top=False, weights=weights, input_shape=(config.image_size, config.image_size, 3)
         )
-    except (ValueError, OSError) as e:
-        if weights not in (None, "imagenet"):
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # Keras raises a bare Exception when the ImageNet download fails
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if weights == "imagenet" and "fetch failure" in first:
+            raise UserError(
+                f"weights=imagenet: the ImageNet weights cannot be downloaded ({first}); {NO_IMAGENET_HINT}"
+            ) from None
+        if weights not in (None, "imagenet") and isinstance(e, (ValueError, OSError)):
             raise UserError(f"weights={config.weights!r}: cannot load into ResNet50 ({first})") from None
         raise
     trunk.name = TRUNK_NAME

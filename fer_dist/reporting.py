@@ -53,6 +53,9 @@ class NullReporter:
         if checkpoint_dir:
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
+    def close(self) -> None:
+        """At the end of training, whatever happened: nothing is left in the temp dir."""
+
 
 class Reporter(NullReporter):
     """The chief's reporter: config.json, history.csv and TensorBoard scalars in the run directory."""
@@ -61,8 +64,7 @@ class Reporter(NullReporter):
         self.run_dir = run_dir
         self.config = config
         self.show_progress = show_progress
-        local = storage.local_path(run_dir)
-        self._tb_local = os.path.join(local, "tensorboard") if local else tempfile.mkdtemp(prefix="fer_dist_tb_")
+        self._tb_local = None  # the TensorBoard directory: in the run, or a temp dir uploaded each epoch
         self._writer = None
         self._bar = None
         self._epoch_start = 0.0
@@ -145,6 +147,8 @@ class Reporter(NullReporter):
         import tensorflow as tf
 
         if self._writer is None:
+            local = storage.local_path(self.run_dir)
+            self._tb_local = os.path.join(local, "tensorboard") if local else tempfile.mkdtemp(prefix="fer_dist_tb_")
             self._writer = tf.summary.create_file_writer(os.path.join(self._tb_local, "train"))
         with self._writer.as_default(step=row["epoch"]):
             for key, value in row.items():
@@ -153,6 +157,12 @@ class Reporter(NullReporter):
         self._writer.flush()
         if storage.local_path(self.run_dir) is None:
             storage.upload_dir(self._tb_local, storage.join(self.run_dir, "tensorboard"))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            if storage.local_path(self.run_dir) is None:  # its files were uploaded after each epoch
+                shutil.rmtree(self._tb_local, ignore_errors=True)
 
     def checkpoint(self, save) -> str | None:
         directory = tempfile.mkdtemp(prefix="fer_dist_ckpt_")

@@ -1,37 +1,79 @@
-"""Run directories: their names and their creation.
+"""Run directories: their names, and creating or resuming one safely.
 
     python jobs/train.py --name my-run            # ./runs/my-run; --resume continues it
 
-A run (or search) without `--name` is named `<prefix>-YYYYmmdd-HHMMSS`. An existing run
-directory (one holding `config.json`) is never overwritten: only `--resume` reuses it.
+A run (or search) without `--name` is named `<prefix>-YYYYmmdd-HHMMSS`. An existing run is never
+overwritten. Creating one is atomic, on local disk and on `gs://`: before anything else is
+written, a marker object is created exclusively (`O_EXCL`; `if_generation_match=0` on GCS), so
+of two runs started with the same name at the same instant exactly one goes on, and the other
+ends with `error:` having written nothing. `--resume` takes a lease on the run (an OS lock
+locally, a renewed lease object on GCS): a second resume of a live run is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import socket
 import time
+import uuid
 
-from fer_dist import storage
+from fer_dist import exclusive, storage
 from fer_dist.errors import UserError
+
+MARKER_FILE = ".fer_dist_run"  # created exclusively when the run is created
+CONFIG_FILE = "config.json"
 
 
 def new_run_name(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare_run_dir(output: str, name: str, resume: bool) -> str:
-    """The run directory URI; never overwrites an existing run unless resuming it."""
+def run_dir(output: str, name: str) -> str:
+    """The run directory URI of `name` under `output`, after checking both."""
     if not name or "/" in name or name in (".", ".."):
         raise UserError(f"--name {name!r}: expected a plain directory name")
-    run_dir = storage.join(output, name)
-    exists = storage.exists(storage.join(run_dir, "config.json"))
-    if exists and not resume:
+    if storage.is_gcs(output):
+        storage.check_bucket(output)
+    elif os.path.exists(output) and not os.path.isdir(output):
+        raise UserError(f"--storage {output}: is a file, not a directory")
+    return storage.join(output, name)
+
+
+def check_state(run_uri: str, resume: bool, what: str = "run") -> None:
+    """A cheap early check: a new run must not exist, a resumed one must."""
+    has_config = storage.exists(storage.join(run_uri, CONFIG_FILE))
+    if not resume and (has_config or storage.exists(storage.join(run_uri, MARKER_FILE))):
         raise UserError(
-            f"run directory {run_dir} already exists: pass --resume to continue it, or choose another --name"
+            f"{what} directory {run_uri} already exists: pass --resume to continue it, or choose another --name"
         )
-    if resume and not exists:
-        raise UserError(f"--resume: no run to resume at {run_dir} (no config.json there)")
-    storage.makedirs(run_dir)
-    return run_dir
+    if resume and not has_config:
+        raise UserError(f"--resume: no {what} to resume at {run_uri} (no {CONFIG_FILE} there)")
 
 
-__all__ = ["new_run_name", "prepare_run_dir"]
+def owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def create(run_uri: str, what: str = "run") -> None:
+    """Takes the name: creates the marker exclusively, or raises UserError if another run has it."""
+    marker = json.dumps({"owner": owner(), "nonce": uuid.uuid4().hex, "created": time.time()}) + "\n"
+    if not exclusive.create_exclusive(storage.join(run_uri, MARKER_FILE), marker.encode()):
+        raise UserError(
+            f"{what} directory {run_uri} already exists (created just now by another job with the same --name): "
+            "choose another --name"
+        )
+
+
+@contextlib.contextmanager
+def resuming(run_uri: str):
+    """Holds the run's lease while it is resumed; a second resume of a live run is refused."""
+    lease = exclusive.acquire_lease(run_uri, owner())
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+__all__ = ["new_run_name", "run_dir", "check_state", "create", "resuming", "MARKER_FILE"]

@@ -10,21 +10,51 @@ very same filesystem object (`filesystem(uri)`) for `RunConfig(storage_filesyste
 
 Writes are atomic from a reader's point of view: a local file is written to a temporary
 name and renamed; a GCS object appears whole when its upload finishes.
+
+Every `gs://` call here retries transient failures (connection refused/reset, timeouts,
+5xx, pyarrow's "Retry policy exhausted") with exponential backoff and jitter (1 s doubling
+to 30 s) for `retry_seconds()` in all: 300 s, or `FER_DIST_STORAGE_RETRY_S`, or
+`set_retry_seconds(s)`. While waiting it logs one line a minute; past the limit it raises
+a one-line `UserError` naming the URI. Missing objects, directories-for-files and
+permission errors are raised at once. Local paths are never retried. The project never
+creates a bucket: `check_bucket(uri)` says clearly when one is missing, and `makedirs`
+calls it first.
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
+import io
+import logging
 import os
 import posixpath
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pyarrow.fs as pafs
 
+from fer_dist.errors import UserError
+
+log = logging.getLogger(__name__)
+
 GCS_SCHEME = "gs://"
+RETRY_ENV = "FER_DIST_STORAGE_RETRY_S"
+DEFAULT_RETRY_S = 300.0
+BACKOFF_INITIAL_S = 1.0
+BACKOFF_MAXIMUM_S = 30.0
+LOG_EVERY_S = 60.0
+# pyarrow's own (backoff-less) retry limit against the emulator: short, so that the loop
+# here is in control. `filesystem()` (what Ray gets) keeps the longer one.
+EMULATOR_INNER_RETRY_S = 3
+EMULATOR_PUBLIC_RETRY_S = 10
+
+_T = TypeVar("_T")
 
 
 def is_gcs(uri: str) -> bool:
@@ -59,14 +89,16 @@ def _emulator_endpoint(emulator_host: str) -> tuple[str, str]:
 
 
 @functools.cache
-def _gcs(emulator_host: str | None) -> pafs.GcsFileSystem:
+def _gcs(emulator_host: str | None, emulator_retry_s: int = EMULATOR_PUBLIC_RETRY_S) -> pafs.GcsFileSystem:
+    """The GCS filesystem; against the emulator pyarrow retries for `emulator_retry_s`,
+    in production for pyarrow's (google-cloud-cpp's) default."""
     if emulator_host:
         scheme, endpoint = _emulator_endpoint(emulator_host)
         return pafs.GcsFileSystem(
             anonymous=True,
             scheme=scheme,
             endpoint_override=endpoint,
-            retry_time_limit=datetime.timedelta(seconds=10),
+            retry_time_limit=datetime.timedelta(seconds=emulator_retry_s),
         )
     return pafs.GcsFileSystem()
 
@@ -77,7 +109,11 @@ def uri_of(fs_path: str, like: str) -> str:
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) for a URI. The path has no scheme."""
+    """(pyarrow filesystem, path inside it) for a URI. The path has no scheme.
+
+    For callers that use pyarrow directly (Ray's `storage_filesystem`); the functions of
+    this module use `_filesystem`, whose pyarrow retry is short under the emulator.
+    """
     uri = str(uri)
     if is_gcs(uri):
         return _gcs(os.environ.get("STORAGE_EMULATOR_HOST") or None), uri[len(GCS_SCHEME) :].rstrip("/")
@@ -86,14 +122,176 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """`filesystem(uri)`, with pyarrow's own retry short under the emulator (see `_retrying`)."""
+    if is_gcs(uri):
+        fs = _gcs(os.environ.get("STORAGE_EMULATOR_HOST") or None, EMULATOR_INNER_RETRY_S)
+        return fs, str(uri)[len(GCS_SCHEME) :].rstrip("/")
+    return filesystem(uri)
+
+
+# -- retries -----------------------------------------------------------------------------
+
+_retry_s_override: float | None = None
+_state = threading.local()  # .active: inside a retried call (nested calls do not retry again)
+
+# google-cloud-cpp status codes (as pyarrow reports them) worth another try.
+_TRANSIENT_CODES = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "INTERNAL", "ABORTED"}
+_STATUS_CODE = re.compile(r"Status\(([A-Z_]+)\b")
+_TRANSIENT_TEXT = re.compile(
+    r"Retry policy exhausted|could not connect|connection (refused|reset|aborted)|timed? ?out"
+    r"|HTTP status code:? (5\d\d|429)",
+    re.IGNORECASE,
+)
+_NOT_RETRIED = (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError)
+
+
+def retry_seconds() -> float:
+    """How long a gs:// call retries transient failures: `set_retry_seconds`, else
+    `$FER_DIST_STORAGE_RETRY_S`, else 300 s."""
+    if _retry_s_override is not None:
+        return _retry_s_override
+    text = os.environ.get(RETRY_ENV, "").strip()
+    if not text:
+        return DEFAULT_RETRY_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also NaN
+        raise UserError(f"{RETRY_ENV}={text!r}: expected a number of seconds >= 0")
+    return value
+
+
+def set_retry_seconds(seconds: float | None) -> float | None:
+    """Sets this process's retry total (None: back to the environment/default); returns the
+    previous setting, for restoring it."""
+    global _retry_s_override
+    if seconds is not None and not float(seconds) >= 0:
+        raise ValueError(f"retry seconds must be >= 0, got {seconds!r}")
+    previous, _retry_s_override = _retry_s_override, (None if seconds is None else float(seconds))
+    return previous
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a storage failure may go away by itself (network, timeouts, 5xx)."""
+    if isinstance(exc, _NOT_RETRIED) or not isinstance(exc, OSError):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    text = str(exc)
+    if "Retry policy exhausted" in text:  # google-cloud-cpp gave up on an error it retries
+        return True
+    code = _STATUS_CODE.search(text)
+    if code:
+        return code.group(1) in _TRANSIENT_CODES
+    return bool(_TRANSIENT_TEXT.search(text))
+
+
+def _cause(exc: BaseException) -> str:
+    """`Type: message` on one short line (google-cloud-cpp's status reduced to its gist)."""
+    text = re.sub(r"^\[Errno \d+\] ", "", str(exc))
+    status = re.search(r"Status\(([A-Z_]+): (.*?)(?: error_info=\{|\)\.? Detail:|\)$|$)", text, re.DOTALL)
+    if status:
+        code, message = status.groups()
+        last = re.search(r"with a last message of (.*)", message, re.DOTALL)
+        text = f"{code}: {last.group(1) if last else message}"
+    text = " ".join(text.split())
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _retrying(uri: str, call: Callable[[], _T]) -> _T:
+    """`call()`, retried on transient failures with exponential backoff and jitter
+    (google.api_core.retry) for `retry_seconds()` in all. Local URIs and calls nested in a
+    retried call run once."""
+    if not is_gcs(uri) or getattr(_state, "active", False):
+        return call()
+    from google.api_core import retry as gretry  # lazy: ~0.3 s of imports, only for gs://
+
+    total = retry_seconds()
+    start = time.monotonic()
+    deadline = start + total
+    next_log = [start + LOG_EVERY_S]
+
+    def sleeps() -> Iterator[float]:
+        # Full jitter, 1 s doubling to 30 s; never past the deadline, so that the last
+        # attempt comes at the deadline rather than up to 30 s before it.
+        for delay in gretry.exponential_sleep_generator(BACKOFF_INITIAL_S, BACKOFF_MAXIMUM_S, multiplier=2.0):
+            yield max(0.0, min(delay, deadline - time.monotonic()))
+
+    def on_error(exc: Exception) -> None:
+        now = time.monotonic()
+        if now >= next_log[0]:
+            log.warning(
+                "storage: %s unreachable for %d s (%s); retrying until %d s",
+                uri,
+                round(now - start),
+                _cause(exc),
+                round(total),
+            )
+            while next_log[0] <= now:
+                next_log[0] += LOG_EVERY_S
+
+    def give_up(errors: list[Exception], reason, timeout: float | None) -> tuple[Exception, Exception | None]:
+        last = errors[-1]
+        if reason != gretry.RetryFailureReason.TIMEOUT:
+            return last, last.__cause__
+        waited = round(time.monotonic() - start)
+        return (
+            UserError(
+                f"storage {uri}: unreachable for {waited} s ({_cause(last)}); "
+                "the run's last complete checkpoint stays resumable with --resume"
+            ),
+            last,
+        )
+
+    def attempt() -> _T:
+        _state.active = True
+        try:
+            return call()
+        finally:
+            _state.active = False
+
+    return gretry.retry_target(
+        attempt, is_transient, sleeps(), timeout=total, on_error=on_error, exception_factory=give_up
+    )
+
+
+def check_bucket(uri: str) -> None:
+    """UserError if the bucket of a gs:// URI does not exist; nothing for local paths.
+
+    A bucket whose metadata this account may not read (403) is taken as present: objects
+    may still be writable (roles/storage.objectAdmin has no storage.buckets.get).
+    """
+    uri = str(uri)
+    if not is_gcs(uri):
+        return
+    bucket = uri[len(GCS_SCHEME) :].split("/", 1)[0]
+    if not bucket:
+        raise UserError(f"{uri}: no bucket name (expected gs://BUCKET/prefix)")
+    fs, _ = _filesystem(uri)
+    try:
+        found = _retrying(uri, lambda: fs.get_file_info(bucket).type != pafs.FileType.NotFound)
+    except PermissionError:
+        return
+    except OSError as e:
+        if "PERMISSION_DENIED" in str(e):
+            return
+        raise
+    if not found:
+        raise UserError(f"bucket gs://{bucket} does not exist (or is not visible to this account)")
+
+
 def exists(uri: str) -> bool:
-    fs, path = filesystem(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    fs, path = _filesystem(uri)
+    return _retrying(uri, lambda: fs.get_file_info(path).type != pafs.FileType.NotFound)
 
 
 def is_dir(uri: str) -> bool:
-    fs, path = filesystem(uri)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
+    fs, path = _filesystem(uri)
+    return _retrying(uri, lambda: fs.get_file_info(path).type == pafs.FileType.Directory)
 
 
 def listdir(uri: str) -> list[str]:
@@ -104,7 +302,11 @@ def listdir(uri: str) -> list[str]:
     marker objects (and gcp-storage-emulator not even those), so the GCS listing is
     recursive and keeps the first path component of every entry.
     """
-    fs, path = filesystem(uri)
+    return _retrying(uri, lambda: _listdir(uri))
+
+
+def _listdir(uri: str) -> list[str]:
+    fs, path = _filesystem(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
     if not is_gcs(uri):
@@ -121,8 +323,14 @@ def listdir(uri: str) -> list[str]:
 
 
 def walk_files(uri: str) -> Iterator[str]:
-    """Relative paths of every file below `uri`."""
-    fs, path = filesystem(uri)
+    """Relative paths of every file below `uri` (on GCS listed whole, inside the retry)."""
+    if not is_gcs(uri):
+        return _walk_files(uri)
+    return iter(_retrying(uri, lambda: list(_walk_files(uri))))
+
+
+def _walk_files(uri: str) -> Iterator[str]:
+    fs, path = _filesystem(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
@@ -131,21 +339,42 @@ def walk_files(uri: str) -> Iterator[str]:
 
 
 def makedirs(uri: str) -> None:
-    fs, path = filesystem(uri)
-    fs.create_dir(path, recursive=True)
+    """Creates a directory and its parents. On GCS the bucket must exist (`check_bucket`):
+    it is never created; below it, pyarrow's `name/` marker objects are."""
+    fs, path = _filesystem(uri)
+    if not is_gcs(uri):
+        fs.create_dir(path, recursive=True)
+        return
+    check_bucket(uri)
+    if "/" in path:  # never `create_dir(bucket)`: that would create a missing bucket
+        _retrying(uri, lambda: fs.create_dir(path, recursive=True))
 
 
 def open_read(uri: str):
-    """A binary file object. Raises FileNotFoundError if absent."""
-    fs, path = filesystem(uri)
+    """A binary file object. Raises FileNotFoundError if absent.
+
+    On GCS the object is read whole inside the retry and returned as `io.BytesIO`, so an
+    outage in the middle of a read is retried too.
+    """
+    fs, path = _filesystem(uri)
+    if is_gcs(uri):
+        return io.BytesIO(_retrying(uri, lambda: _read_object(fs, path, uri)))
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
         raise FileNotFoundError(uri)
     if info.type == pafs.FileType.Directory:
         raise IsADirectoryError(uri)
-    if isinstance(fs, pafs.LocalFileSystem):
-        return open(path, "rb")
-    return fs.open_input_file(path)
+    return open(path, "rb")
+
+
+def _read_object(fs: pafs.FileSystem, path: str, uri: str) -> bytes:
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(uri)
+    if info.type == pafs.FileType.Directory:
+        raise IsADirectoryError(uri)
+    with fs.open_input_file(path) as f:
+        return f.read()
 
 
 def read_bytes(uri: str) -> bytes:
@@ -157,23 +386,34 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     """Writes a whole file atomically (temp + rename locally; one upload on GCS)."""
-    fs, path = filesystem(uri)
+    fs, path = _filesystem(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: others (a server) could not read it
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
         return
-    with fs.open_output_stream(path) as f:
-        f.write(data)
+
+    def upload() -> None:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+    _retrying(uri, upload)
 
 
 def write_text(uri: str, text: str) -> None:
@@ -181,7 +421,7 @@ def write_text(uri: str, text: str) -> None:
 
 
 def upload_dir(local_dir: str, uri: str) -> None:
-    """Copies a local directory's files to `uri` (created if needed)."""
+    """Copies a local directory's files to `uri` (created if needed); each file retried."""
     for root, _, files in os.walk(local_dir):
         for name in files:
             src = os.path.join(root, name)
@@ -191,19 +431,20 @@ def upload_dir(local_dir: str, uri: str) -> None:
 
 
 def download_dir(uri: str, local_dir: str) -> str:
-    """Copies every file below `uri` into `local_dir`; returns `local_dir`."""
-    fs, path = filesystem(uri)
+    """Copies every file below `uri` into `local_dir`; returns `local_dir`. Each file retried."""
+    fs, path = _filesystem(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         shutil.copytree(path, local_dir, dirs_exist_ok=True)
         return local_dir
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
+    if not is_dir(uri):
         raise FileNotFoundError(f"no such directory: {uri}")
     os.makedirs(local_dir, exist_ok=True)
     for rel in walk_files(uri):
         dst = os.path.join(local_dir, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
+        data = read_bytes(join(uri, rel))
         with open(dst, "wb") as f:
-            f.write(read_bytes(join(uri, rel)))
+            f.write(data)
     return local_dir
 
 
@@ -212,18 +453,23 @@ def delete_dir(uri: str) -> None:
 
     On GCS this works whether or not the directory has `name/` marker objects
     (pyarrow's `delete_dir` alone fails with 404 on a marker-less, virtual directory).
+    A retry starts over: what is already deleted is simply not listed again.
     """
-    fs, path = filesystem(uri)
+    _retrying(uri, lambda: _delete_dir(uri))
+
+
+def _delete_dir(uri: str) -> None:
+    fs, path = _filesystem(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return
     if not is_gcs(uri):
         fs.delete_dir(path)
         return
     if "/" not in path:  # a bucket root: empty it entry by entry, never delete the bucket
-        for name in listdir(uri):
+        for name in _listdir(uri):
             child = join(uri, name)
-            if is_dir(child):
-                delete_dir(child)
+            if fs.get_file_info(f"{path}/{name}").type == pafs.FileType.Directory:
+                _delete_dir(child)
             else:
                 fs.delete_file(f"{path}/{name}")
         return

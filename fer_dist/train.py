@@ -149,16 +149,19 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
         report_nothing_left(run)
         return result(run)
     phase = None
-    for epoch in range(run.first_epoch + 1, config.epochs + 1):
-        if phase is None or phases.phase_of(config, epoch) != phase.number:
-            phase = enter_phase(run, epoch)
-        totals = train_epoch(run, phase, epoch)
-        if run.precise_bn:
-            run.precise_bn(phase.inputs.net, phase.inputs.train_features, epoch)
-        val_loss, val_correct = validate(phase)
-        row = epoch_row(run, totals, val_loss, val_correct, epoch)
-        if end_epoch(run, row):
-            break
+    try:
+        for epoch in range(run.first_epoch + 1, config.epochs + 1):
+            if phase is None or phases.phase_of(config, epoch) != phase.number:
+                phase = enter_phase(run, epoch)
+            totals = train_epoch(run, phase, epoch)
+            if run.precise_bn:
+                run.precise_bn(phase.inputs.net, phase.inputs.train_features, epoch)
+            val_loss, val_correct = validate(phase)
+            row = epoch_row(run, totals, val_loss, val_correct, epoch)
+            if end_epoch(run, row):
+                break
+    finally:
+        run.reporter.close()
     return result(run)
 
 
@@ -199,7 +202,8 @@ def start(config: TrainConfig, session: Session, dataset) -> Run:
         precise_bn=batchnorm.PreciseBN(config, dataset.train, dist) if config.precise_bn else None,
         first_epoch=state.epoch,
     )
-    reporter.begin(state)
+    if not run.nothing_left():  # a finished run's config.json stays as it was (--resume --epochs 2)
+        reporter.begin(state)
     return run
 
 

@@ -16,6 +16,7 @@ safe with concurrent trials, because other trials' groups are never touched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -78,10 +79,10 @@ SPACES["smoke"] = SPACES["demo"]
 SPACES["quick"] = dict(SPACES["demo"], global_batch_size=Dim("choice", (16, 32, 64)))
 
 
-def parse_space(preset: str, specs: list[str] | None) -> dict[str, Dim]:
-    """The preset's space with `key=spec` edits: `a,b,c` (choice), `lo:hi` (uniform),
-    `log:lo:hi` (log-uniform), `off` (drop the key: it keeps its config value)."""
-    space = dict(SPACES.get(preset, SPACES["seed"]))
+def parse_space(preset: str, specs: list[str] | None, start: dict[str, Dim] | None = None) -> dict[str, Dim]:
+    """The preset's space (or `start`) with `key=spec` edits: `a,b,c` (choice), `lo:hi`
+    (uniform), `log:lo:hi` (log-uniform), `off` (drop the key: it keeps its config value)."""
+    space = dict(start if start is not None else SPACES.get(preset, SPACES["seed"]))
     types = field_types()
     for item in specs or []:
         key, sep, spec = item.partition("=")
@@ -124,6 +125,42 @@ def check_space(base: TrainConfig, space: dict[str, Dim], workers_per_trial: int
             raise UserError(
                 f"--space global_batch_size: {batch} does not divide over --workers-per-trial {workers_per_trial}"
             )
+
+
+BASE_CONFIG_FILE = "base_config.json"
+SPACE_FILE = "space.json"
+
+
+def space_json(space: dict[str, Dim]) -> str:
+    return json.dumps({k: {"kind": d.kind, "values": list(d.values)} for k, d in space.items()}, indent=2) + "\n"
+
+
+def saved_search(storage_uri: str, name: str) -> tuple[TrainConfig, dict[str, Dim]]:
+    """The base config and search space a search was started with (what `--resume` continues)."""
+    search_uri = storage.join(storage.absolute(storage_uri), name)
+    base_uri, space_uri = storage.join(search_uri, BASE_CONFIG_FILE), storage.join(search_uri, SPACE_FILE)
+    if not storage.exists(base_uri) or not storage.exists(space_uri):
+        raise UserError(f"--resume: no search to resume at {search_uri} (no {BASE_CONFIG_FILE} / {SPACE_FILE})")
+    base = TrainConfig.from_json(storage.read_text(base_uri), source=base_uri)
+    try:
+        raw = json.loads(storage.read_text(space_uri))
+        space = {k: Dim(d["kind"], tuple(d["values"])) for k, d in raw.items()}
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{space_uri}: not a search space written by fer_dist ({e})") from None
+    return base, space
+
+
+def refuse_changes(saved: TrainConfig, wanted: TrainConfig, saved_space: dict, wanted_space: dict) -> None:
+    """`--resume` continues the search as it was started: flags that change its base config or
+    space are errors."""
+    changed = [f for f in saved.to_dict() if saved.to_dict()[f] != wanted.to_dict()[f]]
+    if changed:
+        raise UserError(
+            f"--resume: the search's saved base config is used; these flags would change {', '.join(changed)} "
+            "(start a new search with another --name instead)"
+        )
+    if space_json(saved_space) != space_json(wanted_space):
+        raise UserError("--resume: the search's saved space.json is used; drop --space or start a new search")
 
 
 # ---------------------------------------------------------------------------------
@@ -196,11 +233,13 @@ def search(base: TrainConfig, space: dict[str, Dim], spec: SearchSpec, *, storag
     """Runs (or resumes) a search; writes results.csv, curves PNG, best_config.json, best_model/."""
     from ray import tune
 
-    from fer_dist import launch
-    from fer_dist.experiment import absolute_paths
+    from fer_dist import launch, runs
+    from fer_dist.experiment import absolute_paths, check_inputs
 
     # Trials run in Ray's own working directories: every local path must be absolute.
     storage_uri, base = storage.absolute(storage_uri), absolute_paths(base)
+    if storage.is_gcs(storage_uri):
+        storage.check_bucket(storage_uri)  # Ray's StorageContext would create a missing bucket
     search_uri = storage.join(storage_uri, name)
     fs, path = storage.filesystem(storage_uri)
     trials_uri = storage.join(search_uri, TRIALS_DIR)
@@ -217,15 +256,19 @@ def search(base: TrainConfig, space: dict[str, Dim], spec: SearchSpec, *, storag
         {"CPU": 0.01},  # the trial driver only coordinates; {"CPU": 0} is refused by Tune
     )
     tune_path = storage.join(path, name) if storage.is_gcs(storage_uri) else storage.filesystem(search_uri)[1]
+    held = contextlib.ExitStack()
     if resume:
         if not tune.Tuner.can_restore(tune_path, storage_filesystem=fs):
             raise UserError(f"--resume: no search to resume at {search_uri}")
+        held.enter_context(runs.resuming(search_uri))
         tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
     else:
         if storage.exists(search_uri) and storage.listdir(search_uri):
             raise UserError(
                 f"search directory {search_uri} already exists: pass --resume to continue it, or choose another --name"
             )
+        check_inputs(base)  # data and weights, before anything is written
+        runs.create(search_uri, "search")
         tuner = _new_tuner(trainable, base, space, spec, search_uri=search_uri, name=name, path=path, fs=fs)
     log.info(
         "search %s: %d samples, %d worker(s)/trial, space %s",
@@ -235,7 +278,8 @@ def search(base: TrainConfig, space: dict[str, Dim], spec: SearchSpec, *, storag
         ", ".join(f"{k}={d.describe()}" for k, d in space.items()),
     )
     start = time.perf_counter()
-    grid = tuner.fit()
+    with held:
+        grid = tuner.fit()
     log.info("search finished in %.0f s", time.perf_counter() - start)
     return summarize(grid, base, spec, search_uri, trials_uri)
 
@@ -246,11 +290,8 @@ def _new_tuner(trainable, base: TrainConfig, space: dict[str, Dim], spec: Search
     from ray.tune.schedulers import ASHAScheduler
 
     mode = "min" if spec.metric.endswith("loss") else "max"
-    storage.write_text(storage.join(search_uri, "base_config.json"), base.to_json())
-    storage.write_text(
-        storage.join(search_uri, "space.json"),
-        json.dumps({k: {"kind": d.kind, "values": list(d.values)} for k, d in space.items()}, indent=2) + "\n",
-    )
+    storage.write_text(storage.join(search_uri, BASE_CONFIG_FILE), base.to_json())
+    storage.write_text(storage.join(search_uri, SPACE_FILE), space_json(space))
     search_alg = None
     if spec.searcher == "optuna":
         from ray.tune.search.optuna import OptunaSearch
@@ -282,7 +323,23 @@ def _new_tuner(trainable, base: TrainConfig, space: dict[str, Dim], spec: Search
     )
 
 
-def results_table(grid, base: TrainConfig, spec: SearchSpec):
+def trial_history(trials_uri: str | None, trial: str, reported):
+    """A trial's history as its run directory holds it (history.csv, written by its chief each
+    epoch), else as it reported to Tune. ASHA's stop reaches a Train run a little late, so the
+    directory can hold an epoch more than Tune heard of: results.csv follows the directory."""
+    import pandas as pd
+
+    uri = storage.join(trials_uri, trial, "history.csv") if trials_uri else None
+    if uri and storage.exists(uri):
+        on_disk = pd.read_csv(io.StringIO(storage.read_text(uri)))
+        if not on_disk.empty:
+            if "time_total_s" in reported and "epoch_seconds" in on_disk:
+                on_disk["time_total_s"] = on_disk["epoch_seconds"].cumsum()
+            return on_disk
+    return reported
+
+
+def results_table(grid, base: TrainConfig, spec: SearchSpec, trials_uri: str | None = None):
     import pandas as pd
 
     rows, curves = [], {}
@@ -292,6 +349,7 @@ def results_table(grid, base: TrainConfig, spec: SearchSpec):
         trial_id = result.metrics.get("trial_id") or os.path.basename(result.path)
         history = result.metrics_dataframe
         history = history if history is not None else pd.DataFrame([result.metrics])
+        history = trial_history(trials_uri, trial_run_name(trial_id), history)
         epochs_run = int(history["epoch"].max()) if "epoch" in history else 0
         params = result.config or {}
         config = base.replace(**params)
@@ -344,12 +402,13 @@ def summarize(grid, base: TrainConfig, spec: SearchSpec, search_uri: str, trials
     """results.csv, <metric>_curves.png, best_config.json and best_model/ in the search directory."""
     import pandas as pd
 
-    table, curves = results_table(grid, base, spec)
+    table, curves = results_table(grid, base, spec, trials_uri)
     if table.empty:
         raise UserError(f"search {search_uri}: no trial reported any result")
     buf = io.StringIO()
     table.to_csv(buf, index=False)
     storage.write_text(storage.join(search_uri, "results.csv"), buf.getvalue())
+    write_trial_metrics(table, trials_uri)
     storage.write_bytes(storage.join(search_uri, f"{spec.metric}_curves.png"), _curves_png(curves, spec.metric))
     mode = "min" if spec.metric.endswith("loss") else "max"
     best = grid.get_best_result(metric=spec.metric, mode=mode, scope="all")
@@ -368,11 +427,22 @@ def summarize(grid, base: TrainConfig, spec: SearchSpec, search_uri: str, trials
     return {"results": table, "best_config": best_config, "search_dir": search_uri}
 
 
+def write_trial_metrics(table, trials_uri: str) -> None:
+    """Every trial directory gets a metrics.json: a finished trial's chief wrote the full one;
+    a trial that ASHA stopped (or that failed) gets its row of results.csv."""
+    from fer_dist.evaluate import METRICS_FILE
+
+    for row in table.to_dict("records"):
+        uri = storage.join(trials_uri, row["trial"], METRICS_FILE)
+        if storage.exists(storage.join(trials_uri, row["trial"])) and not storage.exists(uri):
+            clean = {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+            storage.write_text(uri, json.dumps(dict(clean, complete=False), indent=2, default=str) + "\n")
+
+
 def export_best(best, config: TrainConfig, metric: str, mode: str, target_uri: str, like_uri: str) -> None:
     """The best trial's best whole checkpoint as a run directory: config.json, model.keras,
     checkpoint metrics. Train V2 trials hand Tune their checkpoints as the `checkpoint_path`
     metric; the trials' retention (checkpoint.kept) may have removed some of them."""
-    import tempfile
 
     import keras
 
@@ -391,17 +461,37 @@ def export_best(best, config: TrainConfig, metric: str, mode: str, target_uri: s
     else:
         log.warning("the best trial's checkpoints are gone; nothing exported")
         return
-    with tempfile.TemporaryDirectory(prefix="fer_dist_best_") as tmp:
-        model = model_lib.build(config)
-        checkpoint.load_model_weights(checkpoint_uri, model)
-        path = os.path.join(tmp, "model.keras")
-        model.save(path)
-        with open(path, "rb") as f:
-            storage.write_bytes(storage.join(target_uri, "model.keras"), f.read())
+    model = model_lib.build(config)
+    checkpoint.load_model_weights(checkpoint_uri, model)
     storage.write_text(storage.join(target_uri, "config.json"), config.to_json())
     clean = {k: v for k, v in row.items() if isinstance(v, (int, float, str, bool))}
     clean["checkpoint"] = checkpoint_uri
     storage.write_text(
         storage.join(target_uri, "checkpoint_metrics.json"), json.dumps(clean, indent=2, default=str) + "\n"
     )
+    _finish_best(model, config, checkpoint_uri, target_uri)
     keras.backend.clear_session()
+
+
+def _finish_best(model, config: TrainConfig, checkpoint_uri: str, target_uri: str) -> None:
+    """best_model/ as a full run directory: history.csv, metrics.json (the final evaluation of
+    the exported weights), confusion matrices, curves, model.keras and saved_model/."""
+    from fer_dist import checkpoint, data, evaluate, reporting
+    from fer_dist.train import LoopState
+
+    trial_dir = checkpoint_uri.rstrip("/").rsplit("/", 1)[0]
+    if storage.exists(storage.join(trial_dir, "history.csv")):
+        storage.write_text(
+            storage.join(target_uri, "history.csv"), storage.read_text(storage.join(trial_dir, "history.csv"))
+        )
+    state = LoopState.from_dict(json.loads(storage.read_text(storage.join(checkpoint_uri, checkpoint.STATE_FILE))))
+    state.best_epoch = state.epoch  # the exported weights are this checkpoint's own
+    dataset = data.load(
+        config.data,
+        skip_bad_rows=config.skip_bad_rows,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        builtin_size=config.builtin_size,
+    )
+    evaluate.evaluate_run(model, dataset, config, target_uri, state)
+    reporting.export_model(model, target_uri)

@@ -164,3 +164,37 @@ def write_keras_weights(converted: dict[str, list[np.ndarray]], out_path: str, p
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     trunk.save_weights(out_path)
     return count
+
+
+# ---------------------------------------------------------------------------------
+# Checking `weights=` before a run writes anything.
+# ---------------------------------------------------------------------------------
+IMAGENET_NOTOP_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+IMAGENET_NOTOP_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + IMAGENET_NOTOP_FILE
+IMAGENET_NOTOP_MD5 = "4d473c1dd8becc155b73f8504c6f6626"  # keras.applications.ResNet50's own check
+NO_IMAGENET_HINT = (
+    "pass --set weights=none (random weights), or --set weights=PATH of a ResNet50 (no-top) Keras "
+    "weights file (e.g. one made by jobs/convert_weights.py)"
+)
+
+
+def check(backbone: str, weights: str) -> None:
+    """Raises UserError unless `weights` can be loaded: `none`, an existing file, or the ImageNet
+    file in Keras's cache (downloaded now if needed, as keras.applications.ResNet50 would)."""
+    if backbone != "resnet50" or weights.lower() == "none":
+        return
+    if weights.lower() != "imagenet":
+        if not os.path.isfile(weights):
+            raise UserError(f"weights={weights!r}: no such weights file (use imagenet, none or a path)")
+        return
+    import keras
+
+    try:
+        keras.utils.get_file(
+            IMAGENET_NOTOP_FILE, IMAGENET_NOTOP_URL, cache_subdir="models", file_hash=IMAGENET_NOTOP_MD5
+        )
+    except Exception as e:  # keras raises a bare Exception("URL fetch failure on ...")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"weights=imagenet: the ImageNet weights cannot be downloaded ({first}); {NO_IMAGENET_HINT}"
+        ) from None

@@ -4,10 +4,10 @@
     python jobs/evaluate.py RUN1 RUN2 RUN3 --data PATH          # ensemble: mean probabilities
     python jobs/evaluate.py RUN_DIR --data PATH --tta tencrop   # test-time augmentation: none | flip | tencrop
 
-Results go to --output (default: RUN_DIR/evaluations/<data>-<split>/ of the first run):
-metrics.json (with `accuracy` and the `tta` used), <split>_confusion.csv and .png.
-Without --tta each run uses its config's `eval_tta` (none unless the run set it); with an
-ensemble each model's TTA-averaged probabilities are averaged.
+Results go to --output, or by default to RUN_DIR/evaluations/<data>-<split>[-tta_<tta>]
+[-ensemble_<id>]/ of the first run: metrics.json, <split>_confusion.csv and .png. Nothing is
+overwritten (a default directory in use becomes <dir>-2, ...). `python jobs/evaluate.py --help`
+says the rest.
 """
 
 from fer_dist.cli.evaluate import app

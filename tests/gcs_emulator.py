@@ -4,7 +4,9 @@
         os.environ["STORAGE_EMULATOR_HOST"] = emu.host
         ...                                   # gs://fer-test/... now goes to the emulator
 
-The emulator keeps everything in memory and listens on a free loopback port. It is
+The emulator keeps everything in memory and listens on a free loopback port. It runs
+through `gcs_emulator_main.py`, which makes it honour generation preconditions
+(`ifGenerationMatch`, 412 when they fail) like Cloud Storage. It is
 stopped by its own PID (SIGTERM, then SIGKILL), so nothing is left running, and no broad
 process matching is ever used.
 """
@@ -74,10 +76,14 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=STOP_TIMEOUT_S)
 
 
+LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator_main.py")
+
+
 def _command() -> list[str]:
-    # `python -m gcp_storage_emulator` always uses this interpreter's installation (the
-    # console script on PATH may belong to another environment).
-    return [sys.executable, "-m", "gcp_storage_emulator"]
+    # This interpreter's gcp_storage_emulator (the console script on PATH may belong to
+    # another environment), through a launcher that makes it honour `ifGenerationMatch`,
+    # which the emulator ignores; it takes the CLI's arguments (`start --host ...`).
+    return [sys.executable, LAUNCHER]
 
 
 @contextlib.contextmanager

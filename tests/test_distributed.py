@@ -207,3 +207,20 @@ def test_one_and_two_workers_agree(tmp_path, tiny_csv):
     assert abs(a["val_accuracy"] - b["val_accuracy"]) <= 0.08, (a, b)
     assert abs(a["val_loss"] - b["val_loss"]) <= 0.35 * max(a["val_loss"], b["val_loss"]), (a, b)
     print(f"1 worker: {a['images_per_second']:.0f} img/s, 2 workers: {b['images_per_second']:.0f} img/s")
+
+
+def test_damaged_newest_checkpoint_on_ray_falls_back_to_a_whole_one(tmp_path, tiny_csv):
+    """Ray registers the damaged checkpoint as its latest; the chief verifies manifests, takes the
+    newest whole one, and every worker resumes from it."""
+    args = ["--workers", "2", "--data", tiny_csv, "--storage", str(tmp_path), "--name", "dmg", *SMOKE]
+    out = finish(job([*args, "--epochs", "2", "--set", "keep_checkpoints=2"]))
+    run = str(tmp_path / "dmg")
+    assert checkpoints(run) == ["checkpoint_epoch_0001", "checkpoint_epoch_0002"], out[-3000:]
+    with open(os.path.join(run, "checkpoint_epoch_0002", "optimizer.npz"), "r+b") as f:
+        f.truncate(1000)  # as by an upload cut short
+    resumed = job([*args, "--epochs", "3", "--resume"])
+    out = finish(resumed)
+    assert resumed.returncode == 0, out[-4000:]
+    assert "skipping checkpoint" in out and "optimizer.npz does not match its manifest" in out, out[-4000:]
+    assert "resumed from the checkpoint of epoch 1" in out, out[-4000:]
+    assert list(history(run)["epoch"]) == [1, 2, 3]

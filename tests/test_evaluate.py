@@ -353,3 +353,118 @@ def test_pictures_go_to_tensorboard_as_images(tmp_path):
     assert len(events) == 1
     tags = [v.tag for e in tf.compat.v1.train.summary_iterator(str(events[0])) for v in e.summary.value]
     assert tags == ["curves"]
+
+
+# --- where evaluations go, ensembles' runs, data without a training split --------------
+
+
+def _evaluate_job(monkeypatch, *run_dirs, **flags) -> None:
+    """The evaluate job's main, in this process (its logging setup left alone)."""
+    from fer_dist import logs
+    from fer_dist.cli.evaluate import main
+
+    monkeypatch.setattr(logs, "setup_logging", lambda *a, **k: None)
+    options = {"data": None, "split": None, "output": None, "skip_bad_rows": False, "tta": None} | flags
+    main(list(run_dirs), **options)
+
+
+def test_evaluations_are_keyed_by_tta_and_ensemble_and_never_overwritten(tmp_path, monkeypatch, caplog):
+    import hashlib
+    import logging
+
+    from tests.saved_run import save_untrained_run
+    from tests.tiny import write_tiny_csv
+
+    csv = write_tiny_csv(tmp_path / "tiny.csv", n_train=70, n_val=21)
+    a = save_untrained_run(tmp_path / "a", data=csv, seed=1)
+    b = save_untrained_run(tmp_path / "b", data=csv, seed=2)
+    evaluations = tmp_path / "a" / "evaluations"
+
+    _evaluate_job(monkeypatch, a, data=csv, split="val", tta="none")
+    _evaluate_job(monkeypatch, a, data=csv, split="val", tta="flip")
+    plain = json.loads((evaluations / "tiny-val" / "metrics.json").read_text())
+    flipped = json.loads((evaluations / "tiny-val-tta_flip" / "metrics.json").read_text())
+    assert (plain["tta"], flipped["tta"]) == ("none", "flip")
+    assert plain["members"] == [str(tmp_path / "a")]
+    assert (evaluations / "tiny-val-tta_flip" / "val_confusion.png").exists()
+
+    before = (evaluations / "tiny-val" / "metrics.json").read_text()
+    with caplog.at_level(logging.INFO, logger="fer_dist.evaluate"):
+        _evaluate_job(monkeypatch, a, data=csv, split="val", tta="none")  # the same again: -2
+    assert (evaluations / "tiny-val" / "metrics.json").read_text() == before
+    again = json.loads((evaluations / "tiny-val-2" / "metrics.json").read_text())
+    assert again["accuracy"] == plain["accuracy"] and again["output"] == str(evaluations / "tiny-val-2")
+    assert "writing to " + str(evaluations / "tiny-val-2") in caplog.text
+
+    _evaluate_job(monkeypatch, b, a, data=csv, split="val", tta="none")  # order of the runs does not matter
+    members = sorted([str(tmp_path / "a"), str(tmp_path / "b")])
+    digest = hashlib.sha256("\n".join(members).encode()).hexdigest()[:8]
+    ensemble = tmp_path / "b" / "evaluations" / f"tiny-val-ensemble_{digest}" / "metrics.json"
+    assert json.loads(ensemble.read_text())["members"] == members
+    assert evaluate.evaluation_name(csv, "val", "flip", [a, b]) == f"tiny-val-tta_flip-ensemble_{digest}"
+    assert sorted(p.name for p in evaluations.iterdir()) == ["tiny-val", "tiny-val-2", "tiny-val-tta_flip"]
+
+
+def test_a_private_test_only_csv_is_scored_on_its_test_split(tmp_path, monkeypatch):
+    from fer_dist import data as data_lib
+    from tests.saved_run import save_untrained_run
+    from tests.tiny import write_tiny_csv
+
+    train_csv = write_tiny_csv(tmp_path / "tiny.csv", n_train=70, n_val=21)
+    test_csv = write_tiny_csv(tmp_path / "private.csv", n_train=0, n_val=0, n_test=14)
+    with pytest.raises(UserError, match="no Training rows"):  # training still needs a training split
+        data_lib.load(test_csv)
+    run_dir = save_untrained_run(tmp_path / "run", data=train_csv)
+
+    metrics, split = evaluate.evaluate_data([run_dir], test_csv, None)
+    assert split == "test" and metrics["n"] == 14
+    with pytest.raises(UserError, match=r"private.csv has no val split \(it has: test \(PrivateTest rows\)\)"):
+        evaluate.evaluate_data([run_dir], test_csv, "val")
+
+    _evaluate_job(monkeypatch, run_dir, data=test_csv)
+    written = json.loads((tmp_path / "run" / "evaluations" / "private-test" / "metrics.json").read_text())
+    assert written["split"] == "test" and written["n"] == 14 and written["accuracy"] == metrics["accuracy"]
+
+
+def test_load_splits_needs_no_training_split(tmp_path):
+    from fer_dist import data as data_lib
+    from tests.tiny import tiny_split, write_tiny_csv
+
+    # A CSV with training rows: the same splits as training's (validation carved the same way).
+    csv = write_tiny_csv(tmp_path / "train_only.csv", n_train=70, n_val=0)
+    loaded, available = data_lib.load(csv, seed=3), data_lib.load_splits(csv, seed=3)
+    assert list(available.splits) == ["train", "val"]
+    np.testing.assert_array_equal(available.splits["val"].labels, loaded.val.labels)
+    np.testing.assert_array_equal(available.splits["val"].images, loaded.val.images)
+
+    # An image folder with only test/.
+    faces = tiny_split(7, 4)
+    for i, (image, label) in enumerate(zip(faces.images, faces.labels)):
+        folder = tmp_path / "images" / "test" / EMOTIONS[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i}.png")
+    with pytest.raises(UserError, match="no train/ folder"):
+        data_lib.load(str(tmp_path / "images"))
+    available = data_lib.load_splits(str(tmp_path / "images"))
+    assert list(available.splits) == ["test"] and available.names == {"test": "test/ images"}
+    assert sorted(available.splits["test"].labels) == sorted(faces.labels)
+    with pytest.raises(UserError, match="no train/, val/ or test/ folder"):
+        data_lib.load_splits(str(tmp_path / "images" / "test"))
+
+
+def test_an_ensemble_of_different_class_counts_is_refused(tmp_path):
+    import shutil
+
+    import keras
+
+    from tests.saved_run import save_untrained_run
+    from tests.tiny import write_tiny_csv
+
+    csv = write_tiny_csv(tmp_path / "tiny.csv", n_train=70, n_val=21)
+    a = save_untrained_run(tmp_path / "a", data=csv)
+    (tmp_path / "five").mkdir()
+    shutil.copy(tmp_path / "a" / "config.json", tmp_path / "five" / "config.json")
+    five = keras.Sequential([keras.Input((48, 48, 3)), keras.layers.Flatten(), keras.layers.Dense(5)])
+    five.save(tmp_path / "five" / "model.keras")
+    with pytest.raises(UserError, match=r"cannot ensemble .*/a and .*/five: different class counts \(7 vs 5"):
+        evaluate.evaluate_data([a, str(tmp_path / "five")], csv, "val")

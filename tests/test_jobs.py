@@ -90,3 +90,35 @@ def test_train_refuse_overwrite_resume_and_evaluate(tmp_path):
 
     assert_user_error(run("evaluate.py", str(tmp_path / "nope"), "--data", data), "not a run directory")
     assert_user_error(run("evaluate.py", str(run_dir), "--data", data, "--split", "dev"), "--split 'dev'")
+
+
+def test_evaluate_refuses_to_overwrite_mixed_ensembles_and_missing_splits(tmp_path):
+    from tests.saved_run import save_untrained_run
+
+    data = write_tiny_csv(tmp_path / "tiny.csv", n_train=70, n_val=21)
+    other = write_tiny_csv(tmp_path / "other.csv", n_train=70, n_val=21, seed=5)
+    private = write_tiny_csv(tmp_path / "private.csv", n_train=0, n_val=0, n_test=14)
+    a = save_untrained_run(tmp_path / "a", data=data)
+    b = save_untrained_run(tmp_path / "b", data=other)
+    out = tmp_path / "eval"
+
+    first = run("evaluate.py", a, "--data", data, "--split", "val", "--output", str(out))
+    assert first.returncode == 0, first.stderr[-3000:]
+    kept = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "metrics.json" in kept and "val_confusion.png" in kept
+    again = run("evaluate.py", a, "--data", data, "--split", "val", "--tta", "flip", "--output", str(out))
+    assert_user_error(again, f"--output {out} already holds an evaluation (metrics.json)")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == kept
+
+    assert_user_error(
+        run("evaluate.py", a, b, "--data", data),
+        f"cannot ensemble {a} and {b}: trained on different data",
+        "tiny.csv",
+        "other.csv",
+    )
+    assert_user_error(
+        run("evaluate.py", a, "--data", private, "--split", "val"),
+        f"{private} has no val split",
+        "test (PrivateTest rows)",
+    )
+    assert not (tmp_path / "a" / "evaluations").exists() and not (tmp_path / "b" / "evaluations").exists()

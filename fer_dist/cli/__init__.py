@@ -14,9 +14,34 @@ import functools
 import sys
 from collections.abc import Callable
 
+import typer
+from typer.exceptions import TyperException
+
 from fer_dist.errors import UserError
 
 EXIT_USER_ERROR = 2
+
+
+class App(typer.Typer):
+    """A Typer app whose command-line parse errors (`--epochs abc`, an unknown flag) end like
+    every other bad input: one line `error: ...` naming the flag, exit 2, no usage box."""
+
+    def __init__(self, **kwargs):
+        super().__init__(add_completion=False, pretty_exceptions_enable=False, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        try:
+            code = super().__call__(*args, standalone_mode=False, **kwargs)
+        except typer.Abort:
+            print("error: aborted", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
+        except TyperException as e:  # click's UsageError and its kin: a bad or missing flag
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            message = e.format_message() if hasattr(e, "format_message") else str(e)
+            print(f"error: {message}{hint}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_USER_ERROR) from None
+        raise SystemExit(code if isinstance(code, int) else 0)
 
 
 def user_errors_exit(fn: Callable) -> Callable:
@@ -33,4 +58,4 @@ def user_errors_exit(fn: Callable) -> Callable:
     return wrapper
 
 
-__all__ = ["EXIT_USER_ERROR", "UserError", "user_errors_exit"]
+__all__ = ["App", "EXIT_USER_ERROR", "UserError", "user_errors_exit"]

@@ -4,21 +4,24 @@
     python jobs/evaluate.py RUN1 RUN2 RUN3 --data PATH          # ensemble: mean probabilities
     python jobs/evaluate.py RUN_DIR --data PATH --tta tencrop   # test-time augmentation: none | flip | tencrop
 
-Results go to --output (default: RUN_DIR/evaluations/<data>-<split>/ of the first run):
-metrics.json (with `accuracy` and the `tta` used), <split>_confusion.csv and .png.
-Without --tta each run uses its config's `eval_tta` (none unless the run set it); with an
-ensemble each model's TTA-averaged probabilities are averaged.
+Results go to --output, or by default to RUN_DIR/evaluations/<data>-<split>[-tta_<tta>]
+[-ensemble_<id>]/ of the first run (`-tta_` unless the TTA is none; `<id>`: 8 hex digits of
+the sha256 of the sorted absolute run URIs, listed as `members` in metrics.json):
+metrics.json (with `accuracy` and the `tta` used), <split>_confusion.csv and .png. Nothing is
+overwritten: a default directory that already holds metrics.json becomes <dir>-2, -3, ...;
+an --output that holds one is an error. The data needs no training split (a file of
+PrivateTest rows alone is scored on its test split). Without --tta each run uses its config's
+`eval_tta` (none unless the run set it); with an ensemble each model's TTA-averaged
+probabilities are averaged; the runs of an ensemble must share their training data.
 """
 
 from __future__ import annotations
-
-import os
 
 import typer
 
 from fer_dist import cli, logs
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = cli.App()
 
 
 @app.command(help=__doc__)
@@ -35,22 +38,34 @@ def main(
         None, "--tta", help="Test-time augmentation: none | flip | tencrop (default: the run's eval_tta)."
     ),
 ) -> None:
-    import json
+    import logging
 
-    from fer_dist import evaluate, storage
+    from fer_dist import evaluate
 
     logs.setup_logging()
+    log = logging.getLogger("fer_dist.evaluate")
+    if output is not None:
+        evaluate.check_output_free(output)
     if data is None:
-        data = evaluate.load_run(run_dirs[0])[0].data
-    metrics, used_split = evaluate.evaluate_data(run_dirs, data, split, skip_bad_rows=skip_bad_rows, tta=tta)
-    stem = os.path.basename(data.rstrip("/")).split(".")[0] or "data"
-    title = f"{'ensemble of ' + str(len(run_dirs)) + ' runs' if len(run_dirs) > 1 else run_dirs[0]} on {data} [{used_split}, tta {metrics['tta']}]"
-    print(evaluate.format_report(metrics, title))
-    out = output or storage.join(run_dirs[0], "evaluations", f"{stem}-{used_split}")
-    metrics = dict(metrics, runs=run_dirs, data=data, split=used_split)
-    storage.write_text(storage.join(out, evaluate.METRICS_FILE), json.dumps(metrics, indent=2) + "\n")
-    evaluate.write_confusion(out, metrics, used_split)
-    print(f"wrote {storage.join(out, evaluate.METRICS_FILE)}")
+        data = evaluate.load_config(run_dirs[0]).data
+    evaluation = evaluate.prepare_evaluation(run_dirs, data, split, skip_bad_rows=skip_bad_rows, tta=tta)
+    if output is None:
+        base = evaluation.default_output()
+        out = evaluate.free_output(base)
+        if out != base:
+            log.info("%s already holds an evaluation: writing to %s", base, out)
+    else:
+        out = output
+    metrics = evaluation.score()
+    name = f"ensemble of {len(run_dirs)} runs" if len(run_dirs) > 1 else run_dirs[0]
+    print(evaluate.format_report(metrics, f"{name} on {data} [{evaluation.split}, tta {metrics['tta']}]"))
+    if output is None and out != (again := evaluate.free_output(base)):  # another one finished meanwhile
+        log.info("%s now holds an evaluation: writing to %s", out, again)
+        out = again
+    metrics = dict(
+        metrics, runs=run_dirs, members=evaluate.members(run_dirs), data=data, split=evaluation.split, output=out
+    )
+    print(f"wrote {evaluate.write_evaluation(out, metrics, evaluation.split)}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import typer
 
 from fer_dist import cli, logs
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = cli.App()
 
 
 @app.command(help=__doc__)

@@ -13,7 +13,7 @@ import typer
 from fer_dist import cli, logs
 from fer_dist.launch import DEFAULT_MAX_FAILURES
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = cli.App()
 
 
 @app.command(help=__doc__)

@@ -15,14 +15,16 @@ import typer
 
 from fer_dist import cli, logs, runs
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = cli.App()
 
 
 @app.command(help=__doc__)
 @cli.user_errors_exit
 def main(
     data: str | None = typer.Option(None, "--data", help="As in jobs/train.py (default: built-in data)."),
-    preset: str = typer.Option("quick", "--preset", help="Base recipe of every trial; also picks the search space."),
+    preset: str | None = typer.Option(
+        None, "--preset", help="Base recipe of every trial; also picks the search space (default quick)."
+    ),
     overrides: list[str] | None = typer.Option(None, "--set", help="key=value for the base config; repeatable."),
     space: list[str] | None = typer.Option(None, "--space", help="key=a,b,c | key=lo:hi | key=log:lo:hi | key=off."),
     samples: int = typer.Option(8, "--samples", help="Trials to run."),
@@ -65,11 +67,25 @@ def main(
             raise cli.UserError(message)
     if resume and not name:
         raise cli.UserError("--resume needs --name NAME (the search to continue)")
+    if searcher == "optuna":
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise cli.UserError('--searcher optuna needs optuna: pip install -e ".[tune]"') from None
     sets = values.parse_overrides(overrides)
     if data is not None:
         sets["data"] = data
-    base = config_lib.resolve(preset, sets)
-    search_space = tune_lib.parse_space(preset, space)
+    if resume:  # the saved base config and space; flags may only repeat them
+        base, search_space = tune_lib.saved_search(storage_uri, name)
+        wanted = config_lib.resolve(preset, sets) if preset else base.replace(**sets) if sets else base
+        from fer_dist.experiment import absolute_paths
+
+        tune_lib.refuse_changes(
+            base, absolute_paths(wanted), search_space, tune_lib.parse_space(preset, space, start=search_space)
+        )
+    else:
+        base = config_lib.resolve(preset or "quick", sets)
+        search_space = tune_lib.parse_space(preset or "quick", space)
     tune_lib.check_space(base, search_space, workers_per_trial)
     spec = tune_lib.SearchSpec(
         samples=samples,
