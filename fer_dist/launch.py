@@ -26,7 +26,13 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_FAILURES = 3  # worker-group restarts before a run fails (--max-failures)
 PG_KEY = "fer_dist/placement_group/{run}"
 # Environment that Ray workers must share with the driver.
-PROPAGATED_ENV = ("STORAGE_EMULATOR_HOST", "TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL", "GOOGLE_CLOUD_PROJECT")
+PROPAGATED_ENV = (
+    "STORAGE_EMULATOR_HOST",
+    "TF_ENABLE_ONEDNN_OPTS",
+    "TF_CPP_MIN_LOG_LEVEL",
+    "GOOGLE_CLOUD_PROJECT",
+    "FER_DIST_STORAGE_RETRY_S",
+)
 
 
 class RaySession:

@@ -1,18 +1,23 @@
 """A threaded TCP forwarder on 127.0.0.1 that tests can cut, to simulate an unreachable server.
 
-    with TcpProxy(emulator.port) as proxy:     # proxy.host == "http://127.0.0.1:PORT"
+    with ProxyProcess(emulator.port) as proxy: # proxy.host == "http://127.0.0.1:PORT"
         ...                                    # traffic to PORT goes to the emulator
         proxy.stop()                           # refused: listener and open connections closed
         proxy.start()                          # listening again, on the same port
 
-Everything runs in daemon threads of this process; `stop()` joins them all, so a stopped
-proxy (and one left by `with`) leaves nothing running.
+`TcpProxy` is the forwarder (daemon threads; `stop()` joins them all). `ProxyProcess` runs
+one in a child process (`python tcp_proxy.py TARGET_PORT`, commands on its stdin) and is what
+tests in the same process as pyarrow should use: some pyarrow GCS reads block in the network
+while holding the GIL, so a forwarder thread in that process could never answer them. The
+child is stopped by its own PID when the `with` block ends; nothing is left running.
 """
 
 from __future__ import annotations
 
 import selectors
 import socket
+import subprocess
+import sys
 import threading
 
 POLL_S = 0.1
@@ -139,3 +144,93 @@ def _close(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+class ProxyProcess:
+    """A TcpProxy in a child process, with the same start/stop/host/port/connections."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def host(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _command(self, line: str) -> str:
+        self._proc.stdin.write(line + "\n")
+        self._proc.stdin.flush()
+        answer = self._proc.stdout.readline().strip()
+        if not answer:
+            raise RuntimeError(f"tcp proxy process exited ({self._proc.poll()}) on {line!r}")
+        return answer
+
+    def start(self) -> ProxyProcess:
+        if self._proc is None:
+            self._proc = subprocess.Popen(
+                [sys.executable, __file__, str(self.target[1]), self.target[0]],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            ready = self._proc.stdout.readline().split()
+            if not ready or ready[0] != "ready":
+                self.close()
+                raise RuntimeError("tcp proxy process did not start")
+            self.port = int(ready[1])
+        else:
+            self._command("start")
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._command("stop")
+
+    @property
+    def connections(self) -> int:
+        return int(self._command("connections"))
+
+    def close(self) -> None:
+        """Stops the child (EOF on its stdin, then SIGKILL if it lingers) and waits for it."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+            proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait(timeout=10)
+        proc.stdout.close()
+
+    def __enter__(self) -> ProxyProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _serve(target_port: int, target_host: str) -> None:
+    """The child of ProxyProcess: start/stop/connections on stdin, one answer line each."""
+    proxy = TcpProxy(target_port, target_host).start()
+    print("ready", proxy.port, flush=True)
+    try:
+        for line in sys.stdin:
+            command = line.strip()
+            if command == "start":
+                proxy.start()
+                print("ok", flush=True)
+            elif command == "stop":
+                proxy.stop()
+                print("ok", flush=True)
+            elif command == "connections":
+                print(proxy.connections, flush=True)
+            else:
+                print(f"unknown command {command!r}", flush=True)
+    finally:
+        proxy.stop()
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1")
