@@ -103,6 +103,12 @@ def load(
     """The train/val/test splits of "builtin", a FER-2013 CSV (.csv/.csv.gz) or an image folder."""
     if uri == "builtin":
         return _load_builtin(builtin_size, seed)
+    splits, skipped, layout = _read(uri, skip_bad_rows, require_train=True)
+    return _assemble(uri, splits, skipped, layout, val_fraction, seed)
+
+
+def _read(uri: str, skip_bad_rows: bool, require_train: bool):
+    """(splits found, skipped rows, layout) of a CSV file or an image folder."""
     try:
         is_dir, exists = storage.is_dir(uri), storage.exists(uri)
     except OSError as e:
@@ -110,12 +116,10 @@ def load(
     if not exists:
         raise UserError(f"{uri}: no such file or directory")
     if is_dir:
-        splits, skipped = _read_image_folder(uri, skip_bad_rows)
-        layout = _FOLDER_LAYOUT
-    else:
-        splits, skipped = _read_csv(uri, skip_bad_rows)
-        layout = _CSV_LAYOUT
-    return _assemble(uri, splits, skipped, layout, val_fraction, seed)
+        splits, skipped = _read_image_folder(uri, skip_bad_rows, require_train=require_train)
+        return splits, skipped, _FOLDER_LAYOUT
+    splits, skipped = _read_csv(uri, skip_bad_rows)
+    return splits, skipped, _CSV_LAYOUT
 
 
 def load_splits(
@@ -129,18 +133,7 @@ def load_splits(
         dataset = _load_builtin(builtin_size, seed)
         found = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
         return Splits(found, "builtin", dataset.notes, {s: f"built-in {s}" for s in found})
-    try:
-        is_dir, exists = storage.is_dir(uri), storage.exists(uri)
-    except OSError as e:
-        raise UserError(f"{uri}: cannot read ({_one_line(e)})") from None
-    if not exists:
-        raise UserError(f"{uri}: no such file or directory")
-    if is_dir:
-        splits, skipped = _read_image_folder(uri, skip_bad_rows, require_train=False)
-        layout = _FOLDER_LAYOUT
-    else:
-        splits, skipped = _read_csv(uri, skip_bad_rows)
-        layout = _CSV_LAYOUT
+    splits, skipped, layout = _read(uri, skip_bad_rows, require_train=False)
     if "train" in splits:
         dataset = _assemble(uri, splits, skipped, layout, val_fraction, seed)
         found = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
