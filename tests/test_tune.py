@@ -90,6 +90,16 @@ def test_search_with_asha_runs_to_the_end_in_gcs(gcs_emulator, gcs_prefix):
     assert {"model.keras", "config.json"} <= set(storage.listdir(storage.join(search, "best_model")))
     best = storage.read_text(storage.join(search, "best_config.json"))
     assert '"builtin_size": 700' in best
+    # The table follows the trials' own directories; each has metrics.json; best_model/ is a run.
+    for row in table.to_dict("records"):
+        trial = storage.join(search, "trials", row["trial"])
+        on_disk = pd.read_csv(io.StringIO(storage.read_text(storage.join(trial, "history.csv"))))
+        assert row["epochs_run"] == on_disk["epoch"].max(), (row, on_disk)
+        assert row["best_val_accuracy"] == pytest.approx(on_disk["val_accuracy"].max()), (row, on_disk)
+        assert storage.exists(storage.join(trial, "metrics.json")), trial
+    assert {"saved_model", "metrics.json", "history.csv", "val_confusion.csv"} <= set(
+        storage.listdir(storage.join(search, "best_model"))
+    )
 
 
 @pytest.mark.ray
