@@ -232,16 +232,24 @@ def newest_whole(parent_uri: str, prefix: str) -> Info | None:
     return None
 
 
-def to_resume(parent_uri: str, prefix: str) -> Info | None:
-    """The checkpoint a restart resumes from: the newest whole one; None when there is none at
-    all (a fresh run). Raises CheckpointError when checkpoints exist but none is whole: starting
-    over would silently lose them."""
-    newest = newest_whole(parent_uri, prefix)
-    if newest is None and listing(parent_uri, prefix):
+def fetch_to_resume(parent_uri: str, prefix: str) -> tuple[Info, str] | None:
+    """(the checkpoint a restart resumes from, a local copy of it): newest first, the first whose
+    copy verifies, each one skipped logged; None when there is none at all (a fresh run). Each
+    candidate is read once: downloaded, then verified where it lies. Raises CheckpointError when
+    checkpoints exist but none is whole: starting over would silently lose them."""
+    found = listing(parent_uri, prefix)
+    for facts in reversed(found):
+        local = download(facts.uri)
+        reason = verify(local)
+        if reason is None:
+            return facts, local
+        shutil.rmtree(local, ignore_errors=True)
+        log.warning("skipping checkpoint %s: %s", facts.uri, reason)
+    if found:
         raise CheckpointError(
             f"no whole checkpoint to resume from in {parent_uri}: every one is damaged or incomplete (see the log)"
         )
-    return newest
+    return None
 
 
 def download(uri: str) -> str:

@@ -107,6 +107,17 @@ def load(
     return _assemble(uri, splits, skipped, layout, val_fraction, seed)
 
 
+def load_for(config) -> Dataset:
+    """`load` with a TrainConfig's data settings (data, skip_bad_rows, val_fraction, seed, builtin_size)."""
+    return load(
+        config.data,
+        skip_bad_rows=config.skip_bad_rows,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+        builtin_size=config.builtin_size,
+    )
+
+
 def _read(uri: str, skip_bad_rows: bool, require_train: bool):
     """(splits found, skipped rows, layout) of a CSV file or an image folder."""
     try:

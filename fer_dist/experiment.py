@@ -109,13 +109,7 @@ def check_inputs(config: TrainConfig):
     """Loads the data (bad rows and missing files end here) and checks the weights; returns the data."""
     from fer_dist import data, weights
 
-    dataset = data.load(
-        config.data,
-        skip_bad_rows=config.skip_bad_rows,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        builtin_size=config.builtin_size,
-    )
+    dataset = data.load_for(config)
     weights.check(config.backbone, config.weights)
     return dataset
 

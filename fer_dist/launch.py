@@ -57,17 +57,18 @@ class RaySession:
 
         from fer_dist.steps import is_chief
 
-        choice = None
+        choice, local = None, None
         if is_chief(ray.train.get_context().get_world_rank()):
-            chosen = checkpoint.to_resume(self.run_dir, checkpoint.RAY_PREFIX)
+            fetched = checkpoint.fetch_to_resume(self.run_dir, checkpoint.RAY_PREFIX)
             registered = ray.train.get_checkpoint()
-            if chosen is not None and (
-                registered is None or not registered.path.endswith(chosen.uri.rsplit("/", 1)[1])
-            ):
-                log.info("resuming from %s (Ray registered %s)", chosen.uri, registered.path if registered else "none")
-            choice = chosen.uri if chosen else None
+            if fetched is not None:
+                choice, local = fetched[0].uri, fetched[1]
+                if registered is None or not registered.path.endswith(choice.rsplit("/", 1)[1]):
+                    log.info("resuming from %s (Ray registered %s)", choice, registered.path if registered else "none")
         choice = broadcast_from_rank_zero(choice)
-        return checkpoint.download(choice) if choice else None
+        if local is not None or choice is None:  # the chief's copy is already here and verified
+            return local
+        return checkpoint.download(choice)
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         import ray.train

@@ -36,8 +36,8 @@ class LocalSession:
         return storage.join(self.run_dir, checkpoint.LOCAL_PARENT)
 
     def restore_dir(self) -> str | None:
-        chosen = checkpoint.to_resume(self.checkpoints_uri, checkpoint.EPOCH_PREFIX)
-        return checkpoint.download(chosen.uri) if chosen else None
+        fetched = checkpoint.fetch_to_resume(self.checkpoints_uri, checkpoint.EPOCH_PREFIX)
+        return fetched[1] if fetched else None
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         if checkpoint_dir is None:

@@ -175,13 +175,7 @@ def start(config: TrainConfig, session: Session, dataset) -> Run:
             f"(per_worker_batch_size must be a whole number)"
         )
     if dataset is None:
-        dataset = data.load(
-            config.data,
-            skip_bad_rows=config.skip_bad_rows,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
-            builtin_size=config.builtin_size,
-        )
+        dataset = data.load_for(config)
     reporter = reporter_for(dist.chief, session.run_dir, config, session.show_progress)
     reporter.start(dataset, dist.replicas, config.global_batch_size // dist.replicas)
     model, optimizer = build_model(config, dist)

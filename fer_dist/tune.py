@@ -486,12 +486,6 @@ def _finish_best(model, config: TrainConfig, checkpoint_uri: str, target_uri: st
         )
     state = LoopState.from_dict(json.loads(storage.read_text(storage.join(checkpoint_uri, checkpoint.STATE_FILE))))
     state.best_epoch = state.epoch  # the exported weights are this checkpoint's own
-    dataset = data.load(
-        config.data,
-        skip_bad_rows=config.skip_bad_rows,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-        builtin_size=config.builtin_size,
-    )
+    dataset = data.load_for(config)
     evaluate.evaluate_run(model, dataset, config, target_uri, state)
     reporting.export_model(model, target_uri)
