@@ -8,6 +8,8 @@ before each validation.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -16,6 +18,8 @@ from fer_dist import data, pipeline
 from fer_dist import model as model_lib
 from fer_dist.config import TrainConfig
 from fer_dist.steps import Distributed
+
+log = logging.getLogger(__name__)
 
 
 def calibrate(model, images: np.ndarray, config: TrainConfig) -> tuple[int, int]:
@@ -48,8 +52,18 @@ class PreciseBN:
     _forward: dict = dataclasses.field(default_factory=dict)  # one traced forward pass per net
 
     def __call__(self, net, train_features: np.ndarray | None, epoch: int) -> None:
+        """Progress (the chief): a line before and after the first pass, which traces the
+        forward pass; later passes log their seconds at DEBUG (the epoch line follows)."""
+        first = id(net) not in self._forward
         count = min(self.config.precise_bn, len(self.train))
         count -= count % self.dist.replicas
+        level = logging.INFO if first and self.dist.chief else logging.DEBUG
+        log.log(level, "epoch %d: PreciseBN: BatchNorm statistics of %d training images ...", epoch, count)
+        start = time.perf_counter()
+        self._pass(net, train_features, epoch, count)
+        log.log(level, "epoch %d: PreciseBN: done in %.1f s", epoch, time.perf_counter() - start)
+
+    def _pass(self, net, train_features: np.ndarray | None, epoch: int, count: int) -> None:
         rng = np.random.default_rng([self.config.seed, 3, epoch])
         chosen = np.sort(rng.choice(len(self.train), count, replace=False))
         subset = data.Split(self.train.images[chosen], self.train.labels[chosen])

@@ -68,14 +68,18 @@ class Info:
     val_accuracy: float | None
 
 
-def name(epoch: int) -> str:
-    """The directory name of epoch `epoch`'s checkpoint in a local run."""
+def name(epoch: int, step: int = 0) -> str:
+    """The directory name of a checkpoint in a local run: `epoch_0003` after epoch 3, and
+    `epoch_0004_step_000017` 17 steps into epoch 4 (a step checkpoint: a preemption's). The
+    two never collide, and `listing` orders them by (epoch, step) from their manifests."""
+    if step:
+        return f"{EPOCH_PREFIX}{epoch + 1:04d}_step_{step:06d}"
     return f"{EPOCH_PREFIX}{epoch:04d}"
 
 
-def ray_name(epoch: int) -> str:
-    """The directory name Ray Train gives epoch `epoch`'s checkpoint (`checkpoint_dir_name`)."""
-    return RAY_PREFIX + name(epoch)
+def ray_name(epoch: int, step: int = 0) -> str:
+    """The directory name Ray Train gives a checkpoint (`checkpoint_dir_name`)."""
+    return RAY_PREFIX + name(epoch, step)
 
 
 # ---------------------------------------------------------------------------------
@@ -136,7 +140,8 @@ def save(directory: str, *, model, optimizer, loop: dict, config_json: str, best
         "format_version": FORMAT_VERSION,
         "epoch": loop["epoch"],
         "step": loop.get("step", 0),
-        "val_accuracy": (loop.get("metrics") or {}).get("val_accuracy"),
+        # a step checkpoint has no validation of its own: it stays out of the best-K ranking
+        "val_accuracy": None if loop.get("step") else (loop.get("metrics") or {}).get("val_accuracy"),
         "files": {n: {"size": len(d), "sha256": _sha256(d)} for n, d in sorted(files.items())},
     }
     storage.write_text(os.path.join(directory, MANIFEST_FILE), json.dumps(manifest, indent=1) + "\n")

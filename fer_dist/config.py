@@ -26,6 +26,7 @@ BACKBONES = ("resnet50", "compact")
 OPTIMIZERS = ("adam", "sgd")
 POOLINGS = ("flatten", "avg")
 FEATURE_DTYPES = ("float16", "float32")
+ALLREDUCE_DTYPES = ("float32", "bfloat16", "float16")
 LR_SCHEDULES = ("plateau", "cosine")
 CLASS_WEIGHTINGS = ("none", "balanced")
 TTA_MODES = ("none", "flip", "tencrop")
@@ -108,7 +109,14 @@ class TrainConfig:
     )
     feature_cache_dir: str = ""  # where cached features go (a directory or gs:// URI); "" = ~/.cache/fer_dist/features
     feature_dtype: str = "float16"  # storage dtype of cached features: float16 (half the memory) or float32 (exact)
+    feature_cache_max_gb: float = 4.0  # cache size cap in GB (10**9 bytes); least recently used entries go (0 = no cap)
     keep_checkpoints: int = 2  # best K by val_accuracy are kept, plus the latest
+    # Multi-worker: every N steps the workers vote once on the time budget and ask Ray for a
+    # preemption notice (on one: a checkpoint at that step, so a preemption costs at most N steps);
+    # no other collective runs between gradient all-reduces (fer_dist/steps.py, preemption.py).
+    vote_every_steps: int = 20
+    allreduce_dtype: str = "float32"  # gradients cross the network as float32, bfloat16 or float16
+    allreduce_pack_mb: float = 0.0  # MWMS bytes_per_pack in MiB (0: all gradients in one pack)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -182,6 +190,12 @@ def validate(c: TrainConfig) -> TrainConfig:
     need(0.0 < c.val_fraction < 1.0, f"val_fraction={c.val_fraction}: must be in (0, 1)")
     need(c.builtin_size >= 70, f"builtin_size={c.builtin_size}: must be >= 70 (10 per class)")
     need(c.keep_checkpoints >= 1, f"keep_checkpoints={c.keep_checkpoints}: must be >= 1")
+    need(c.vote_every_steps >= 1, f"vote_every_steps={c.vote_every_steps}: must be >= 1")
+    need(
+        c.allreduce_dtype in ALLREDUCE_DTYPES,
+        f"allreduce_dtype={c.allreduce_dtype!r}: expected one of {', '.join(ALLREDUCE_DTYPES)}",
+    )
+    need(c.allreduce_pack_mb >= 0, f"allreduce_pack_mb={c.allreduce_pack_mb}: must be >= 0")
     need(c.freeze_layers >= 0, f"freeze_layers={c.freeze_layers}: must be >= 0")
     need(c.unfreeze_epoch >= 0, f"unfreeze_epoch={c.unfreeze_epoch}: must be >= 0 (0 = one phase)")
     if c.unfreeze_epoch:
@@ -204,6 +218,7 @@ def validate(c: TrainConfig) -> TrainConfig:
         c.feature_dtype in FEATURE_DTYPES,
         f"feature_dtype={c.feature_dtype!r}: expected one of {', '.join(FEATURE_DTYPES)}",
     )
+    need(c.feature_cache_max_gb >= 0, f"feature_cache_max_gb={c.feature_cache_max_gb}: must be >= 0 (0 = no cap)")
     need(c.weights.strip() != "", "weights='': expected imagenet, none or a path to a weights file")
     need(
         c.lr_schedule in LR_SCHEDULES,

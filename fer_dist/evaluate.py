@@ -535,7 +535,17 @@ class Evaluation:
         return storage.join(self.run_dirs[0], "evaluations", name)
 
     def score(self) -> dict:
-        """Metrics of the runs' mean (TTA-averaged) probabilities on the chosen split, with `tta`."""
+        """Metrics of the runs' mean (TTA-averaged) probabilities on the chosen split, with `tta`;
+        a log line before and after (with the seconds)."""
+        import logging
+        import time
+
+        log = logging.getLogger(__name__)
+        tta = self.tta if isinstance(self.tta, str) else "/".join(self.tta)
+        log.info(
+            "scoring %d %s images with %d model(s), TTA %s ...", len(self.chosen), self.split, len(self.models), tta
+        )
+        start = time.perf_counter()
         probs = average_probs(
             [
                 predict_probs(model, self.chosen.images, config, tta=t)
@@ -544,6 +554,7 @@ class Evaluation:
         )
         metrics = compute_metrics(self.chosen.labels, probs)
         metrics["tta"] = self.tta
+        log.info("scored in %.1f s", time.perf_counter() - start)
         return metrics
 
 

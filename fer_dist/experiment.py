@@ -70,11 +70,13 @@ def train(
     gpus_per_worker: float = 0.0,
     max_failures: int = DEFAULT_MAX_FAILURES,
     progress: bool = True,
+    address: str | None = None,
 ) -> dict:
     """Runs one training job end to end; returns the final metrics.
 
     Everything that can be checked is checked before anything is written (flags, config, data,
-    weights, the bucket); then the run is created atomically (or, with --resume, leased)."""
+    weights, the bucket, and with `workers` whether the Ray cluster of `address` can ever run
+    them: `launch.ensure_ray`); then the run is created atomically (or, with --resume, leased)."""
     if resume and not name:
         raise UserError("--resume needs --name NAME (the run to continue)")
     name = name or runs.new_run_name(preset or "demo")
@@ -83,6 +85,13 @@ def train(
     runs.check_state(run_dir, resume)
     config = resolve_for_run(preset, overrides, config_file, run_dir, resume)
     dataset = check_inputs(config)
+    if workers:
+        from fer_dist import launch
+
+        launch.ensure_ray(address)
+        launch.check_fits(
+            workers, launch.worker_resources(1.0, gpus_per_worker), launch.train_flags(workers, gpus_per_worker)
+        )
     with runs.resuming(run_dir) if resume else contextlib.nullcontext():
         if not resume:
             runs.create(run_dir)
@@ -98,6 +107,7 @@ def train(
                 num_workers=workers,
                 gpus_per_worker=gpus_per_worker,
                 max_failures=max_failures,
+                address=address,
             )
         else:
             metrics = train_here(config, run_dir, dataset, progress)

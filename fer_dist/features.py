@@ -31,11 +31,25 @@ Cache key: a SHA-256 over the backbone, image size, freeze_layers, the cut layer
 weights' identity ("imagenet", "none" + seed, or the weights file's SHA-256) *and* a SHA-256
 of the prefix's actual weight values (so a different random init or a resumed checkpoint can
 never hit a stale entry), the Keras version, the compute dtype policy, the storage dtype,
-the data source, the split sizes and a SHA-256 of each split's uint8 images. Entries live in
+the split sizes and a SHA-256 of each split's uint8 images. The key is a function of the
+data's *content*, never of its path: the same CSV reached by another path, copied to gs://
+or gzipped hits the same entry (the path of the run that wrote it is kept in meta.json as
+`source`, for `fer-cache list`). Entries live in
 `<feature_cache_dir or ~/.cache/fer_dist/features>/<key>/{train,val}.npy` + `meta.json`
-(written last: an entry without it is incomplete). Every worker of a multi-worker run loads
-the entry or, when absent, computes it itself and writes it atomically (temp file + rename;
-one upload on gs://), so concurrent writers never leave a partial file.
+(written last: an entry without it is incomplete) + `last_used`. Every worker of a
+multi-worker run loads the entry or, when absent, computes it itself and writes it atomically
+(temp file + rename; one upload on gs://), so concurrent writers never leave a partial file.
+Computing an entry logs its progress (images done, images/s, ETA) every `PROGRESS_EVERY_S`.
+
+Size cap, least recently used first: every load or write of an entry rewrites its `last_used`
+(a timestamp); then, while the cache holds more than `feature_cache_max_gb` (default 4 GB;
+0 = no cap), the entry used longest ago is deleted, one log line each. The entry the run is
+using is never evicted, nor an incomplete entry younger than `INCOMPLETE_GRACE_S` (it may be
+being written). A FER-2013 entry at 48 px is 595 MB (568 MiB: 28709 + 3589 images x
+3x3x1024 float16), 1.12 GB with the flipped train features. See and empty the cache with
+
+    fer-cache list                      # python jobs/cache.py list [--dir gs://BUCKET/fer/features]
+    fer-cache clear [KEY]               # one entry (a unique prefix of its key), or all of them
 
 `augment_flip=true` is the one augmentation the cache keeps exact: a flip has two outcomes,
 so the features of the horizontally flipped train images are cached too (`train_flip.npy` in
@@ -67,11 +81,15 @@ from fer_dist.config import TrainConfig, image_augmentations
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the key no longer holds the data's path (only its content)
 META_FILE = "meta.json"  # written last
+LAST_USED_FILE = "last_used"  # a timestamp (seconds since the epoch), rewritten on every use
 FLIP_FILE = "train_flip.npy"  # features of the flipped train images, added on first use (augment_flip)
 FLOAT16_MAX = 60000.0  # above this a float16 entry would overflow (max 65504): store float32
 PREDICT_BATCH = 128
+PROGRESS_EVERY_S = 10.0  # a progress line while computing features at most this often
+INCOMPLETE_GRACE_S = 3600.0  # an entry without meta.json younger than this may be being written
+GB = 10**9
 
 
 def default_root() -> str:
@@ -246,7 +264,7 @@ def cache_key(config: TrainConfig, split: Split, dataset) -> tuple[str, dict]:
         "keras": keras.__version__,
         "dtype_policy": keras.mixed_precision.global_policy().name,
         "feature_dtype": config.feature_dtype,
-        "data": dataset.source,
+        # The data by content only (never its path): the same images hit the same entry.
         "splits": {
             name: {"size": len(part), "images_sha256": _sha256_array(part.images)}
             for name, part in (("train", dataset.train), ("val", dataset.val))
@@ -256,9 +274,12 @@ def cache_key(config: TrainConfig, split: Split, dataset) -> tuple[str, dict]:
     return key, description
 
 
-def compute_features(prefix, images: np.ndarray, config: TrainConfig, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+def compute_features(
+    prefix, images: np.ndarray, config: TrainConfig, batch_size: int = PREDICT_BATCH, label: str = "features"
+) -> np.ndarray:
     """Prefix outputs of uint8 faces [N, H, W], in order, as `config.feature_dtype`
-    (float32 when float16 would overflow)."""
+    (float32 when float16 would overflow). Logs its progress (`label`, e.g. "train features")
+    at most every PROGRESS_EVERY_S seconds, and once when done."""
     import tensorflow as tf
 
     from fer_dist.pipeline import predict_dataset
@@ -269,6 +290,9 @@ def compute_features(prefix, images: np.ndarray, config: TrainConfig, batch_size
 
     shape = (len(images),) + tuple(prefix.output.shape[1:])
     out = np.empty(shape, np.float16 if config.feature_dtype == "float16" else np.float32)
+    n = len(images)
+    log.info("feature cache: computing %s of %d images through the frozen prefix", label, n)
+    start = last = time.perf_counter()
     at = 0
     for batch in predict_dataset(images, config, batch_size):
         f = run(batch).numpy()
@@ -277,6 +301,21 @@ def compute_features(prefix, images: np.ndarray, config: TrainConfig, batch_size
             out = out.astype(np.float32)
         out[at : at + len(f)] = f
         at += len(f)
+        now = time.perf_counter()
+        if at < n and now - last >= PROGRESS_EVERY_S:
+            last = now
+            rate = at / max(now - start, 1e-9)
+            log.info(
+                "feature cache: %s %d/%d (%d%%), %.0f images/s, ETA %.0f s",
+                label,
+                at,
+                n,
+                100 * at // n,
+                rate,
+                (n - at) / rate,
+            )
+    seconds = time.perf_counter() - start
+    log.info("feature cache: %s %d/%d done in %.1f s (%.0f images/s)", label, at, n, seconds, at / max(seconds, 1e-9))
     return out
 
 
@@ -331,30 +370,39 @@ def prepare(config: TrainConfig, model, dataset) -> tuple[Cached | None, str]:
         return None, reason
     start = time.perf_counter()
     key, description = cache_key(config, split, dataset)
-    entry = storage.join(cache_root(config), key)
+    root = cache_root(config)
+    entry = storage.join(root, key)
     meta_uri = storage.join(entry, META_FILE)
     if storage.exists(meta_uri):
         try:
             train, val = _load(storage.join(entry, "train.npy")), _load(storage.join(entry, "val.npy"))
             if train.shape == (len(dataset.train),) + split.feature_shape and len(val) == len(dataset.val):
                 flipped, flipped_hit = _flipped(config, split, dataset, entry, train)
-                return Cached(split, train, val, flipped, entry, True, time.perf_counter() - start, flipped_hit), ""
+                _used(entry)
+                if not flipped_hit:
+                    evict(root, config.feature_cache_max_gb, keep=key)
+                cached = Cached(split, train, val, flipped, entry, True, time.perf_counter() - start, flipped_hit)
+                return cached, ""
             log.warning("feature cache: entry %s has unexpected shapes; recomputing it", entry)
         except (OSError, ValueError) as e:
             log.warning("feature cache: cannot read %s (%s); recomputing it", entry, e)
-    train = compute_features(split.prefix, dataset.train.images, config)
-    val = compute_features(split.prefix, dataset.val.images, config)
+    log.info("feature cache: no entry %s in %s; computing it", key, root)
+    train = compute_features(split.prefix, dataset.train.images, config, label="train features")
+    val = compute_features(split.prefix, dataset.val.images, config, label="val features")
     seconds = time.perf_counter() - start
     _save(storage.join(entry, "train.npy"), train)
     _save(storage.join(entry, "val.npy"), val)
     meta = dict(
         description,
+        source=dataset.source,  # for people (`fer-cache list`) only: not part of the key
         feature_shape=list(split.feature_shape),
         stored_dtype=str(train.dtype),
         compute_seconds=round(seconds, 2),
     )
     storage.write_text(meta_uri, json.dumps(meta, indent=1, sort_keys=True) + "\n")
     flipped, _ = _flipped(config, split, dataset, entry, train)
+    _used(entry)
+    evict(root, config.feature_cache_max_gb, keep=key)
     return Cached(split, train, val, flipped, entry, False, time.perf_counter() - start, False), ""
 
 
@@ -374,9 +422,167 @@ def _flipped(
             log.warning("feature cache: %s has an unexpected shape; recomputing it", uri)
         except (OSError, ValueError) as e:
             log.warning("feature cache: cannot read %s (%s); recomputing it", uri, e)
-    flipped = compute_features(split.prefix, np.ascontiguousarray(dataset.train.images[:, :, ::-1]), config)
+    images = np.ascontiguousarray(dataset.train.images[:, :, ::-1])
+    flipped = compute_features(split.prefix, images, config, label="flipped train features")
     _save(uri, flipped)
     return flipped, False
 
 
-__all__ = ["prepare", "split_model", "clean_cut", "compute_features", "cache_key", "config_reason", "Cached", "Split"]
+# ---------------------------------------------------------------------------------
+# Entries: last use, size, least-recently-used eviction, list and clear.
+# ---------------------------------------------------------------------------------
+def _used(entry: str) -> None:
+    """Marks an entry as used now (its `last_used`); a read-only cache only logs why not."""
+    try:
+        storage.write_text(storage.join(entry, LAST_USED_FILE), f"{time.time():.3f}\n")
+    except OSError as e:
+        log.warning("feature cache: cannot mark %s as used (%s)", entry, e)
+
+
+@dataclasses.dataclass
+class Entry:
+    """One cache entry as `list_entries` sees it."""
+
+    key: str
+    uri: str
+    size: int  # bytes, every file of the entry (temporary files of a write in progress too)
+    last_used: float  # seconds since the epoch: `last_used`, else the newest file's time
+    complete: bool  # has meta.json
+    files: tuple[str, ...]  # names of its files
+    meta: dict  # meta.json ({} when incomplete or unreadable)
+
+
+def _scan(root: str) -> dict[str, dict]:
+    """{key: {"size", "mtime", "files"}} of the directories directly under `root`, from one
+    recursive listing (local or gs://); files directly in `root` are ignored."""
+    import pyarrow.fs as pafs
+
+    if not storage.is_dir(root):
+        return {}
+    fs, path = storage.filesystem(root)
+    base = path.rstrip("/") + "/"
+    found: dict[str, dict] = {}
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
+        if info.type != pafs.FileType.File or not info.path.startswith(base):
+            continue
+        parts = info.path[len(base) :].replace(os.sep, "/").split("/")
+        if len(parts) < 2:
+            continue
+        e = found.setdefault(parts[0], {"size": 0, "mtime": 0.0, "files": []})
+        e["size"] += info.size or 0
+        e["mtime"] = max(e["mtime"], info.mtime.timestamp() if info.mtime else 0.0)
+        e["files"].append("/".join(parts[1:]))
+    return found
+
+
+def list_entries(root: str, read_meta: bool = True) -> list[Entry]:
+    """The entries under `root`, least recently used first ([] when there is no cache)."""
+    entries = []
+    for key, found in _scan(root).items():
+        uri = storage.join(root, key)
+        files = tuple(sorted(found["files"]))
+        last_used = found["mtime"]
+        if LAST_USED_FILE in files:
+            try:
+                last_used = float(storage.read_text(storage.join(uri, LAST_USED_FILE)).strip())
+            except (OSError, ValueError):
+                pass
+        meta = {}
+        if read_meta and META_FILE in files:
+            try:
+                meta = json.loads(storage.read_text(storage.join(uri, META_FILE)))
+            except (OSError, ValueError):
+                meta = {}
+        entries.append(Entry(key, uri, found["size"], last_used, META_FILE in files, files, meta))
+    return sorted(entries, key=lambda e: (e.last_used, e.key))
+
+
+def human_size(n: float) -> str:
+    """Bytes in decimal units (the cap is in GB = 10**9 bytes): 568.2 MB, 1.14 GB."""
+    for unit, scale in (("GB", GB), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}" if n < 100 * scale else f"{n / scale:.0f} {unit}"
+    return f"{int(n)} B"
+
+
+def evict(root: str, max_gb: float, keep: str = "") -> list[Entry]:
+    """Deletes the least recently used entries until `root` holds at most `max_gb` GB (0: no
+    cap); never `keep` (the entry in use), nor an incomplete entry younger than
+    INCOMPLETE_GRACE_S. One log line per eviction; returns the evicted entries."""
+    if max_gb <= 0:
+        return []
+    cap = max_gb * GB
+    entries = list_entries(root, read_meta=False)
+    total = sum(e.size for e in entries)
+    if total <= cap:
+        return []
+    now = time.time()
+    evictable = [
+        e for e in entries if e.key != keep and (e.complete or now - e.last_used > INCOMPLETE_GRACE_S)
+    ]  # least recently used first
+    evicted = []
+    for e in evictable:
+        if total <= cap:
+            break
+        try:
+            storage.delete_dir(e.uri)
+        except OSError as err:
+            if storage.exists(e.uri):
+                log.warning("feature cache: cannot evict %s (%s)", e.uri, err)
+                continue
+            # else another worker of the run (or another run) deleted it at the same time
+        total -= e.size
+        evicted.append(e)
+        log.info(
+            "feature cache: evicted %s (%s, last used %s) to stay under feature_cache_max_gb=%g; %s left",
+            e.key,
+            human_size(e.size),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used)),
+            max_gb,
+            human_size(total),
+        )
+    if total > cap:
+        log.warning(
+            "feature cache: %s holds %s, over feature_cache_max_gb=%g, with nothing left to evict "
+            "(the entry in use is kept)",
+            root,
+            human_size(total),
+            max_gb,
+        )
+    return evicted
+
+
+def clear(root: str, key: str | None = None) -> list[Entry]:
+    """Deletes one entry (`key`: its key or a unique prefix of it) or, with no key, every entry
+    under `root`; returns what it deleted. An unknown or ambiguous key is a UserError."""
+    from fer_dist.errors import UserError
+
+    entries = list_entries(root, read_meta=False)
+    if key is not None:
+        matches = [e for e in entries if e.key == key] or [e for e in entries if key and e.key.startswith(key)]
+        if not matches:
+            raise UserError(f"no feature cache entry {key!r} in {root} (fer-cache list --dir {root} shows them)")
+        if len(matches) > 1:
+            raise UserError(f"{key!r} names {len(matches)} feature cache entries in {root}: give more of the key")
+        entries = matches
+    for e in entries:
+        storage.delete_dir(e.uri)
+    return entries
+
+
+__all__ = [
+    "prepare",
+    "split_model",
+    "clean_cut",
+    "compute_features",
+    "cache_key",
+    "config_reason",
+    "Cached",
+    "Split",
+    "Entry",
+    "list_entries",
+    "evict",
+    "clear",
+    "human_size",
+    "default_root",
+]

@@ -63,11 +63,20 @@ def for_phase(config: TrainConfig, phase: int, model, dataset, dist: Distributed
     return Inputs(split.remainder, cached.train, cached.val, cached.train_flipped)
 
 
-def train_batches(dist: Distributed, dataset, config: TrainConfig, inputs: Inputs, epochs: range, steps: int):
+def train_batches(
+    dist: Distributed, dataset, config: TrainConfig, inputs: Inputs, epochs: range, steps: int, skip_steps: int = 0
+):
     """An iterator over the distributed training batches of `epochs` (0-based), in the
-    deterministic order of `pipeline.epoch_order`."""
+    deterministic order of `pipeline.epoch_order`, from step `skip_steps` of the first."""
     fn = pipeline.train_dataset_fn(
-        dataset.train, config, epochs.start, epochs.stop, steps, inputs.train_features, inputs.flipped_features
+        dataset.train,
+        config,
+        epochs.start,
+        epochs.stop,
+        steps,
+        inputs.train_features,
+        inputs.flipped_features,
+        skip_steps=skip_steps,
     )
     return iter(dist.dataset(fn))
 

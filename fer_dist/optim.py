@@ -1,7 +1,9 @@
 """Optimizers and learning-rate schedules.
 
 `make_optimizer(config)` builds the run's optimizer (Adam, AdamW, SGD with Nesterov momentum;
-the fused Adam for the resnet50 backbone). `scheduled_learning_rate` is the learning rate of
+the fused Adam for the resnet50 backbone), one that applies gradients as given: the train step
+all-reduces them itself (`steps.all_reduce_gradients`), so the optimizer must not sum them over
+the replicas a second time (`pre_reduced`). `scheduled_learning_rate` is the learning rate of
 any training step: plateau (the loop's decayed rate), cosine, and linear warm-up.
 """
 
@@ -17,14 +19,34 @@ def make_optimizer(config: TrainConfig):
 
     decay = config.weight_decay or None
     if config.optimizer == "sgd":
-        return keras.optimizers.SGD(
+        return pre_reduced(keras.optimizers.SGD)(
             config.learning_rate, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay
         )
     if decay:
-        return keras.optimizers.AdamW(config.learning_rate, weight_decay=decay)
+        return pre_reduced(keras.optimizers.AdamW)(config.learning_rate, weight_decay=decay)
     if config.backbone == "resnet50":  # 24M trainable parameters in the seed recipe: the update matters
-        return _fused_adam_class()(config.learning_rate)
-    return keras.optimizers.Adam(config.learning_rate)
+        return pre_reduced(_fused_adam_class())(config.learning_rate)
+    return pre_reduced(keras.optimizers.Adam)(config.learning_rate)
+
+
+_PRE_REDUCED: dict = {}
+
+
+def pre_reduced(cls):
+    """`cls` (a Keras 3 optimizer) applying gradients that are already summed over the replicas.
+
+    Keras 3.15's TF optimizer all-reduces gradients inside `apply_gradients` in a replica
+    context, with default options, through `_all_reduce_sum_gradients`; this subclass makes that
+    the identity. The class keeps its name, so its variables' names (and checkpoints) do not
+    change. tests/test_steps.py checks that 2 replicas equal 1 (no double sum) and that the hook
+    still exists in the installed Keras."""
+    if cls not in _PRE_REDUCED:
+
+        def _all_reduce_sum_gradients(self, grads_and_vars):
+            return list(grads_and_vars)
+
+        _PRE_REDUCED[cls] = type(cls.__name__, (cls,), {"_all_reduce_sum_gradients": _all_reduce_sum_gradients})
+    return _PRE_REDUCED[cls]
 
 
 def scheduled_learning_rate(

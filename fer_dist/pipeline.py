@@ -80,11 +80,13 @@ def train_dataset_fn(
     steps: int,
     features: np.ndarray | None = None,
     flipped_features: np.ndarray | None = None,
+    skip_steps: int = 0,
 ):
     """A `distribute_datasets_from_function` callable yielding per-replica batches for epochs
-    [first_epoch, last_epoch); of cached `features` rows instead of images when given, and
-    with `flipped_features` (the flipped images' rows) each example comes from one of the two
-    by `flip_coins`."""
+    [first_epoch, last_epoch), less the first `skip_steps` global batches (a run resumed from a
+    step checkpoint); of cached `features` rows instead of images when given, and with
+    `flipped_features` (the flipped images' rows) each example comes from one of the two by
+    `flip_coins`."""
     images, transform = _inputs_fn(split, config, features)
     labels = split.labels.astype(np.int32)
     if flipped_features is not None and (features is None or flipped_features.shape != features.shape):
@@ -94,7 +96,7 @@ def train_dataset_fn(
         per_replica = ctx.get_per_replica_batch_size(config.global_batch_size)
         pipelines, pipeline_id = ctx.num_input_pipelines, ctx.input_pipeline_id
         epochs = range(first_epoch, last_epoch)
-        order = np.concatenate([epoch_order(len(images), e, steps, config) for e in epochs])
+        order = np.concatenate([epoch_order(len(images), e, steps, config) for e in epochs])[skip_steps:]
 
         def mine(a: np.ndarray) -> np.ndarray:
             # [steps_total, global] -> this pipeline's slice of every global batch, as per-replica batches.
@@ -108,7 +110,7 @@ def train_dataset_fn(
                 num_parallel_calls=AUTOTUNE,
             )
         else:
-            coins = np.concatenate([flip_coins(len(images), e, steps, config) for e in epochs])
+            coins = np.concatenate([flip_coins(len(images), e, steps, config) for e in epochs])[skip_steps:]
             flipped_t = tf.constant(flipped_features)
 
             def pick(idx, coin):

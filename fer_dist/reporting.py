@@ -21,6 +21,7 @@ from fer_dist.config import TrainConfig, describe
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.csv"
+RAY_STEP_LINE_S = 60.0  # at most one step-progress line a minute per Ray run
 CONFIG_FILE = "config.json"
 
 
@@ -95,6 +96,7 @@ class Reporter(NullReporter):
     def epoch_start(self, epoch: int, steps: int) -> None:
         self._epoch_start = time.perf_counter()
         self._bar = None
+        self._logged_tenth = 0
         if self.show_progress:
             import keras
 
@@ -102,14 +104,17 @@ class Reporter(NullReporter):
             self._bar = keras.utils.Progbar(steps, stateful_metrics=["loss", "accuracy"])
 
     def step(self, epoch: int, done: int, steps: int, loss_sum: float, correct_sum: float) -> None:
-        """A progress bar on a terminal; in logs (Ray workers, CI, files) a line every 10% of an epoch."""
+        """A progress bar on a terminal; in logs (CI, files) a line every 10% of an epoch, in Ray
+        workers at most one a minute (`_step_line_due`)."""
         if self._bar is not None:
             seen = done * self.config.global_batch_size
             self._bar.update(done, [("loss", loss_sum / done), ("accuracy", correct_sum / seen)])
-        elif steps >= 50 and done % (steps // 10) == 0 and done < steps:
+        elif steps >= 50 and self._logged_tenth < 10 * done // steps < 10 and self._step_line_due():
+            self._logged_tenth = 10 * done // steps
             elapsed = time.perf_counter() - self._epoch_start
             log.info(
-                "epoch %d: %d/%d steps (%d%%) loss %.4f, %.0f img/s, ETA %.0f s",
+                "%sepoch %d: %d/%d steps (%d%%) loss %.4f, %.0f img/s, ETA %.0f s",
+                run_label(self.run_dir),
                 epoch,
                 done,
                 steps,
@@ -119,10 +124,22 @@ class Reporter(NullReporter):
                 elapsed / done * (steps - done),
             )
 
+    def _step_line_due(self) -> bool:
+        """In a Ray worker, where the runs or trials of a job share one console, a step line at most
+        every RAY_STEP_LINE_S (short epochs: the epoch line alone); in a job's own process, always."""
+        if not run_label(self.run_dir):
+            return True
+        now = time.perf_counter()
+        if now - max(self._epoch_start, getattr(self, "_last_step_line", 0.0)) < RAY_STEP_LINE_S:
+            return False
+        self._last_step_line = now
+        return True
+
     def epoch_end(self, state, improved: bool) -> None:
         row = state.history[-1]
         log.info(
-            "epoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f lr %.3g %.0f img/s%s",
+            "%sepoch %d/%d: loss %.4f accuracy %.4f val_loss %.4f val_accuracy %.4f lr %.3g %.0f img/s%s",
+            run_label(self.run_dir),
             row["epoch"],
             self.config.epochs,
             row["loss"],
@@ -187,20 +204,45 @@ def finish(result, config: TrainConfig, run_dir: str) -> dict:
     if not result.trained_epochs and storage.exists(storage.join(run_dir, evaluate.METRICS_FILE)):
         log.info("the run was already complete: keeping its metrics.json and exported model")
         return json.loads(storage.read_text(storage.join(run_dir, evaluate.METRICS_FILE)))
-    log.info("final evaluation with the weights of epoch %d", result.state.best_epoch)
+    label = run_label(run_dir)
+    start = time.perf_counter()
+    log.info("%sfinal evaluation with the weights of epoch %d ...", label, result.state.best_epoch)
     metrics = evaluate.evaluate_run(result.model, result.dataset, config, run_dir, result.state)
-    export_model(result.model, run_dir)
-    log.info("exported model.keras and saved_model/ to %s", run_dir)
+    log.info("%sfinal evaluation: done in %.1f s", label, time.perf_counter() - start)
+    start = time.perf_counter()
+    log.info("%sexporting model.keras and saved_model/ ...", label)
+    export_model(result.model, config, run_dir)
+    log.info("%sexported model.keras and saved_model/ to %s in %.1f s", label, run_dir, time.perf_counter() - start)
     return metrics
 
 
-def export_model(model, run_dir: str) -> None:
-    """`model.keras` (Keras 3) and `saved_model/` (TF serving) beside the checkpoints."""
+def run_label(run_dir: str) -> str:
+    """'NAME: ' in a Ray worker, where the lines of several runs or trials meet on one console
+    (Ray prefixes them with a pid only); '' in a job's own process."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    try:
+        if ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+            return ""
+    except Exception:
+        return ""
+    return f"{run_dir.rstrip('/').rsplit('/', 1)[-1]}: "
+
+
+def export_model(model, config: TrainConfig, run_dir: str) -> None:
+    """`model.keras` (Keras 3: preprocessed input, for `fer_dist` itself) and `saved_model/` (the
+    serving SavedModel of `serving.export`: raw faces in, probabilities out, TensorFlow only)
+    beside the checkpoints. Written locally first, then copied (run_dir may be gs://)."""
+    from fer_dist import serving
+
     with tempfile.TemporaryDirectory(prefix="fer_dist_export_") as tmp:
         path = os.path.join(tmp, "model.keras")
         model.save(path)
         with open(path, "rb") as f:
             storage.write_bytes(storage.join(run_dir, "model.keras"), f.read())
         saved = os.path.join(tmp, "saved_model")
-        model.export(saved, verbose=False)
+        serving.export(model, config, saved)
         storage.upload_dir(saved, storage.join(run_dir, "saved_model"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from typing import Protocol
 
-from fer_dist import checkpoint, storage
+from fer_dist import checkpoint, preemption, storage
 
 
 class Session(Protocol):
@@ -20,7 +20,11 @@ class Session(Protocol):
         """A fresh local copy of the checkpoint to resume from (the loop deletes it), or None."""
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        """Called by every worker every epoch; only the chief passes a checkpoint_dir."""
+        """Called by every worker every epoch (and at a preemption's step checkpoint, where
+        `metrics["step"]` > 0); only the chief passes a checkpoint_dir."""
+
+    def watcher(self) -> preemption.NoWatcher:
+        """What tells the loop to checkpoint at a step (and maybe exit): signals, Ray's notices."""
 
 
 class LocalSession:
@@ -42,5 +46,9 @@ class LocalSession:
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         if checkpoint_dir is None:
             return
-        checkpoint.upload(checkpoint_dir, storage.join(self.checkpoints_uri, checkpoint.name(metrics["epoch"])))
+        target = checkpoint.name(metrics["epoch"], metrics.get("step", 0))
+        checkpoint.upload(checkpoint_dir, storage.join(self.checkpoints_uri, target))
         checkpoint.prune(self.checkpoints_uri, checkpoint.EPOCH_PREFIX, self.keep)
+
+    def watcher(self) -> preemption.NoWatcher:
+        return preemption.SignalWatcher()

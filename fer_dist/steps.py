@@ -1,12 +1,19 @@
 """The strategy and the compiled steps: the one place `tf.distribute` is touched.
 
-`Distributed.create()` makes MultiWorkerMirroredStrategy when TF_CONFIG names several workers
-(Ray Train sets it on every worker), else the default strategy (one CPU or one GPU), and
+`Distributed.create(config)` makes MultiWorkerMirroredStrategy when TF_CONFIG names several
+workers (Ray Train sets it on every worker), else the default strategy (one CPU or one GPU), and
 decides once which process is the chief (`is_chief`). Its methods are what the loop needs of
 the strategy: a scope, distributed datasets, the compiled train/eval steps (`build_steps`:
 a custom loop of `GradientTape` + `strategy.run` + `tf.nn.compute_average_loss`; Keras 3
 `model.fit` does not work under MWMS inside Ray, ray-project/ray#47464), a cross-worker vote,
-and a forward pass on every replica (PreciseBN).
+cross-worker sums, and a forward pass on every replica (PreciseBN).
+
+What crosses the network in a step is the gradient all-reduce and nothing else: the step
+all-reduces the gradients itself, cast to `allreduce_dtype` (float32, bfloat16 or float16: half
+the bytes) with the strategy's `CommunicationOptions` (`allreduce_pack_mb`), and the optimizer
+(`optim.make_optimizer`) does not aggregate them again. Losses and hits stay on each worker
+(`Steps.train` returns this worker's sums, without a host sync) until `sum_over_workers` adds
+them up once per epoch; the time-budget vote runs every `vote_every_steps` steps.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ def is_chief(rank: int) -> bool:
 @dataclasses.dataclass
 class Steps:
     """A phase's compiled steps; each takes an iterator over distributed batches and returns
-    (summed loss, summed hits) over the global batch."""
+    (summed loss, summed hits) of this worker's replicas, as tensors (no host sync): summed over
+    the workers by `Distributed.sum_over_workers`, they are those of the global batch."""
 
     train: Callable
     eval: Callable
@@ -41,20 +49,34 @@ class Distributed:
     strategy: object
     rank: int
     replicas: int
+    local_replicas: int = 1  # this worker's (one per worker under Ray Train)
 
     @classmethod
-    def create(cls) -> Distributed:
+    def create(cls, config: TrainConfig | None = None) -> Distributed:
         """Before any other TF op: MWMS needs a fresh context."""
         tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
         workers = tf_config.get("cluster", {}).get("worker", [])
-        strategy = tf.distribute.MultiWorkerMirroredStrategy() if len(workers) > 1 else tf.distribute.get_strategy()
+        if len(workers) > 1:
+            strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication_options(config))
+        else:
+            strategy = tf.distribute.get_strategy()
         resolver = getattr(strategy, "cluster_resolver", None)
         rank = int(resolver.task_id) if resolver is not None and resolver.task_id is not None else 0
-        return cls(strategy, rank, strategy.num_replicas_in_sync)
+        local = len(strategy.extended.worker_devices) if len(workers) > 1 else strategy.num_replicas_in_sync
+        return cls(strategy, rank, strategy.num_replicas_in_sync, local)
 
     @property
     def chief(self) -> bool:
         return is_chief(self.rank)
+
+    @property
+    def share(self) -> float:
+        """Global batch / this worker's part of it."""
+        return self.replicas / self.local_replicas
+
+    def vote_every(self, config: TrainConfig) -> int:
+        """Steps between cross-worker votes: every step in one process (a vote is free there)."""
+        return 1 if self.replicas == self.local_replicas else config.vote_every_steps
 
     def scope(self):
         return self.strategy.scope()
@@ -77,6 +99,19 @@ class Distributed:
 
         return lambda flag: bool(vote(tf.constant(flag)))
 
+    def sum_over_workers(self, values: list) -> list[float]:
+        """Each worker's tensors summed over the workers, as floats: one collective."""
+        if self.replicas == 1:
+            return [float(v) for v in values]
+        strategy = self.strategy
+        stacked = tf.stack([tf.cast(v, tf.float32) for v in values]) / self.local_replicas
+
+        @tf.function
+        def total(x):
+            return strategy.reduce("SUM", strategy.run(lambda: tf.identity(x)), axis=None)
+
+        return [float(v) for v in total(stacked).numpy()]
+
     def forward(self, fn: Callable, batch) -> None:
         """Runs `fn(batch)` on every replica (its share of the distributed batch)."""
         self.strategy.run(fn, args=(batch,))
@@ -87,17 +122,45 @@ class Distributed:
         strategy = self.strategy
         step_fn = tf.function(replica_train, jit_compile=True) if config.jit_compile else replica_train
 
+        def local_sum(per_replica):
+            return tf.add_n(strategy.experimental_local_results(per_replica))
+
         @tf.function
         def train_step(iterator):
             loss, correct = strategy.run(step_fn, args=next(iterator))
-            return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
+            return local_sum(loss), local_sum(correct)
 
         @tf.function
         def eval_step(iterator):
             loss, correct = strategy.run(replica_eval, args=next(iterator))
-            return strategy.reduce("SUM", loss, axis=None), strategy.reduce("SUM", correct, axis=None)
+            return local_sum(loss), local_sum(correct)
 
         return Steps(train_step, eval_step)
+
+
+ALLREDUCE_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
+
+
+def communication_options(config: TrainConfig | None):
+    """The all-reduce options of MWMS: `allreduce_pack_mb` (0: one pack)."""
+    pack = int((config.allreduce_pack_mb if config is not None else 0) * 2**20)
+    return tf.distribute.experimental.CommunicationOptions(bytes_per_pack=pack)
+
+
+def all_reduce_gradients(grads: list, dtype: str, options=None) -> list:
+    """The gradients summed over every replica, sent as `dtype` and cast back (None stays None).
+    One replica: unchanged. The optimizer must not aggregate them again (`optim.PreReduced`)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return grads
+    present = [g for g in grads if g is not None]
+    wire = ALLREDUCE_DTYPES[dtype]
+    sent = [tf.cast(g, wire) if g.dtype != wire else g for g in present]
+    reduced = iter(
+        tf.cast(r, g.dtype) if r.dtype != g.dtype else r
+        for r, g in zip(context.all_reduce("SUM", sent, options=options), present)
+    )
+    return [None if g is None else next(reduced) for g in grads]
 
 
 def per_example_loss_fn(config: TrainConfig) -> Callable:
@@ -119,6 +182,7 @@ def _replica_steps(net, trainable, optimizer, config: TrainConfig, class_weights
     step (fer_dist/augment.py); on cached features the only augmentation is the cached flip."""
     per_example_loss = per_example_loss_fn(config)
     mixing = in_graph and config.mixup_alpha > 0
+    options = communication_options(config)
 
     def replica_train_step(images, labels):
         mix = None
@@ -135,7 +199,7 @@ def _replica_steps(net, trainable, optimizer, config: TrainConfig, class_weights
             loss = tf.nn.compute_average_loss(example_loss, global_batch_size=config.global_batch_size)
             if net.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(net.losses))
-        grads = tape.gradient(loss, trainable)
+        grads = all_reduce_gradients(tape.gradient(loss, trainable), config.allreduce_dtype, options)
         optimizer.apply_gradients(zip(grads, trainable))
         return loss, tf.reduce_sum(augment.train_hits(labels, logits, mix))
 

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from fer_dist import augment, batchnorm, checkpoint, data, optim, phases, pipeline
+from fer_dist import augment, batchnorm, checkpoint, data, optim, phases, pipeline, preemption
 from fer_dist import inputs as inputs_lib
 from fer_dist import model as model_lib
 from fer_dist.budget import TimeBudget
@@ -56,6 +56,7 @@ class LoopState:
     loop_seconds: float = 0.0  # wall time spent in training steps and validation so far (train_minutes)
     out_of_time: bool = False  # the train_minutes budget ran out
     phase: int = 1  # training phase of the last epoch (2: after `unfreeze_epoch`)
+    partial: dict = dataclasses.field(default_factory=dict)  # at a step checkpoint: the epoch's totals so far
     history: list = dataclasses.field(default_factory=list)
     metrics: dict = dataclasses.field(default_factory=dict)
 
@@ -66,7 +67,7 @@ class LoopState:
 
     def update(self, row: dict, config: TrainConfig) -> tuple[bool, bool]:
         """Applies one epoch's metrics: (improved, stop)."""
-        self.epoch = row["epoch"]
+        self.epoch, self.step, self.partial = row["epoch"], 0, {}
         self.history.append(row)
         self.metrics = row
         self.best_val_accuracy = max(self.best_val_accuracy, row["val_accuracy"])
@@ -112,6 +113,7 @@ class Run:
     class_weights: object  # a tf.constant of per-class loss weights, or None
     precise_bn: batchnorm.PreciseBN | None
     first_epoch: int = 0
+    watcher: preemption.NoWatcher = dataclasses.field(default_factory=preemption.NoWatcher)
 
     def nothing_left(self) -> bool:
         return self.first_epoch >= self.config.epochs or self.state.stopped_early or self.state.out_of_time
@@ -131,12 +133,41 @@ class Phase:
 
 @dataclasses.dataclass
 class EpochTotals:
+    """An epoch's running sums. Steps add this worker's sums as tensors (no host sync per step);
+    `total` adds them up over the workers (one collective) into `loss_sum` / `correct_sum`."""
+
     learning_rate: float  # of the epoch's last step
     start: float = 0.0
-    done: int = 0
-    loss_sum: float = 0.0
+    done: int = 0  # steps done in the epoch (with those before the step checkpoint resumed from)
+    local_loss: object = 0.0  # this worker's sums over this call's steps
+    local_correct: object = 0.0
+    loss_sum: float = 0.0  # over every worker and every step of the epoch so far, after `total`
     correct_sum: float = 0.0
     train_seconds: float = 0.0
+    seconds_before: float = 0.0  # spent on this epoch before a step checkpoint it resumed from
+    sums_before: tuple = (0.0, 0.0)  # (loss, hits) of the steps before that step checkpoint
+
+    def add(self, loss, correct) -> None:
+        self.done += 1
+        self.local_loss = self.local_loss + loss
+        self.local_correct = self.local_correct + correct
+
+    def shown(self, share: float) -> tuple[float, float]:
+        """Running (loss, hits) for progress: this worker's sums scaled to the global batch."""
+        return (
+            self.sums_before[0] + float(self.local_loss) * share,
+            self.sums_before[1] + float(self.local_correct) * share,
+        )
+
+    def total(self, dist) -> None:
+        """Every worker, at the same step: the sums over the workers."""
+        loss, correct = dist.sum_over_workers([self.local_loss, self.local_correct])
+        self.loss_sum, self.correct_sum = self.sums_before[0] + loss, self.sums_before[1] + correct
+
+    def saved(self) -> dict:
+        """What a step checkpoint keeps of them (`LoopState.partial`), after `total`."""
+        seconds = self.seconds_before + time.perf_counter() - self.start
+        return {"done": self.done, "loss_sum": self.loss_sum, "correct_sum": self.correct_sum, "seconds": seconds}
 
 
 # ---------------------------------------------------------------------------------
@@ -148,7 +179,7 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
     if run.nothing_left():
         report_nothing_left(run)
         return result(run)
-    phase = None
+    phase, run.watcher = None, session.watcher()
     try:
         for epoch in range(run.first_epoch + 1, config.epochs + 1):
             if phase is None or phases.phase_of(config, epoch) != phase.number:
@@ -156,18 +187,19 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
             totals = train_epoch(run, phase, epoch)
             if run.precise_bn:
                 run.precise_bn(phase.inputs.net, phase.inputs.train_features, epoch)
-            val_loss, val_correct = validate(phase)
+            val_loss, val_correct = validate(run, phase)
             row = epoch_row(run, totals, val_loss, val_correct, epoch)
             if end_epoch(run, row):
                 break
     finally:
+        run.watcher.close()
         run.reporter.close()
     return result(run)
 
 
 def start(config: TrainConfig, session: Session, dataset) -> Run:
     """The strategy, data, model, optimizer and loop state (restored from the session's checkpoint)."""
-    dist = Distributed.create()  # before any other TF op: MWMS needs a fresh context
+    dist = Distributed.create(config)  # before any other TF op: MWMS needs a fresh context
     configure_runtime(config)
     if config.global_batch_size % dist.replicas:
         raise UserError(
@@ -191,7 +223,7 @@ def start(config: TrainConfig, session: Session, dataset) -> Run:
         state,
         best,
         steps_per_epoch=pipeline.steps_per_epoch(len(dataset.train), config),
-        budget=TimeBudget(config.train_minutes * 60.0, dist.any_worker()),
+        budget=TimeBudget(config.train_minutes * 60.0, dist.any_worker(), dist.vote_every(config)),
         class_weights=class_weights(config, dataset, reporter),
         precise_bn=batchnorm.PreciseBN(config, dataset.train, dist) if config.precise_bn else None,
         first_epoch=state.epoch,
@@ -230,7 +262,8 @@ def restore(config: TrainConfig, session: Session, model, optimizer, dataset, re
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     state = LoopState.from_dict(fields)
-    reporter.info("resumed from the checkpoint of epoch %d; continuing at epoch %d", state.epoch, state.epoch + 1)
+    at = f" after step {state.step} of epoch {state.epoch + 1}" if state.step else ""
+    reporter.info("resumed from the checkpoint of epoch %d%s; continuing at epoch %d", state.epoch, at, state.epoch + 1)
     return state, best if best is not None else snapshot(model)
 
 
@@ -258,7 +291,10 @@ def enter_phase(run: Run, epoch: int) -> Phase:
     phases.enter(config, run.model, run.state, number, epoch, run.reporter)
     inputs = inputs_lib.for_phase(config, number, run.model, run.dataset, run.dist, run.reporter)
     epochs = range(epoch - 1, phases.last_epoch(config, number))
-    train_batches = inputs_lib.train_batches(run.dist, run.dataset, config, inputs, epochs, run.steps_per_epoch)
+    skip = run.state.step if epoch == run.state.epoch + 1 else 0  # resumed from a step checkpoint
+    train_batches = inputs_lib.train_batches(
+        run.dist, run.dataset, config, inputs, epochs, run.steps_per_epoch, skip_steps=skip
+    )
     val_batches, val_steps = inputs_lib.val_batches(run.dist, run.dataset, config, inputs)
     # Augmentation and mixup act on images in the step; on cached features only the cached flip.
     in_graph = (augment.any_image_augmentation(config) or config.mixup_alpha > 0) and inputs.net is run.model
@@ -274,38 +310,79 @@ def enter_phase(run: Run, epoch: int) -> Phase:
 
 
 def train_epoch(run: Run, phase: Phase, epoch: int) -> EpochTotals:
-    """The epoch's training steps; stops early when the time budget runs out."""
+    """The epoch's training steps (from a step checkpoint's step when resumed from one); stops
+    early when the time budget runs out, and checkpoints at a step on a preemption notice."""
     config, state, steps = run.config, run.state, run.steps_per_epoch
-    totals = EpochTotals(learning_rate=state.learning_rate, start=time.perf_counter())
+    totals = epoch_totals(state)
     run.optimizer.learning_rate.assign(totals.learning_rate)
     run.reporter.epoch_start(epoch, steps)
     scale = config.unfreeze_lr_factor if phase.number == 2 else 1.0
-    for step in range(steps):
+    for step in range(state.step, steps):
         lr = optim.scheduled_learning_rate(config, state.learning_rate, (epoch - 1) * steps + step, steps, scale)
         if lr != totals.learning_rate:  # per step under cosine or warm-up; else once per epoch, as above
             totals.learning_rate = lr
             run.optimizer.learning_rate.assign(lr)
-        loss, correct = phase.steps.train(phase.train_batches)
-        totals.done += 1
-        totals.loss_sum += float(loss)
-        totals.correct_sum += float(correct)
-        run.reporter.step(epoch, totals.done, steps, totals.loss_sum, totals.correct_sum)
-        if step + 1 < steps and run.budget.used_up_mid_epoch(state.loop_seconds, totals.start):
+        totals.add(*phase.steps.train(phase.train_batches))
+        if totals.done % config.vote_every_steps == 0 or step + 1 == steps:  # a host sync, for progress
+            run.reporter.step(epoch, totals.done, steps, *totals.shown(run.dist.share))
+        global_step = (epoch - 1) * steps + step + 1
+        if step + 1 < steps and run.budget.used_up_mid_epoch(state.loop_seconds, totals.start, global_step):
             state.out_of_time = True
             break
-    totals.train_seconds = time.perf_counter() - totals.start
+        if step + 1 < steps:
+            check_preemption(run, totals, global_step)
+    totals.total(run.dist)
+    totals.train_seconds = totals.seconds_before + time.perf_counter() - totals.start
     return totals
 
 
-def validate(phase: Phase) -> tuple[float, float]:
-    """(summed loss, hits) over the validation split, on every worker."""
+def epoch_totals(state: LoopState) -> EpochTotals:
+    """A fresh epoch's totals, or those a step checkpoint saved (`LoopState.partial`)."""
+    totals = EpochTotals(learning_rate=state.learning_rate, start=time.perf_counter())
+    if state.step:
+        saved = state.partial
+        totals.done, totals.seconds_before = saved["done"], saved["seconds"]
+        totals.sums_before = (saved["loss_sum"], saved["correct_sum"])
+    return totals
+
+
+def check_preemption(run: Run, totals: EpochTotals, global_step: int) -> None:
+    """On a notice, a checkpoint at this step; then exit (a signal) or train on (Ray's notice)."""
+    notice = run.watcher.poll(global_step)
+    if notice is None:
+        return
+    state, start = run.state, time.perf_counter()
+    totals.total(run.dist)
+    state.step, state.partial = totals.done, totals.saved()
+    save_and_report(run, {"epoch": state.epoch, "step": state.step, "loss": totals.loss_sum / totals.done})
+    seconds = time.perf_counter() - start
+    where = f"epoch {state.epoch + 1} step {state.step}"
+    if notice.exit_signal is None:
+        run.reporter.info("%s: checkpoint at %s written in %.1f s; training on", notice.why, where, seconds)
+        return
+    exit_now(run, notice, f"checkpoint at {where} written in {seconds:.1f} s")
+
+
+def exit_now(run: Run, notice, done: str) -> None:
+    """The one line a signal's exit logs, then exit with the signal's status."""
+    run.reporter.info(
+        "%s: %s; exiting with status %d (continue with --resume --name %s)",
+        notice.why,
+        done,
+        128 + notice.exit_signal,
+        run.session.run_dir.rstrip("/").rsplit("/", 1)[-1],
+    )
+    raise preemption.Interrupted(notice.exit_signal)
+
+
+def validate(run: Run, phase: Phase) -> tuple[float, float]:
+    """(summed loss, hits) over the validation split, on every worker: one collective."""
     batches = iter(phase.val_batches)
     loss = correct = 0.0
     for _ in range(phase.val_steps):
         step_loss, step_correct = phase.steps.eval(batches)
-        loss += float(step_loss)
-        correct += float(step_correct)
-    return loss, correct
+        loss, correct = loss + step_loss, correct + step_correct
+    return tuple(run.dist.sum_over_workers([loss, correct]))
 
 
 def epoch_row(run: Run, totals: EpochTotals, val_loss: float, val_correct: float, epoch: int) -> dict:
@@ -319,7 +396,7 @@ def epoch_row(run: Run, totals: EpochTotals, val_loss: float, val_correct: float
         "val_accuracy": val_correct / val_size,
         "learning_rate": totals.learning_rate,
         "images_per_second": totals.done * batch / totals.train_seconds,
-        "epoch_seconds": time.perf_counter() - totals.start,
+        "epoch_seconds": totals.seconds_before + time.perf_counter() - totals.start,
         "steps": totals.done,
     }
 
@@ -353,13 +430,17 @@ def end_epoch(run: Run, row: dict) -> bool:
             config.early_stop_patience,
             state.best_epoch,
         )
+    notice = run.watcher.poll(state.epoch * run.steps_per_epoch)
+    if notice is not None and notice.exit_signal is not None and not (stop or state.out_of_time):
+        exit_now(run, notice, f"checkpoint of epoch {state.epoch} written")
     return stop or state.out_of_time
 
 
 def save_and_report(run: Run, metrics: dict) -> None:
     """The chief writes the epoch's checkpoint; every worker reports to the session."""
     state = run.state
-    best = run.best_weights if state.best_epoch != state.epoch else None
+    # best.npz unless the checkpoint's own weights are the best (mid-epoch they never are)
+    best = run.best_weights if state.best_epoch != state.epoch or state.step else None
     directory = run.reporter.checkpoint(
         lambda d: checkpoint.save(
             d,

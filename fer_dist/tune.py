@@ -7,11 +7,11 @@ Train V2 way: a Tune *function* trainable calls `trainer.fit()` with `TuneReport
 and names its Train run after the trial (`trial-<id>`), so a resumed or retried trial
 continues from its own checkpoints. ASHA stops weak trials (random search, or Optuna).
 
-ray-project/ray#54305: when Tune stops a Train V2 trial, the placement group of its worker
-group is not released and the next trial waits forever. Each trial's rank-0 worker records
-its placement group id in Ray's KV store (`launch.record_placement_group`), and
-`ReleaseTrialPlacementGroups.on_trial_complete/on_trial_error` removes exactly that group:
-safe with concurrent trials, because other trials' groups are never touched.
+When Tune stops a trial (ASHA, or the trial ends), `StopTrialTrainRuns` ends its Train run
+inside Tune's event loop (`launch.stop_run`: removes the worker placement group that Train V2
+leaks, ray-project/ray#54305, and waits for its workers to die), so a stopped run never trains
+on beside the next trial. Train runs of trials do not retry themselves; Tune retries a failed
+trial (`TRIAL_RETRIES`), which resumes from the trial's checkpoints.
 """
 
 from __future__ import annotations
@@ -164,8 +164,11 @@ def refuse_changes(saved: TrainConfig, wanted: TrainConfig, saved_space: dict, w
 
 
 # ---------------------------------------------------------------------------------
-# ray-project/ray#54305 workaround (launch.record_placement_group / release_placement_group).
+# A stopped trial's Train run ends before Tune starts another (launch.stop_run).
 # ---------------------------------------------------------------------------------
+TRIAL_RETRIES = 1  # Tune restarts a failed trial this often; it resumes from its checkpoints
+
+
 def trial_run_name(trial_id: str) -> str:
     return f"trial-{trial_id}"
 
@@ -175,16 +178,23 @@ def _callback_class():
 
     from fer_dist import launch
 
-    class ReleaseTrialPlacementGroups(Callback):
-        """Frees a stopped/finished trial's Train worker group (ray-project/ray#54305)."""
+    class StopTrialTrainRuns(Callback):
+        """Ends a completed, stopped or failed trial's Train run before Tune goes on."""
+
+        def _stop(self, trial, why: str) -> None:
+            run = trial_run_name(trial.trial_id)
+            waited = launch.stop_run(run)
+            if waited is not None:
+                epoch = (trial.last_result or {}).get("epoch", 0)
+                log.info("%s %s after epoch %s; its Train run ended (%.1f s)", run, why, epoch, waited)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            launch.release_placement_group(trial_run_name(trial.trial_id))
+            self._stop(trial, "finished or stopped")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            launch.release_placement_group(trial_run_name(trial.trial_id))
+            self._stop(trial, "failed")
 
-    return ReleaseTrialPlacementGroups
+    return StopTrialTrainRuns
 
 
 # ---------------------------------------------------------------------------------
@@ -199,6 +209,13 @@ def run_trial(
 
     from fer_dist import launch
 
+    class EpochReports(TuneReportCallback):
+        """Tune hears of epochs only: a preemption's step checkpoint has no validation."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if not (metrics and metrics[0].get("step")):
+                super().after_report(run_context, metrics, checkpoint)
+
     config = TrainConfig.from_json(base_json).replace(**params)
     name = trial_run_name(tune.get_context().get_trial_id())
     trainer = launch.make_trainer(
@@ -208,12 +225,16 @@ def run_trial(
         num_workers=workers,
         gpus_per_worker=gpus_per_worker,
         cpus_per_worker=cpus_per_worker,
-        max_failures=1,
-        callbacks=[TuneReportCallback()],
+        max_failures=0,  # Tune retries the trial (TRIAL_RETRIES); see StopTrialTrainRuns
+        callbacks=[EpochReports()],
+        record_workers=True,
     )
     result = trainer.fit()
     if result.error:
         raise result.error
+
+
+TRIAL_DRIVER_RESOURCES = {"CPU": 0.01}  # the trial driver only coordinates; {"CPU": 0} is refused by Tune
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,8 +250,18 @@ class SearchSpec:
     searcher: str = "random"  # random | optuna
 
 
-def search(base: TrainConfig, space: dict[str, Dim], spec: SearchSpec, *, storage_uri: str, name: str, resume: bool):
-    """Runs (or resumes) a search; writes results.csv, curves PNG, best_config.json, best_model/."""
+def search(
+    base: TrainConfig,
+    space: dict[str, Dim],
+    spec: SearchSpec,
+    *,
+    storage_uri: str,
+    name: str,
+    resume: bool,
+    address: str | None = None,
+):
+    """Runs (or resumes) a search on the Ray cluster of `launch.ensure_ray(address)`; writes
+    results.csv, curves PNG, best_config.json, best_model/."""
     from ray import tune
 
     from fer_dist import launch, runs
@@ -243,7 +274,14 @@ def search(base: TrainConfig, space: dict[str, Dim], spec: SearchSpec, *, storag
     search_uri = storage.join(storage_uri, name)
     fs, path = storage.filesystem(storage_uri)
     trials_uri = storage.join(search_uri, TRIALS_DIR)
-    launch.ensure_ray()
+    launch.ensure_ray(address)
+    launch.check_fits(
+        spec.workers_per_trial,
+        launch.worker_resources(spec.cpus_per_worker, spec.gpus_per_worker),
+        f"--workers-per-trial {spec.workers_per_trial} --cpus-per-worker {spec.cpus_per_worker:g}"
+        + (f" --gpus-per-worker {spec.gpus_per_worker:g}" if spec.gpus_per_worker else ""),
+        extra=TRIAL_DRIVER_RESOURCES,
+    )
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial,
@@ -253,7 +291,7 @@ def search(base: TrainConfig, space: dict[str, Dim], spec: SearchSpec, *, storag
             gpus_per_worker=spec.gpus_per_worker,
             cpus_per_worker=spec.cpus_per_worker,
         ),
-        {"CPU": 0.01},  # the trial driver only coordinates; {"CPU": 0} is refused by Tune
+        TRIAL_DRIVER_RESOURCES,
     )
     tune_path = storage.join(path, name) if storage.is_gcs(storage_uri) else storage.filesystem(search_uri)[1]
     held = contextlib.ExitStack()
@@ -277,6 +315,7 @@ def search(base: TrainConfig, space: dict[str, Dim], spec: SearchSpec, *, storag
         spec.workers_per_trial,
         ", ".join(f"{k}={d.describe()}" for k, d in space.items()),
     )
+    log.info("each trial logs one line per epoch; TensorBoard: tensorboard --logdir %s", trials_uri)
     start = time.perf_counter()
     with held:
         grid = tuner.fit()
@@ -318,7 +357,11 @@ def _new_tuner(trainable, base: TrainConfig, space: dict[str, Dim], spec: Search
             storage_path=path,
             storage_filesystem=fs,
             callbacks=[_callback_class()()],
-            verbose=1,
+            failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+            # No status tables, result dicts or TensorBoard hint (inside Ray's temporary session):
+            # each trial's chief logs one line per epoch, StopTrialTrainRuns one when it ends,
+            # and Tune still prints a failed trial's error.
+            verbose=0,
         ),
     )
 
@@ -488,4 +531,4 @@ def _finish_best(model, config: TrainConfig, checkpoint_uri: str, target_uri: st
     state.best_epoch = state.epoch  # the exported weights are this checkpoint's own
     dataset = data.load_for(config)
     evaluate.evaluate_run(model, dataset, config, target_uri, state)
-    reporting.export_model(model, target_uri)
+    reporting.export_model(model, config, target_uri)

@@ -73,3 +73,26 @@ def gcs_emulator():
 def gcs_prefix(gcs_emulator: Emulator) -> str:
     """A fresh, empty `gs://fer-test/<uuid>` prefix for one test."""
     return f"gs://{gcs_emulator.bucket}/{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory):
+    """A local Ray cluster derived from cluster.yaml (`fer_dist.cluster`): a head of cluster.yaml's
+    head type and fake worker nodes (separate raylets) that a real autoscaler starts on demand.
+
+    Isolated (its own RAY_TMPDIR, ports and state file, token auth off) and stopped by its own
+    processes at the end of the module. Yields a `fer_dist.cluster.LocalCluster`: pass
+    `local_cluster.env()` (RAY_ADDRESS, RAY_AUTH_MODE) to the jobs that should run on it.
+    """
+    import shutil
+
+    if shutil.which("ray") is None:
+        pytest.skip("the `ray` command is not installed (pip install 'ray[train,tune]')")
+    from fer_dist import cluster
+
+    state = str(tmp_path_factory.mktemp("local_cluster") / "state.json")
+    started = cluster.up(state_path=state)
+    try:
+        yield started
+    finally:
+        cluster.down(state)

@@ -245,3 +245,127 @@ def test_augment_flip_trains_on_cached_features_of_flipped_images(tmp_path, capl
     np.testing.assert_allclose(stored, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
     unflipped = np.load(tmp_path / "cache" / entry / "train.npy")
     assert np.abs(stored - unflipped).max() > 1e-3 * np.abs(unflipped).max()
+
+
+# ---------------------------------------------------------------------------------
+# The cache as a store: keyed by content, LRU under a size cap, progress, fer-cache.
+# ---------------------------------------------------------------------------------
+def _tiny_data(seed: int, source: str):
+    from fer_dist.data import Dataset
+
+    return Dataset(train=tiny_split(14, seed), val=tiny_split(7, seed + 100), test=None, source=source, notes=())
+
+
+def test_same_data_at_another_path_hits_the_same_entry(built, tmp_path, caplog):
+    import dataclasses
+
+    caplog.set_level(logging.INFO, logger="fer_dist")
+    cfg, model = built
+    cfg = cfg.replace(feature_cache_dir=str(tmp_path / "cache"))
+    data = _tiny_data(1, "/data/a/fer2013.csv")
+    first, why = F.prepare(cfg, model, data)
+    assert why == "" and not first.hit
+    elsewhere = dataclasses.replace(data, source="gs://bucket/copy/fer2013.csv.gz")  # same images, other path
+    again, _ = F.prepare(cfg, model, elsewhere)
+    assert again.hit and again.uri == first.uri
+    np.testing.assert_array_equal(again.train, first.train)
+    (entry,) = F.list_entries(str(tmp_path / "cache"))
+    assert entry.complete and entry.meta["source"] == "/data/a/fer2013.csv"  # kept for people, not in the key
+    assert "data" not in entry.meta and "source" not in F.cache_key(cfg, first.split, elsewhere)[1]
+    assert F.LAST_USED_FILE in entry.files and entry.size > first.train.nbytes + first.val.nbytes
+    # Other images: another entry.
+    other, _ = F.prepare(cfg, model, _tiny_data(2, "/data/a/fer2013.csv"))
+    assert not other.hit and len(F.list_entries(str(tmp_path / "cache"))) == 2
+    # Computing an entry logs its progress.
+    assert "feature cache: computing train features of 14 images" in caplog.text
+    assert "feature cache: val features 7/7 done in" in caplog.text
+
+
+def test_compute_features_logs_progress(built, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="fer_dist")
+    monkeypatch.setattr(F, "PROGRESS_EVERY_S", 0.0)
+    cfg, model = built
+    split, _ = F.split_model(model, cfg)
+    F.compute_features(split.prefix, tiny_split(10, seed=7).images, cfg, batch_size=4, label="train features")
+    lines = [r.getMessage() for r in caplog.records if r.name == "fer_dist.features"]
+    assert lines[0] == "feature cache: computing train features of 10 images through the frozen prefix"
+    assert lines[1].startswith("feature cache: train features 4/10 (40%), ") and "images/s, ETA" in lines[1]
+    assert lines[2].startswith("feature cache: train features 8/10 (80%), ")
+    assert lines[3].startswith("feature cache: train features 10/10 done in ") and len(lines) == 4
+
+
+def test_least_recently_used_entry_is_evicted_over_the_cap(built, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="fer_dist")
+    cfg, model = built
+    root = str(tmp_path / "cache")
+    cfg = cfg.replace(feature_cache_dir=root, feature_cache_max_gb=0)  # no cap while filling
+    a, _ = F.prepare(cfg, model, _tiny_data(1, "a.csv"))
+    b, _ = F.prepare(cfg, model, _tiny_data(2, "b.csv"))
+    assert F.prepare(cfg, model, _tiny_data(1, "a.csv"))[0].hit  # A used after B: B is the least recently used
+    size = max(e.size for e in F.list_entries(root))
+    assert [e.uri for e in F.list_entries(root)] == [b.uri, a.uri]
+    # Room for two and a half entries: writing C evicts B only, and keeps A and C.
+    capped = cfg.replace(feature_cache_max_gb=2.5 * size / F.GB)
+    c, _ = F.prepare(capped, model, _tiny_data(3, "c.csv"))
+    assert [e.uri for e in F.list_entries(root)] == [a.uri, c.uri]
+    evictions = [r.getMessage() for r in caplog.records if "evicted" in r.getMessage()]
+    assert len(evictions) == 1 and evictions[0].startswith(f"feature cache: evicted {os.path.basename(b.uri)} (")
+    # A cap below one entry empties the rest of the cache but never the entry just used.
+    caplog.clear()
+    assert F.prepare(capped.replace(feature_cache_max_gb=1e-9), model, _tiny_data(4, "d.csv"))[0].hit is False
+    (left,) = F.list_entries(root)
+    assert left.key == F.cache_key(capped, c.split, _tiny_data(4, "d.csv"))[0]
+    assert caplog.text.count("feature cache: evicted") == 2 and "nothing left to evict" in caplog.text
+
+
+def test_an_incomplete_entry_is_evicted_only_when_stale(tmp_path):
+    root = tmp_path / "cache"
+    (root / "writing").mkdir(parents=True)
+    (root / "writing" / "train.npy").write_bytes(b"x" * 5000)
+    assert F.evict(str(root), 1e-6) == [] and (root / "writing").exists()  # it may be being written
+    old = os.path.getmtime(root / "writing" / "train.npy") - 2 * F.INCOMPLETE_GRACE_S
+    os.utime(root / "writing" / "train.npy", (old, old))
+    assert [e.key for e in F.evict(str(root), 1e-6)] == ["writing"] and not (root / "writing").exists()
+
+
+def test_feature_cache_max_gb_is_validated():
+    from fer_dist.errors import UserError
+
+    assert C.resolve("seed").feature_cache_max_gb == 4.0
+    assert C.resolve("seed", {"feature_cache_max_gb": "0"}).feature_cache_max_gb == 0
+    with pytest.raises(UserError, match="feature_cache_max_gb=-1.0: must be >= 0"):
+        C.resolve("seed", {"feature_cache_max_gb": "-1"})
+
+
+def test_cache_command_lists_and_clears(built, tmp_path):
+    from tests.jobs_helpers import assert_user_error, run
+
+    cfg, model = built
+    root = str(tmp_path / "cache")
+    cfg = cfg.replace(feature_cache_dir=root, feature_cache_max_gb=0)
+    a, _ = F.prepare(cfg, model, _tiny_data(1, "/data/one/fer.csv"))
+    b, _ = F.prepare(cfg.replace(augment_flip=True), model, _tiny_data(2, "/data/two/fer.csv"))
+    key_a, key_b = os.path.basename(a.uri), os.path.basename(b.uri)
+
+    listed = run("cache.py", "list", "--dir", root)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["key", "size", "last"]
+    assert lines[1].startswith(key_b) and lines[2].startswith(key_a)  # most recently used first
+    assert (
+        "/data/two/fer.csv" in lines[1]
+        and "48 px" in lines[1]
+        and "14/7" in lines[1]
+        and "conv4_block6_out" in lines[1]
+    )
+    assert " yes " in lines[1] and " no " in lines[2]  # flipped features in B only
+    total = sum(e.size for e in F.list_entries(root))
+    assert lines[3] == f"total: 2 entries, {F.human_size(total)} in {root}; cap 4 GB (feature_cache_max_gb)"
+
+    assert_user_error(run("cache.py", "clear", "0000nope", "--dir", root), "no feature cache entry '0000nope'", root)
+    cleared = run("cache.py", "clear", key_a[:8], "--dir", root)
+    assert cleared.returncode == 0 and f"deleted {key_a} (" in cleared.stdout, cleared.stderr
+    assert [e.key for e in F.list_entries(root)] == [key_b]
+    cleared = run("cache.py", "clear", "--dir", root)
+    assert cleared.returncode == 0 and "cleared 1 entries" in cleared.stdout and F.list_entries(root) == []
+    assert run("cache.py", "list", "--dir", root).stdout.startswith(f"total: 0 entries, 0 B in {root}")

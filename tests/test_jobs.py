@@ -17,7 +17,7 @@ run, assert_user_error = jobs_helpers.run, jobs_helpers.assert_user_error
 @pytest.mark.parametrize(
     "flags, needles",
     [
-        (["--preset", "nope"], ["--preset 'nope': unknown preset"]),
+        (["--preset", "nope"], ["--preset 'nope': expected one of seed, smoke"]),
         (["--epochs", "-1"], ["epochs=-1"]),
         (["--set", "dropout=1.5"], ["dropout=1.5", "[0, 1)"]),
         (["--set", "colour=blue"], ["unknown config key 'colour'"]),

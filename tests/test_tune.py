@@ -129,6 +129,33 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
         assert p.stat().st_mtime_ns == stamp, f"{p.parent.name} was run again"
 
 
+@pytest.mark.ray
+def test_stopping_a_trial_ends_its_train_run_before_returning(tmp_path):
+    """What Tune's StopTrialTrainRuns callback does when ASHA stops a trial: when
+    `launch.stop_run` returns, every worker of the run is dead and nothing more is written."""
+    import json
+
+    from tests.tiny import write_tiny_csv
+
+    data = write_tiny_csv(tmp_path / "tiny.csv", n_train=448, n_val=112, n_test=0)
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "tests", "stop_run_main.py"), str(data), str(tmp_path / "runs")],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    out = finish(proc, timeout=400)
+    assert proc.returncode == 0, out[-5000:]
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen["workers"] == 2 and seen["waited"] is not None, seen
+    assert seen["states"] == ["DEAD", "DEAD"], seen  # dead when stop_run returned, not later
+    assert seen["history_unchanged"] and 1 <= seen["epochs_at_stop"] < 40, seen
+    assert seen["fit"] != "running" and seen["keys_left"] == 0, seen
+
+
 def test_space_parsing_and_checks():
     from fer_dist import config as C
     from fer_dist import tune

@@ -6,13 +6,20 @@
 `fer-evaluate`, `fer-predict`, `fer-convert-weights`) run these apps. A `UserError` anywhere
 below a job becomes one line `error: <message>` on stderr and exit status 2, never a
 traceback. Everything else is a bug and tracebacks. The library never imports this package.
+
+Every flag that takes one of a fixed set of values is an Enum (`choices`): `--help` lists the
+values and a wrong one is a parse error (`error: --preset 'nope': expected one of ...`).
+Usage examples in a job's docstring sit in a paragraph that starts with a `\\b` line, so that
+`--help` keeps each example on its own line with its indentation.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import typer
 from typer.exceptions import TyperException
@@ -39,9 +46,33 @@ class App(typer.Typer):
             ctx = getattr(e, "ctx", None)
             hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
             message = e.format_message() if hasattr(e, "format_message") else str(e)
-            print(f"error: {message}{hint}", file=sys.stderr, flush=True)
+            print(f"error: {_bad_choice(e, message) or message}{hint}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_USER_ERROR) from None
         raise SystemExit(code if isinstance(code, int) else 0)
+
+
+_NOT_ONE_OF = re.compile(r"^(?:Value error, )?(?P<q>['\"])(?P<value>.*)(?P=q) is not one of (?P<choices>.+?)\.?$", re.S)
+
+
+def _bad_choice(error: Exception, message: str) -> str | None:
+    """`--tta 'twice': expected one of none, flip, tencrop` for a value outside an Enum's choices."""
+    match = _NOT_ONE_OF.search(getattr(error, "message", message))
+    param = getattr(error, "param", None)
+    if match is None or param is None:
+        return None
+    flag = max(getattr(param, "opts", None) or [param.name], key=len)
+    choices = ", ".join(c.strip().strip("'") for c in match["choices"].split(","))
+    return f"{flag} {match['value']!r}: expected one of {choices}"
+
+
+def choices(name: str, values: Iterable[str]) -> type[enum.Enum]:
+    """A str Enum for a flag's fixed set of values: `--help` lists them, Typer rejects others."""
+    return enum.Enum(name, {v: v for v in values}, type=str)
+
+
+def value(choice) -> str | None:
+    """The string behind an Enum flag (None stays None)."""
+    return choice.value if isinstance(choice, enum.Enum) else choice
 
 
 def user_errors_exit(fn: Callable) -> Callable:
@@ -58,4 +89,4 @@ def user_errors_exit(fn: Callable) -> Callable:
     return wrapper
 
 
-__all__ = ["App", "EXIT_USER_ERROR", "UserError", "user_errors_exit"]
+__all__ = ["App", "EXIT_USER_ERROR", "UserError", "choices", "user_errors_exit", "value"]

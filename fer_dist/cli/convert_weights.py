@@ -1,5 +1,6 @@
 """Convert face-recognition ResNet-50 weights (VGGFace2) into a Keras weights file for `weights=PATH`.
 
+\b
     python jobs/convert_weights.py resnet50_ft_weight.pkl vggface2_resnet50.weights.h5
     python jobs/train.py --preset best --set weights=vggface2_resnet50.weights.h5 --data fer2013.csv.gz
 
@@ -23,9 +24,9 @@ def main(
     source: str = typer.Argument(..., help="The VGGFace2 ResNet-50 pickle (name -> array)."),
     output: str = typer.Argument(..., help="The Keras weights file to write (*.weights.h5)."),
 ) -> None:
+    logs.setup_logging()
     from fer_dist import weights
 
-    logs.setup_logging()
     layers, count = weights.convert_file(source, output)
     print(f"wrote {output}: {layers} layers, {count:,} values; use --set weights={output}", flush=True)
 

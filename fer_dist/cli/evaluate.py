@@ -1,5 +1,6 @@
 """Score trained runs on any data: accuracy, macro-F1, per-class table, confusion matrix.
 
+\b
     python jobs/evaluate.py RUN_DIR --data ../shared/data/fer2013/fer2013.csv.gz --split val
     python jobs/evaluate.py RUN1 RUN2 RUN3 --data PATH          # ensemble: mean probabilities
     python jobs/evaluate.py RUN_DIR --data PATH --tta tencrop   # test-time augmentation: none | flip | tencrop
@@ -20,6 +21,10 @@ from __future__ import annotations
 import typer
 
 from fer_dist import cli, logs
+from fer_dist.config import TTA_MODES
+
+Split = cli.choices("Split", ("train", "val", "test"))
+Tta = cli.choices("Tta", TTA_MODES)
 
 app = cli.App()
 
@@ -29,20 +34,25 @@ app = cli.App()
 def main(
     run_dirs: list[str] = typer.Argument(..., help="One run directory (local or gs://), or several for an ensemble."),
     data: str | None = typer.Option(None, "--data", help="Data to score on (default: the run's own data)."),
-    split: str | None = typer.Option(
-        None, "--split", help="train | val | test (default: test if the data has it, else val)."
+    split: Split | None = typer.Option(
+        None, "--split", help="The split to score (default: test if the data has it, else val)."
     ),
-    output: str | None = typer.Option(None, "--output", help="Where to write metrics.json and the confusion matrix."),
+    output: str | None = typer.Option(
+        None,
+        "--output",
+        help="The directory for metrics.json and the confusion matrix (default: RUN_DIR/evaluations/...).",
+    ),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Skip malformed CSV rows / images."),
-    tta: str | None = typer.Option(
-        None, "--tta", help="Test-time augmentation: none | flip | tencrop (default: the run's eval_tta)."
+    tta: Tta | None = typer.Option(
+        None, "--tta", help="Test-time augmentation: flip averages 2 views, tencrop 10 (default: the run's eval_tta)."
     ),
 ) -> None:
     import logging
 
+    logs.setup_logging()
     from fer_dist import evaluate
 
-    logs.setup_logging()
+    split, tta = cli.value(split), cli.value(tta)
     log = logging.getLogger("fer_dist.evaluate")
     if output is not None:
         evaluate.check_output_free(output)

@@ -1,5 +1,6 @@
 """Predict the emotions of face images with a trained run: all 7 probabilities and the top one.
 
+\b
     python jobs/predict.py face.jpg --run runs/NAME
     python jobs/predict.py faces/ --run runs/NAME --format json --tta flip
 
@@ -13,6 +14,9 @@ from __future__ import annotations
 import typer
 
 from fer_dist import cli, logs
+from fer_dist.cli.evaluate import Tta
+
+Format = cli.choices("Format", ("table", "json"))  # fer_dist.predict.FORMATS
 
 app = cli.App()
 
@@ -22,12 +26,13 @@ app = cli.App()
 def main(
     image_or_dir: str = typer.Argument(..., help="An image file, or a directory of images."),
     run: str = typer.Option(..., "--run", help="The trained run's directory (local or gs://)."),
-    fmt: str = typer.Option("table", "--format", help="table | json."),
-    tta: str | None = typer.Option(None, "--tta", help="Test-time augmentation: none | flip | tencrop."),
+    fmt: Format = typer.Option("table", "--format", help="A table for people, or JSON (one object per image)."),
+    tta: Tta | None = typer.Option(None, "--tta", help="Test-time augmentation (default: the run's eval_tta)."),
 ) -> None:
+    logs.setup_logging()
     from fer_dist import predict
 
-    logs.setup_logging()
+    fmt, tta = cli.value(fmt), cli.value(tta)
     if fmt not in predict.FORMATS:
         raise cli.UserError(f"--format {fmt!r}: expected one of {', '.join(predict.FORMATS)}")
     frame = predict.predict(image_or_dir, run, tta)

@@ -1,9 +1,15 @@
 """Train a facial-emotion model: one process, or N Ray Train workers.
 
-python jobs/train.py                                  # demo: built-in data, CPU, a few minutes
-python jobs/train.py --data ../shared/data/fer2013/fer2013.csv.gz --preset seed
-python jobs/train.py --workers 2                      # local Ray, 2 CPU workers
-python jobs/train.py --resume --name NAME             # continue a run from its last checkpoint
+\b
+    python jobs/train.py                                  # demo: built-in data, CPU, a few minutes
+    python jobs/train.py --data ../shared/data/fer2013/fer2013.csv.gz --preset seed
+    python jobs/train.py --workers 2                      # a private local Ray cluster, 2 CPU workers
+    python jobs/train.py --workers 8 --gpus-per-worker 1 --address auto \\
+        --storage gs://BUCKET/fer/runs                    # the Ray cluster `ray start` made here
+    python jobs/train.py --resume --name NAME             # continue a run from its last checkpoint
+
+Runs go to <storage>/<name>/: config.json, history.csv, metrics.json, confusion matrices,
+curves.png, tensorboard/, checkpoints, model.keras and saved_model/.
 """
 
 from __future__ import annotations
@@ -12,6 +18,15 @@ import typer
 
 from fer_dist import cli, logs
 from fer_dist.launch import DEFAULT_MAX_FAILURES
+from fer_dist.presets import DEFAULT_PRESET, PRESETS
+
+Preset = cli.choices("Preset", PRESETS)
+
+ADDRESS_HELP = (
+    "The Ray cluster of --workers: HOST:PORT, 'auto' (the cluster `ray start` made on this machine), "
+    "ray://HOST:10001, or 'local' (a private one). Default: RAY_ADDRESS if set, else a private "
+    "local cluster started for this job."
+)
 
 app = cli.App()
 
@@ -22,28 +37,35 @@ def main(
     data: str | None = typer.Option(
         None, "--data", help="'builtin', a FER-2013 CSV (.csv/.csv.gz, path or gs://), or an image folder."
     ),
-    preset: str | None = typer.Option(None, "--preset", help="seed | best | smoke | demo | quick (default demo)."),
+    preset: Preset | None = typer.Option(
+        None,
+        "--preset",
+        help=f"The recipe (fer_dist/presets.py): seed (the ResNet50 recipe), best, finetune (GPU), "
+        f"smoke (seconds), demo, quick. Default {DEFAULT_PRESET}.",
+    ),
     overrides: list[str] | None = typer.Option(None, "--set", help="key=value for any config field; repeatable."),
     config_file: str | None = typer.Option(None, "--config", help="A config.json (e.g. a search's best_config.json)."),
     epochs: int | None = typer.Option(None, "--epochs", help="Shorthand for --set epochs=N."),
-    output: str = typer.Option(
-        "./runs", "--output", "--storage", help="Where runs go: a directory or gs://bucket/prefix."
+    storage_uri: str = typer.Option(
+        "./runs", "--storage", help="Where runs go: a directory or gs://bucket/prefix (as in jobs/tune.py)."
     ),
+    output: str | None = typer.Option(None, "--output", hidden=True, help="The old name of --storage."),
     name: str | None = typer.Option(None, "--name", help="The run's directory name (generated when absent)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run --name from its last checkpoint."),
     skip_bad_rows: bool = typer.Option(
         False, "--skip-bad-rows", help="Skip malformed CSV rows / images, and list them."
     ),
     workers: int = typer.Option(0, "--workers", help="Ray Train workers (0: this process, no Ray)."),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs for each Ray worker."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs for each Ray worker (0: CPU)."),
     max_failures: int = typer.Option(
-        DEFAULT_MAX_FAILURES, "--max-failures", help="Ray worker-group restarts before the run fails."
+        DEFAULT_MAX_FAILURES, "--max-failures", help="Ray worker-group restarts before the run fails (-1: unlimited)."
     ),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars (log lines only)."),
 ) -> None:
+    logs.setup_logging()
     from fer_dist import experiment, values
 
-    logs.setup_logging()
     sets = values.parse_overrides(overrides)
     if data is not None:
         sets["data"] = data
@@ -51,23 +73,30 @@ def main(
         sets["epochs"] = str(epochs)
     if skip_bad_rows:
         sets["skip_bad_rows"] = "true"
+    if output is not None:
+        if storage_uri != "./runs" and storage_uri != output:
+            raise cli.UserError(f"--output {output} and --storage {storage_uri}: --output is the old name of --storage")
+        storage_uri = output
     if workers < 0:
         raise cli.UserError(f"--workers {workers}: must be >= 0")
     if gpus_per_worker < 0:
         raise cli.UserError(f"--gpus-per-worker {gpus_per_worker}: must be >= 0")
     if max_failures < -1:
         raise cli.UserError(f"--max-failures {max_failures}: must be >= -1 (-1: unlimited)")
+    if address is not None and not workers:
+        raise cli.UserError(f"--address {address}: only with --workers N (without it, training runs in this process)")
     experiment.train(
-        preset=preset,
+        preset=cli.value(preset),
         overrides=sets,
         config_file=config_file,
-        output=output,
+        output=storage_uri,
         name=name,
         resume=resume,
         workers=workers,
         gpus_per_worker=gpus_per_worker,
         max_failures=max_failures,
         progress=not quiet,
+        address=address,
     )
 
 

@@ -1,12 +1,14 @@
 """Search hyper-parameters with Ray Tune; every trial is a distributed Ray Train run.
 
+\b
     python jobs/tune.py                                            # small local search, built-in data
     python jobs/tune.py --preset seed --data gs://BUCKET/fer2013.csv.gz --storage gs://BUCKET/fer/tune \\
         --workers-per-trial 2 --gpus-per-worker 1 --samples 16
     python jobs/tune.py --space dropout=0.3:0.6 --space global_batch_size=16,32 --space learning_rate=off
     python jobs/tune.py --resume --name NAME                       # continue a killed search
 
-Results in <storage>/<name>/: results.csv, <metric>_curves.png, best_config.json, best_model/.
+Results in <storage>/<name>/: results.csv, <metric>_curves.png, best_config.json, best_model/,
+and every trial's run in trials/ (tensorboard --logdir <storage>/<name>/trials).
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from __future__ import annotations
 import typer
 
 from fer_dist import cli, logs, runs
+from fer_dist.cli.train import ADDRESS_HELP, Preset
+
+Metric = cli.choices("Metric", ("val_accuracy", "val_loss"))
+Searcher = cli.choices("Searcher", ("random", "optuna"))
 
 app = cli.App()
 
@@ -22,35 +28,47 @@ app = cli.App()
 @cli.user_errors_exit
 def main(
     data: str | None = typer.Option(None, "--data", help="As in jobs/train.py (default: built-in data)."),
-    preset: str | None = typer.Option(
-        None, "--preset", help="Base recipe of every trial; also picks the search space (default quick)."
+    preset: Preset | None = typer.Option(
+        None,
+        "--preset",
+        help="Base recipe of every trial (as in jobs/train.py); also picks the search space (default quick).",
     ),
     overrides: list[str] | None = typer.Option(None, "--set", help="key=value for the base config; repeatable."),
     space: list[str] | None = typer.Option(None, "--space", help="key=a,b,c | key=lo:hi | key=log:lo:hi | key=off."),
     samples: int = typer.Option(8, "--samples", help="Trials to run."),
     workers_per_trial: int = typer.Option(1, "--workers-per-trial", help="Ray Train workers of each trial."),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker"),
+    gpus_per_worker: float = typer.Option(
+        0.0, "--gpus-per-worker", help="GPUs of each worker (0: CPU); on a cluster, 1 per GPU node."
+    ),
     cpus_per_worker: float = typer.Option(
         0.95,
         "--cpus-per-worker",
         help="CPUs of each worker; a little under 1 leaves room for the trial drivers (0.01 each).",
     ),
     max_concurrent: int = typer.Option(2, "--max-concurrent", help="Trials running at once."),
-    metric: str = typer.Option("val_accuracy", "--metric", help="val_accuracy (maximised) or val_loss (minimised)."),
+    metric: Metric = typer.Option(
+        "val_accuracy", "--metric", help="What ASHA and the best trial go by: val_accuracy (max) or val_loss (min)."
+    ),
     grace_period: int = typer.Option(
         2, "--grace-period", help="ASHA: epochs before a trial can be stopped (epoch-1 scores are mostly noise)."
     ),
     reduction_factor: int = typer.Option(2, "--reduction-factor", help="ASHA: keep 1/N of trials at each rung."),
-    searcher: str = typer.Option("random", "--searcher", help="random | optuna."),
-    storage_uri: str = typer.Option("./runs/tune", "--storage", help="A directory or gs://bucket/prefix."),
+    searcher: Searcher = typer.Option(
+        "random", "--searcher", help='random search, or optuna (model-based; pip install -e ".\\[tune]").'
+    ),
+    storage_uri: str = typer.Option(
+        "./runs/tune", "--storage", help="Where searches go: a directory or gs://bucket/prefix (as in jobs/train.py)."
+    ),
     name: str | None = typer.Option(None, "--name", help="The search's directory name (generated when absent)."),
     resume: bool = typer.Option(False, "--resume", help="Continue search --name without rerunning finished trials."),
+    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP.replace("of --workers", "of the trials")),
 ) -> None:
+    logs.setup_logging()
     from fer_dist import config as config_lib
     from fer_dist import tune as tune_lib
     from fer_dist import values
 
-    logs.setup_logging()
+    preset, metric, searcher = cli.value(preset), cli.value(metric), cli.value(searcher)
     checks = [
         (samples >= 1, f"--samples {samples}: must be >= 1"),
         (workers_per_trial >= 1, f"--workers-per-trial {workers_per_trial}: must be >= 1"),
@@ -99,7 +117,13 @@ def main(
         searcher=searcher,
     )
     tune_lib.search(
-        base, search_space, spec, storage_uri=storage_uri, name=name or runs.new_run_name("search"), resume=resume
+        base,
+        search_space,
+        spec,
+        storage_uri=storage_uri,
+        name=name or runs.new_run_name("search"),
+        resume=resume,
+        address=address,
     )
 
 

@@ -1,0 +1,108 @@
+"""Preemption: stop at a step, checkpoint at that step, and continue from it.
+
+    kill -TERM <pid of python jobs/train.py>      # GCP's spot notice; Ctrl-C is SIGINT
+    python jobs/train.py --name NAME --resume     # continues at the step it stopped after
+
+A plain process (`SignalWatcher`): on SIGTERM or SIGINT the loop finishes the step in
+progress, writes a checkpoint at that step (`checkpoint.name(epoch, step)`), logs one line and
+exits with the signal's usual status (128 + signal: 143, 130) by raising `Interrupted`. A
+second Ctrl-C interrupts at once. A signal that arrives outside a training step (validation,
+the epoch checkpoint) ends the run right after the epoch's checkpoint.
+
+On Ray, signals never reach the loop (Train V2 runs it in a thread; Ray's handlers end the
+worker), so a Ray session watches Ray's own preemption notices instead (`launch.RaySession`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(SystemExit):
+    """Ends the process with the signal's status after the step checkpoint is written; a
+    SystemExit, so leases, temporary directories and progress bars are released on the way."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+@dataclasses.dataclass(frozen=True)
+class Notice:
+    """What a watcher saw: `exit_signal` set means checkpoint and exit; None means checkpoint
+    and keep training (a Ray preemption notice: Ray restarts the run from that checkpoint)."""
+
+    why: str
+    exit_signal: int | None = None
+
+
+class NoWatcher:
+    """Nothing to watch (a process that is not the main thread, a test)."""
+
+    def poll(self, global_step: int) -> Notice | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class SignalWatcher(NoWatcher):
+    """SIGTERM/SIGINT in a plain process. The handler only records the signal; the loop polls."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: now
+        self.signum = signum
+        log.info("%s received: finishing the step in progress, then checkpointing", signal.Signals(signum).name)
+
+    def poll(self, global_step: int) -> Notice | None:
+        if self.signum is None:
+            return None
+        return Notice(signal.Signals(self.signum).name, exit_signal=self.signum)
+
+    def close(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+
+class RayNoticeWatcher(NoWatcher):
+    """Ray Train's preemption notices (a spot VM's shutdown script runs `ray drain-node --reason
+    DRAIN_NODE_REASON_PREEMPTION`). `ray.train.get_preemption_info()` is a barrier across the
+    workers, so it is asked every `every_steps` global steps, the same steps on every worker.
+    The first notice asks for a checkpoint at that step; training goes on, and when the node
+    goes Ray restarts the worker group from the newest checkpoint (`launch.RaySession`)."""
+
+    def __init__(self, every_steps: int):
+        self.every_steps = every_steps
+        self.noticed = False
+
+    def poll(self, global_step: int) -> Notice | None:
+        if global_step % self.every_steps:
+            return None
+        import ray.train
+
+        info = ray.train.get_preemption_info()
+        if info is None or self.noticed:
+            return None
+        self.noticed = True
+        left = f", {info.deadline_ms / 1000 - time.time():.0f} s left" if info.deadline_ms else ""
+        return Notice(f"preemption notice (ranks {info.preempted_ranks}{left})")
+
+
+__all__ = ["Interrupted", "Notice", "NoWatcher", "RayNoticeWatcher", "SignalWatcher", "SIGNALS"]
