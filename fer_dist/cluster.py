@@ -434,20 +434,20 @@ def down(state_path: str = DEFAULT_STATE, *, grace_s: float = 10.0, keep_tmpdir:
         except psutil.NoSuchProcess:
             pass
     _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace_s)
-    # Processes that started while stopping (a raylet's workers): kill them too.
-    late = cluster_processes(cluster)
-    for p in late:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(late, timeout=grace_s)
+    late: list = []
+    # What survived SIGTERM, and what started while stopping (a raylet's workers and agents):
+    # SIGKILL, until none is left.
+    for _ in range(10):
+        left = [p for p in cluster_processes(cluster) if p.is_running()]
+        if not left:
+            break
+        late += [p for p in left if p not in procs]
+        for p in left:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(left, timeout=grace_s)
     if not keep_tmpdir:
         shutil.rmtree(cluster.tmpdir, ignore_errors=True)
     os.remove(state_path)

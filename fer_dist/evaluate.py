@@ -356,6 +356,8 @@ def evaluate_run(model, dataset, config, run_dir: str, state) -> dict:
         "best_val_loss": state.best_val_loss,
         "tta": config.eval_tta,
     }
+    if getattr(state, "communication", None):  # several workers: scaling.CommunicationShare
+        summary["communication"] = state.communication
     splits = {"val": dataset.val, "test": dataset.test}
     for name, split in splits.items():
         if split is None:

@@ -66,7 +66,7 @@ def train(
     output: str = "./runs",
     name: str | None = None,
     resume: bool = False,
-    workers: int = 0,
+    workers: int | str = 0,
     gpus_per_worker: float = 0.0,
     max_failures: int = DEFAULT_MAX_FAILURES,
     progress: bool = True,
@@ -79,6 +79,9 @@ def train(
     them: `launch.ensure_ray`); then the run is created atomically (or, with --resume, leased)."""
     if resume and not name:
         raise UserError("--resume needs --name NAME (the run to continue)")
+    from fer_dist import launch
+
+    workers = launch.Workers.parse(workers)
     name = name or runs.new_run_name(preset or "demo")
     output = storage.absolute(output)
     run_dir = runs.run_dir(output, name)
@@ -86,11 +89,9 @@ def train(
     config = resolve_for_run(preset, overrides, config_file, run_dir, resume)
     dataset = check_inputs(config)
     if workers:
-        from fer_dist import launch
-
         launch.ensure_ray(address)
         launch.check_fits(
-            workers, launch.worker_resources(1.0, gpus_per_worker), launch.train_flags(workers, gpus_per_worker)
+            workers.min, launch.worker_resources(1.0, gpus_per_worker), launch.train_flags(workers, gpus_per_worker)
         )
     with runs.resuming(run_dir) if resume else contextlib.nullcontext():
         if not resume:
@@ -98,8 +99,6 @@ def train(
             storage.write_text(storage.join(run_dir, "config.json"), config.to_json())
         log.info("run %s -> %s", name, run_dir)
         if workers:
-            from fer_dist import launch
-
             metrics = launch.run_on_ray(
                 config,
                 storage_uri=output,

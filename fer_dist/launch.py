@@ -34,6 +34,7 @@ PROPAGATED_ENV = (
     "TF_CPP_MIN_LOG_LEVEL",
     "GOOGLE_CLOUD_PROJECT",
     "FER_DIST_STORAGE_RETRY_S",
+    "FER_DIST_VERSION_CHECK",
 )
 # Set in every Ray worker of a job: Train V2 would send each print() both to stdout and to its
 # logger (the final report twice); the chief's prints go to stdout once.
@@ -160,6 +161,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Clust
     if ray.is_initialized():
         return _joined.get("choice") or ClusterChoice("", "already connected")
     choice = choose_cluster(address)
+    from fer_dist import versions
+
+    versions.check(None if choice.private else choice.address)  # the pinned Ray/TF, here and on the cluster
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in log files
     env = worker_env()
@@ -356,7 +360,7 @@ def worker_resources(cpus_per_worker: float, gpus_per_worker: float) -> dict:
     return {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
 
 
-def train_flags(workers: int, gpus_per_worker: float) -> str:
+def train_flags(workers, gpus_per_worker: float) -> str:
     """The flags of jobs/train.py that ask for these workers, as an error names them."""
     return f"--workers {workers}" + (f" --gpus-per-worker {gpus_per_worker:g}" if gpus_per_worker else "")
 
@@ -376,12 +380,51 @@ def quiet_ray_loggers() -> None:
         os.environ["RAY_ADDRESS"] = address
 
 
+@dataclasses.dataclass(frozen=True)
+class Workers:
+    """A Ray Train worker count: fixed (`N`) or elastic (`MIN:MAX`, Train V2's
+    `ScalingConfig(num_workers=(MIN, MAX))`: the run starts with what the cluster can give, at
+    least MIN, carries on with fewer after a node is lost and grows back when nodes return, each
+    resize a restart from the latest checkpoint)."""
+
+    min: int
+    max: int
+
+    @classmethod
+    def parse(cls, text: str | int, flag: str = "--workers") -> Workers:
+        """'N' or 'MIN:MAX' (UserError naming `flag` otherwise)."""
+        from fer_dist.errors import UserError
+
+        parts = str(text).strip().split(":")
+        try:
+            low, high = (int(parts[0]), int(parts[-1])) if len(parts) <= 2 else (None, None)
+        except ValueError:
+            low = high = None
+        if low is None or low < 0 or high < low or (low == 0 and high > 0):
+            raise UserError(f"{flag} {text}: expected N or MIN:MAX with 1 <= MIN <= MAX (0: no Ray)")
+        return cls(low, high)
+
+    @property
+    def elastic(self) -> bool:
+        return self.min != self.max
+
+    def scaling(self) -> int | tuple[int, int]:
+        """ScalingConfig's num_workers."""
+        return (self.min, self.max) if self.elastic else self.max
+
+    def __bool__(self) -> bool:
+        return self.max > 0
+
+    def __str__(self) -> str:
+        return f"{self.min}:{self.max}" if self.elastic else str(self.max)
+
+
 def make_trainer(
     config: TrainConfig,
     *,
     storage_uri: str,
     name: str,
-    num_workers: int,
+    num_workers: int | str | Workers,
     gpus_per_worker: float = 0.0,
     cpus_per_worker: float = 1.0,
     max_failures: int = DEFAULT_MAX_FAILURES,
@@ -395,11 +438,9 @@ def make_trainer(
 
     from fer_dist.errors import UserError
 
-    if config.global_batch_size % num_workers:
-        raise UserError(
-            f"global_batch_size={config.global_batch_size} is not divisible by --workers {num_workers}: "
-            f"per_worker_batch_size must be a whole number"
-        )
+    workers = num_workers if isinstance(num_workers, Workers) else Workers.parse(num_workers)
+    if config.global_batch_size < workers.max:  # any size splits it (pipeline.pipeline_slice), if not too small
+        raise UserError(f"global_batch_size={config.global_batch_size} is smaller than --workers {workers}")
     if storage.is_gcs(storage_uri):
         storage.check_bucket(storage_uri)  # Ray's StorageContext would create a missing bucket
     fs, path = storage.filesystem(storage_uri)
@@ -416,13 +457,23 @@ def make_trainer(
             "record_workers": record_workers,
         },
         scaling_config=ScalingConfig(
-            num_workers=num_workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
+            num_workers=workers.scaling(), use_gpu=gpus_per_worker > 0, resources_per_worker=resources
         ),
         run_config=RunConfig(
             name=name,
             storage_path=path,
             storage_filesystem=fs,
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(
+                max_failures=max_failures,
+                # Spot preemptions (a drained node, `preemption.RayNoticeWatcher`) have a budget of
+                # their own: unlimited, each one costs at most `vote_every_steps` steps. The just-in-
+                # time checkpoint (about a second for the seed recipe, on every worker's schedule)
+                # fits well inside the 25 s notice, so the preempted workers are still alive for
+                # the collectives (no relaxing needed) and the run restarts at the deadline.
+                max_preemption_failures=-1,
+                relax_collectives_on_preemption=False,
+                preemption_grace_s=0.0,
+            ),
             # Ray keeps every checkpoint it registers; the chief applies the one retention
             # policy (checkpoint.kept: best K by val_accuracy plus the latest) after each report.
             checkpoint_config=CheckpointConfig(checkpoint_score_attribute="val_accuracy", checkpoint_score_order="max"),
@@ -437,7 +488,7 @@ def run_on_ray(
     *,
     storage_uri: str,
     name: str,
-    num_workers: int,
+    num_workers: int | str | Workers,
     gpus_per_worker: float = 0.0,
     max_failures: int = DEFAULT_MAX_FAILURES,
     address: str | None = None,
@@ -446,17 +497,24 @@ def run_on_ray(
     wrote to `<storage>/<name>/metrics.json`."""
     import json
 
+    workers = num_workers if isinstance(num_workers, Workers) else Workers.parse(num_workers)
     ensure_ray(address)
-    check_fits(num_workers, worker_resources(1.0, gpus_per_worker), train_flags(num_workers, gpus_per_worker))
+    check_fits(workers.min, worker_resources(1.0, gpus_per_worker), train_flags(workers, gpus_per_worker))
     trainer = make_trainer(
         config,
         storage_uri=storage_uri,
         name=name,
-        num_workers=num_workers,
+        num_workers=workers,
         gpus_per_worker=gpus_per_worker,
         max_failures=max_failures,
     )
-    log.info("Ray Train: %d worker(s), %s GPU each, storage %s", num_workers, gpus_per_worker or "no", storage_uri)
+    log.info(
+        "Ray Train: %s worker(s)%s, %s GPU each, storage %s",
+        workers,
+        " (elastic)" if workers.elastic else "",
+        gpus_per_worker or "no",
+        storage_uri,
+    )
     result = trainer.fit()
     if result.error:
         raise result.error

@@ -8,7 +8,9 @@ so no float or 3-channel copy of the data set ever exists.
 
 Training order is decided in NumPy: epoch e shuffles with the seed (seed, e), keeps
 `steps * global_batch_size` examples, and cuts every global batch into one slice per
-input pipeline (worker). Every example is seen at most once per epoch across workers,
+input pipeline (worker): equal slices when the worker count divides the global batch, else the
+first `global_batch_size % workers` workers take one example more (`pipeline_slice`; the loss is
+averaged over the global batch, so every size of an elastic run trains the same objective). Every example is seen at most once per epoch across workers,
 every worker runs the same number of steps (collectives never hang), and a run resumed
 at epoch e sees exactly the batches an uninterrupted run would.
 Evaluation pads the split to whole global batches with zero-weight examples.
@@ -55,6 +57,27 @@ def flip_coins(num_examples: int, epoch: int, steps: int, config: TrainConfig) -
     return rng.integers(0, 2, size=(steps, config.global_batch_size), dtype=np.int32)
 
 
+def pipeline_slice(global_batch: int, pipelines: int, pipeline_id: int) -> slice:
+    """The columns of a global batch that input pipeline `pipeline_id` of `pipelines` reads."""
+    base, extra = divmod(global_batch, pipelines)
+    start = pipeline_id * base + min(pipeline_id, extra)
+    return slice(start, start + base + (pipeline_id < extra))
+
+
+def _my_batches(a: np.ndarray, ctx: tf.distribute.InputContext) -> np.ndarray:
+    """[steps, global batch] -> this pipeline's slice of every global batch, as per-replica batches
+    (a pipeline with several replicas splits its slice evenly)."""
+    mine = a[:, pipeline_slice(a.shape[1], ctx.num_input_pipelines, ctx.input_pipeline_id)]
+    local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+    if mine.shape[1] % local:
+        from fer_dist.errors import UserError
+
+        raise UserError(
+            f"global_batch_size={a.shape[1]}: a worker's {mine.shape[1]} examples do not split over its {local} replicas"
+        )
+    return mine.reshape(-1, mine.shape[1] // local)
+
+
 def _options() -> tf.data.Options:
     options = tf.data.Options()
     # Sharding is done by hand (see module docstring); tf.data must not shard again.
@@ -93,14 +116,11 @@ def train_dataset_fn(
         raise ValueError("flipped_features needs features of the same shape")
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        per_replica = ctx.get_per_replica_batch_size(config.global_batch_size)
-        pipelines, pipeline_id = ctx.num_input_pipelines, ctx.input_pipeline_id
         epochs = range(first_epoch, last_epoch)
         order = np.concatenate([epoch_order(len(images), e, steps, config) for e in epochs])[skip_steps:]
 
         def mine(a: np.ndarray) -> np.ndarray:
-            # [steps_total, global] -> this pipeline's slice of every global batch, as per-replica batches.
-            return a.reshape(len(a), pipelines, -1)[:, pipeline_id, :].reshape(-1, per_replica)
+            return _my_batches(a, ctx)
 
         images_t, labels_t = tf.constant(images), tf.constant(labels)
         if flipped_features is None:
@@ -136,10 +156,8 @@ def eval_dataset_fn(split: Split, config: TrainConfig, features: np.ndarray | No
     labels = split.labels.astype(np.int32)
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
-        per_replica = ctx.get_per_replica_batch_size(config.global_batch_size)
-        pipelines, pipeline_id = ctx.num_input_pipelines, ctx.input_pipeline_id
-        mine_idx = index.reshape(steps, pipelines, -1)[:, pipeline_id, :].reshape(-1, per_replica)
-        mine_w = weights.reshape(steps, pipelines, -1)[:, pipeline_id, :].reshape(-1, per_replica)
+        mine_idx = _my_batches(index.reshape(steps, -1), ctx)
+        mine_w = _my_batches(weights.reshape(steps, -1), ctx)
         images_t, labels_t = tf.constant(images), tf.constant(labels)
         ds = tf.data.Dataset.from_tensor_slices((mine_idx, mine_w))
         ds = ds.map(

@@ -138,9 +138,14 @@ class Served:
             levels = levels[..., tf.newaxis]
         x = preprocess(levels, self.config)
         views = augment.tta_views(x, self.config.eval_tta)
-        total = 0.0  # as evaluate.predict_probs: the mean of the views' softmax
-        for view in views:
-            total += tf.nn.softmax(tf.cast(self.model(view, training=False), tf.float32), axis=-1)
+        # One model call on every view at once (the graph holds the model once, not once per
+        # view: a tencrop export traces and stores it 1x, not 10x), then as
+        # evaluate.predict_probs: the mean of the views' softmax, summed in view order.
+        logits = self.model(tf.concat(views, axis=0), training=False)
+        per_view = tf.split(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1), len(views), axis=0)
+        total = 0.0
+        for probs in per_view:
+            total += probs
         probabilities = tf.ensure_shape(total / float(len(views)), [None, NUM_CLASSES])
         return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
 

@@ -112,6 +112,38 @@ class Distributed:
 
         return [float(v) for v in total(stacked).numpy()]
 
+    def time_all_reduce(self, variables: list, config: TrainConfig, repeats: int = 5) -> tuple[float, float]:
+        """(seconds of one all-reduce of a buffer shaped like `variables` (the step's gradients),
+        sent as `allreduce_dtype` with the run's options, alone; seconds of a vote (a one-value
+        `sum_over_workers`)): medians of `repeats` after a warm-up. Collectives: every worker
+        calls this at the same point. One process: (0, 0)."""
+        if self.replicas == self.local_replicas:
+            return 0.0, 0.0
+        import time
+
+        strategy, options = self.strategy, communication_options(config)
+        wire = ALLREDUCE_DTYPES[config.allreduce_dtype]
+
+        @tf.function
+        def reduce_once():
+            def replica():
+                context = tf.distribute.get_replica_context()
+                reduced = context.all_reduce("SUM", [tf.zeros(v.shape, wire) for v in variables], options=options)
+                return tf.add_n([tf.cast(tf.reshape(r, [-1])[0], tf.float32) for r in reduced])
+
+            return strategy.experimental_local_results(strategy.run(replica))[0]
+
+        float(reduce_once())  # trace and warm up
+        reduces, votes = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.sum_over_workers([0.0])  # also makes every worker start the next one together
+            votes.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            float(reduce_once())
+            reduces.append(time.perf_counter() - start)
+        return sorted(reduces)[repeats // 2], sorted(votes[1:])[(repeats - 1) // 2]
+
     def forward(self, fn: Callable, batch) -> None:
         """Runs `fn(batch)` on every replica (its share of the distributed batch)."""
         self.strategy.run(fn, args=(batch,))

@@ -26,9 +26,10 @@ import time
 
 import numpy as np
 
-from fer_dist import augment, batchnorm, checkpoint, data, optim, phases, pipeline, preemption
+from fer_dist import augment, batchnorm, checkpoint, data, optim, phases, pipeline, preemption, scaling
 from fer_dist import inputs as inputs_lib
 from fer_dist import model as model_lib
+from fer_dist import steps as steps_lib
 from fer_dist.budget import TimeBudget
 from fer_dist.config import TrainConfig
 from fer_dist.errors import UserError
@@ -57,6 +58,8 @@ class LoopState:
     out_of_time: bool = False  # the train_minutes budget ran out
     phase: int = 1  # training phase of the last epoch (2: after `unfreeze_epoch`)
     partial: dict = dataclasses.field(default_factory=dict)  # at a step checkpoint: the epoch's totals so far
+    communication: dict = dataclasses.field(default_factory=dict)  # scaling.CommunicationShare (several workers)
+    restarts: int = 0  # starts from a checkpoint (worker-group restarts, elastic resizes, --resume)
     history: list = dataclasses.field(default_factory=list)
     metrics: dict = dataclasses.field(default_factory=dict)
 
@@ -184,6 +187,7 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
         for epoch in range(run.first_epoch + 1, config.epochs + 1):
             if phase is None or phases.phase_of(config, epoch) != phase.number:
                 phase = enter_phase(run, epoch)
+                measure_communication(run)
             totals = train_epoch(run, phase, epoch)
             if run.precise_bn:
                 run.precise_bn(phase.inputs.net, phase.inputs.train_features, epoch)
@@ -194,6 +198,8 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
     finally:
         run.watcher.close()
         run.reporter.close()
+    if run.state.communication.get("step_s"):
+        run.reporter.info("%s", scaling.CommunicationShare.from_dict(run.state.communication).end_line())
     return result(run)
 
 
@@ -201,11 +207,8 @@ def start(config: TrainConfig, session: Session, dataset) -> Run:
     """The strategy, data, model, optimizer and loop state (restored from the session's checkpoint)."""
     dist = Distributed.create(config)  # before any other TF op: MWMS needs a fresh context
     configure_runtime(config)
-    if config.global_batch_size % dist.replicas:
-        raise UserError(
-            f"global_batch_size={config.global_batch_size} does not divide into {dist.replicas} replicas "
-            f"(per_worker_batch_size must be a whole number)"
-        )
+    if config.global_batch_size < dist.replicas:  # uneven splits are fine (pipeline.pipeline_slice)
+        raise UserError(f"global_batch_size={config.global_batch_size} is smaller than the {dist.replicas} replicas")
     if dataset is None:
         dataset = data.load_for(config)
     reporter = reporter_for(dist.chief, session.run_dir, config, session.show_progress)
@@ -262,6 +265,7 @@ def restore(config: TrainConfig, session: Session, model, optimizer, dataset, re
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     state = LoopState.from_dict(fields)
+    state.restarts += 1
     at = f" after step {state.step} of epoch {state.epoch + 1}" if state.step else ""
     reporter.info("resumed from the checkpoint of epoch %d%s; continuing at epoch %d", state.epoch, at, state.epoch + 1)
     return state, best if best is not None else snapshot(model)
@@ -307,6 +311,22 @@ def enter_phase(run: Run, epoch: int) -> Phase:
         in_graph=in_graph,
     )
     return Phase(number, inputs, steps, train_batches, val_batches, val_steps)
+
+
+def measure_communication(run: Run) -> None:
+    """Several workers: time the all-reduce of the step's gradient buffer alone (once per worker
+    count; kept in the loop state, so a resumed run does not measure again)."""
+    dist, state = run.dist, run.state
+    workers = dist.replicas // dist.local_replicas
+    if workers == 1 or state.communication.get("workers") == workers:
+        return
+    variables = run.model.trainable_variables
+    seconds, vote = dist.time_all_reduce(variables, run.config)
+    values = sum(int(np.prod(v.shape)) for v in variables)
+    wire = steps_lib.ALLREDUCE_DTYPES[run.config.allreduce_dtype].size
+    share = scaling.CommunicationShare(workers, values, values * wire, run.config.allreduce_dtype, seconds, vote)
+    state.communication = share.as_metrics()
+    run.reporter.info("%s", share.start_line())
 
 
 def train_epoch(run: Run, phase: Phase, epoch: int) -> EpochTotals:
@@ -398,6 +418,8 @@ def epoch_row(run: Run, totals: EpochTotals, val_loss: float, val_correct: float
         "images_per_second": totals.done * batch / totals.train_seconds,
         "epoch_seconds": totals.seconds_before + time.perf_counter() - totals.start,
         "steps": totals.done,
+        "workers": run.dist.replicas // run.dist.local_replicas,  # the size that trained its last step
+        "restarts": run.state.restarts,
     }
 
 
@@ -408,6 +430,10 @@ def end_epoch(run: Run, row: dict) -> bool:
     if not state.out_of_time and row["epoch"] < config.epochs:
         state.out_of_time = run.budget.used_up(state.loop_seconds)
     improved, stop = state.update(row, config)
+    if state.communication and row["images_per_second"] > 0:
+        share = scaling.CommunicationShare.from_dict(state.communication)
+        share.step_s = config.global_batch_size / row["images_per_second"]
+        state.communication = share.as_metrics()
     if improved:
         run.best_weights = snapshot(run.model)
     run.reporter.epoch_end(state, improved)

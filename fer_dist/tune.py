@@ -112,8 +112,12 @@ def parse_space(preset: str, specs: list[str] | None, start: dict[str, Dim] | No
     return space
 
 
-def check_space(base: TrainConfig, space: dict[str, Dim], workers_per_trial: int) -> None:
-    """Every corner of the space must make a valid config; batch sizes must split over workers."""
+def check_space(base: TrainConfig, space: dict[str, Dim], workers_per_trial: int | str) -> None:
+    """Every corner of the space must make a valid config; batch sizes must not be smaller than the
+    workers (any other size splits, unevenly if need be)."""
+    from fer_dist.launch import Workers
+
+    most = Workers.parse(workers_per_trial, "--workers-per-trial").max
     for key, dim in space.items():
         for value in dim.values:
             try:
@@ -121,9 +125,9 @@ def check_space(base: TrainConfig, space: dict[str, Dim], workers_per_trial: int
             except UserError as e:
                 raise UserError(f"--space {key}: {e}") from None
     for batch in space.get("global_batch_size", Dim("choice", (base.global_batch_size,))).values:
-        if int(batch) % workers_per_trial:
+        if int(batch) < most:
             raise UserError(
-                f"--space global_batch_size: {batch} does not divide over --workers-per-trial {workers_per_trial}"
+                f"--space global_batch_size: {batch} is smaller than --workers-per-trial {workers_per_trial}"
             )
 
 
@@ -201,7 +205,7 @@ def _callback_class():
 # The trial and the search.
 # ---------------------------------------------------------------------------------
 def run_trial(
-    params: dict, *, base_json: str, trials_uri: str, workers: int, gpus_per_worker: float, cpus_per_worker: float
+    params: dict, *, base_json: str, trials_uri: str, workers: int | str, gpus_per_worker: float, cpus_per_worker: float
 ) -> None:
     """The Tune function trainable: one distributed Ray Train run."""
     from ray import tune
@@ -240,7 +244,7 @@ TRIAL_DRIVER_RESOURCES = {"CPU": 0.01}  # the trial driver only coordinates; {"C
 @dataclasses.dataclass(frozen=True)
 class SearchSpec:
     samples: int = 8
-    workers_per_trial: int = 1
+    workers_per_trial: int | str = 1  # N or MIN:MAX (elastic); 1 by default: see README "Scaling"
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 0.95
     max_concurrent: int = 2
@@ -276,7 +280,7 @@ def search(
     trials_uri = storage.join(search_uri, TRIALS_DIR)
     launch.ensure_ray(address)
     launch.check_fits(
-        spec.workers_per_trial,
+        launch.Workers.parse(spec.workers_per_trial, "--workers-per-trial").min,
         launch.worker_resources(spec.cpus_per_worker, spec.gpus_per_worker),
         f"--workers-per-trial {spec.workers_per_trial} --cpus-per-worker {spec.cpus_per_worker:g}"
         + (f" --gpus-per-worker {spec.gpus_per_worker:g}" if spec.gpus_per_worker else ""),
@@ -309,7 +313,7 @@ def search(
         runs.create(search_uri, "search")
         tuner = _new_tuner(trainable, base, space, spec, search_uri=search_uri, name=name, path=path, fs=fs)
     log.info(
-        "search %s: %d samples, %d worker(s)/trial, space %s",
+        "search %s: %d samples, %s worker(s)/trial, space %s",
         search_uri,
         spec.samples,
         spec.workers_per_trial,

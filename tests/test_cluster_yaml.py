@@ -3,13 +3,18 @@
 `ray up` does `prepare_config` (merge with ray/autoscaler/gcp/defaults.yaml, merge setup commands,
 fill per-type min/max workers) and then `validate_config` (jsonschema against
 ray/autoscaler/ray-schema.json plus a few consistency checks) before it contacts GCP; this test
-runs exactly those two steps and nothing that needs credentials or a network.
+runs exactly those two steps and nothing that needs credentials or a network. The other tests
+check what the file promises: Spot GPU workers whose shutdown script drains their Ray node, and
+one prebuilt image (Dockerfile) whose tag names pyproject.toml's exact Ray/TensorFlow pins.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,7 +24,18 @@ jsonschema = pytest.importorskip("jsonschema")  # a Ray dependency; validate_con
 
 from ray.autoscaler._private.util import prepare_config, validate_config  # noqa: E402
 
-CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+from fer_dist import versions  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_YAML = ROOT / "cluster.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+SPOT = {
+    "provisioningModel": "SPOT",
+    "instanceTerminationAction": "DELETE",
+    "automaticRestart": False,
+    "onHostMaintenance": "TERMINATE",
+}
+GCE_SPOT_NOTICE_S = 30  # a Spot VM's shutdown script has about this long before the VM is off
 STORAGE_SCOPES = {
     "https://www.googleapis.com/auth/devstorage.read_write",
     "https://www.googleapis.com/auth/devstorage.full_control",
@@ -120,14 +136,119 @@ def test_workers_can_write_to_cloud_storage(config):
         assert all(a["email"].endswith(".iam.gserviceaccount.com") for a in accounts), name
 
 
-def test_setup_installs_the_project_with_gpu_extra(config):
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]
+
+
+def _pinned_versions() -> dict[str, str]:
+    """{"ray": X, "tensorflow": Y}: pyproject's exact pins (what every other place must name)."""
+    pinned = versions.pins(_pyproject()["dependencies"])
+    found = {name: versions.exact_version(req) for name, req in pinned.items()}
+    assert set(found) == {"ray", "tensorflow"} and all(found.values()), f"not pinned exactly: {pinned}"
+    return found
+
+
+def test_pyproject_pins_ray_and_tensorflow_exactly():
+    project = _pyproject()
+    pinned = versions.pins(project["dependencies"])
+    assert str(pinned["ray"]) == f"ray[train,tune]=={_pinned_versions()['ray']}"
+    # The gpu extra installs the same TensorFlow, with its CUDA libraries.
+    (gpu,) = project["optional-dependencies"]["gpu"]
+    assert gpu == f"tensorflow[and-cuda]=={_pinned_versions()['tensorflow']}"
+
+
+def test_cluster_yaml_names_the_pinned_versions(config):
+    """The image tag names the project version and the pins, and every `ray[...]==X` or
+    `tensorflow...==X` in the file (the commented install-at-boot alternative) names them too."""
+    pinned = _pinned_versions()
+    image = config["docker"]["image"]
+    assert image.endswith(f":{_pyproject()['version']}-ray{pinned['ray']}-tf{pinned['tensorflow']}"), image
+    text = CLUSTER_YAML.read_text()
+    ray_pins = re.findall(r"ray\[[a-z,-]+\]==([0-9][0-9a-z.]*[0-9a-z])", text)
+    tf_pins = re.findall(r"tensorflow(?:\[[a-z,-]+\])?==([0-9][0-9a-z.]*[0-9a-z])", text)
+    assert ray_pins and set(ray_pins) == {pinned["ray"]}, ray_pins
+    assert set(tf_pins) == {pinned["tensorflow"]}, tf_pins
+
+
+def test_nodes_run_the_prebuilt_image(config):
+    docker = config["docker"]
+    assert docker["image"].startswith("us-central1-docker.pkg.dev/YOUR_PROJECT_ID/")
+    assert docker["container_name"] and docker["pull_before_run"] is True
+    # The GPU workers get the GPUs; the head (no GPU, no driver) could not start with --gpus.
+    assert "--gpus all" in docker["worker_run_options"]
+    assert not any("--gpus" in o for o in docker.get("run_options", []) + docker.get("head_run_options", []))
+    # On the VM, before the container: Docker can pull from the image's registry, and a GPU VM
+    # waits for its driver.
+    registry = docker["image"].split("/")[0]
+    init = " ; ".join(config["initialization_commands"])
+    assert f"gcloud auth configure-docker {registry}" in init
+    assert "nvidia-smi" in init and "0x10de" in init
+    # Nothing is pip-installed at boot: each node checks the image against the deployed pins.
     for key in ("head_setup_commands", "worker_setup_commands"):  # merged by prepare_config
         cmds = " ; ".join(config[key])
-        assert "pip install" in cmds and '-e ".[gpu]"' in cmds, key
-    assert any(".[gpu]" in c for c in config["setup_commands"])
-    # The head's autoscaler needs the Compute Engine client.
+        assert "cd ~/fer_dist && python3 -m fer_dist.versions" in cmds, key
+        assert "tensorflow" not in cmds and '-e ".[gpu]"' not in cmds, key
+    # The head's autoscaler needs the Compute Engine client (in the image; a no-op there).
     assert any("google-api-python-client" in c for c in config["head_setup_commands"])
     assert "." in config["file_mounts"].values()
+
+
+def test_dockerfile_installs_the_pinned_project(config):
+    text = DOCKERFILE.read_text()
+    # Its build/push instructions name cluster.yaml's image (after the project id).
+    assert config["docker"]["image"].split("/", 2)[2] in text
+    assert re.search(r"^FROM python:", text, re.M)
+    assert 'pip install ".[gpu]" "ray[default]"' in text  # the pins come from pyproject.toml
+    assert "rsync" in text and "openssh-client" in text  # what the cluster launcher needs inside
+    assert "NVIDIA_VISIBLE_DEVICES=all" in text
+    assert text.rstrip().endswith("python -m fer_dist.versions")  # the build fails on a mismatch
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "**/.git" in ignored and "runs" in ignored
+
+
+def test_gpu_workers_are_spot_by_default(config):
+    for name, nt in _gpu_types(config).items():
+        scheduling = nt["node_config"]["scheduling"]
+        assert scheduling == SPOT, name
+        assert "preemptible" not in scheduling, name  # the legacy flag: one or the other
+    head = config["available_node_types"][config["head_node_type"]]["node_config"]
+    assert head.get("scheduling", {}).get("provisioningModel", "STANDARD") == "STANDARD"  # on-demand
+
+
+def _shutdown_script(node_config: dict) -> str:
+    items = {i["key"]: i["value"] for i in node_config["metadata"]["items"]}
+    return items["shutdown-script"]
+
+
+def test_gpu_workers_drain_their_node_on_shutdown(config):
+    """A Spot VM's shutdown script runs `ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION`
+    with a deadline inside GCE's notice, for the node id the worker saved when Ray started, in
+    the container (or as the ssh user without one); the flags are those of this Ray's CLI."""
+    from ray.scripts.scripts import drain_node
+
+    options = {opt: p for p in drain_node.params for opt in p.opts}
+    saved = " ".join(config["worker_start_ray_commands"])
+    assert "get_node_id()" in saved and "> /tmp/fer_dist_node_id" in saved
+    for name, nt in _gpu_types(config).items():
+        script = _shutdown_script(nt["node_config"])
+        assert script.startswith("#!/bin/bash\n"), name
+        (command,) = re.findall(r"ray drain-node [^']*", script)
+        assert "--reason DRAIN_NODE_REASON_PREEMPTION" in command, name
+        assert '--node-id "$(cat /tmp/fer_dist_node_id)"' in command, name
+        deadline = int(re.search(r"--deadline-remaining-seconds (\d+)", command).group(1))
+        assert 0 < deadline < GCE_SPOT_NOTICE_S, name
+        used = set(re.findall(r"(--[a-z-]+)", command))
+        assert used <= set(options), f"{name}: not options of ray drain-node: {used - set(options)}"
+        required = {p.opts[0] for p in drain_node.params if p.required}
+        assert required <= used, f"{name}: ray drain-node needs {required - used}"
+        assert "DRAIN_NODE_REASON_PREEMPTION" in options["--reason"].type.choices
+        assert f"docker exec {config['docker']['container_name']} " in script, name
+        assert f"-u {config['auth']['ssh_user']} " in script, name
+        if shutil.which("bash"):
+            check = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
+            assert check.returncode == 0, f"{name}: {check.stderr}"
 
 
 def test_start_commands_and_idle_timeout(config):
@@ -162,6 +283,14 @@ def _min_workers_above_max_workers(c):
     c["available_node_types"]["gpu_t4"]["min_workers"] = c["max_workers"] + 1
 
 
+def _docker_image_without_container_name(c):
+    del c["docker"]["container_name"]
+
+
+def _unknown_docker_field(c):
+    c["docker"]["gpus"] = "all"
+
+
 @pytest.mark.parametrize(
     "corrupt, error, message",
     [
@@ -171,6 +300,8 @@ def _min_workers_above_max_workers(c):
         (_unknown_node_type_field, jsonschema.ValidationError, "'min_worker' was unexpected"),
         (_head_type_missing, ValueError, "head_node_type"),
         (_min_workers_above_max_workers, ValueError, "max_workers"),
+        (_docker_image_without_container_name, AssertionError, "Must provide a container & image name"),
+        (_unknown_docker_field, jsonschema.ValidationError, "'gpus' was unexpected"),
     ],
 )
 def test_corrupted_config_is_rejected(raw, corrupt, error, message):

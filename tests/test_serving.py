@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -200,7 +201,9 @@ def _tflite_interpreter(path: str):
         Interpreter = getattr(tf.lite, "Interpreter", None)
         if Interpreter is None:
             pytest.skip("no TFLite interpreter (ai_edge_litert or tf.lite.Interpreter) in this environment")
-    return Interpreter(model_path=path)
+    with warnings.catch_warnings():  # tf.lite.Interpreter: "deprecated, use ai_edge_litert"
+        warnings.simplefilter("ignore", UserWarning)
+        return Interpreter(model_path=path)
 
 
 @pytest.mark.slow  # over 15 s on a 2-core CPU: the export job converts in a subprocess

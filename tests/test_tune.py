@@ -173,8 +173,9 @@ def test_space_parsing_and_checks():
     ]:
         with pytest.raises(UserError, match=needle):
             tune.parse_space("seed", [bad])
-    with pytest.raises(UserError, match="does not divide"):
-        tune.check_space(C.resolve("seed"), tune.parse_space("seed", ["global_batch_size=16,24"]), 16)
+    with pytest.raises(UserError, match="global_batch_size: 8 is smaller than --workers-per-trial 2:12"):
+        tune.check_space(C.resolve("seed"), tune.parse_space("seed", ["global_batch_size=16,8"]), "2:12")
+    tune.check_space(C.resolve("seed"), tune.parse_space("seed", ["global_batch_size=16,24"]), "5")  # uneven: fine
     with pytest.raises(UserError, match="dropout"):
         tune.check_space(C.resolve("seed"), tune.parse_space("seed", ["dropout=0.5,1.5"]), 1)
 

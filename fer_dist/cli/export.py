@@ -2,7 +2,7 @@
 
 \b
     python jobs/export.py runs/NAME --tflite model.tflite
-    python jobs/export.py gs://BUCKET/runs/NAME --tflite gs://BUCKET/models/fer.tflite
+    python jobs/export.py gs://BUCKET/runs/NAME --tflite fer.tflite
 
 RUN_DIR is a run directory (local or gs://) with saved_model/, the serving SavedModel that
 training writes (fer_dist/serving.py). --tflite converts its `serving_gray48` signature:

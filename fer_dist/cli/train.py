@@ -55,7 +55,12 @@ def main(
     skip_bad_rows: bool = typer.Option(
         False, "--skip-bad-rows", help="Skip malformed CSV rows / images, and list them."
     ),
-    workers: int = typer.Option(0, "--workers", help="Ray Train workers (0: this process, no Ray)."),
+    workers: str = typer.Option(
+        "0",
+        "--workers",
+        help="Ray Train workers: N, or MIN:MAX for an elastic run that starts with what the cluster gives "
+        "(at least MIN) and survives lost nodes (0: this process, no Ray).",
+    ),
     gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs for each Ray worker (0: CPU)."),
     max_failures: int = typer.Option(
         DEFAULT_MAX_FAILURES, "--max-failures", help="Ray worker-group restarts before the run fails (-1: unlimited)."
@@ -77,13 +82,14 @@ def main(
         if storage_uri != "./runs" and storage_uri != output:
             raise cli.UserError(f"--output {output} and --storage {storage_uri}: --output is the old name of --storage")
         storage_uri = output
-    if workers < 0:
-        raise cli.UserError(f"--workers {workers}: must be >= 0")
+    from fer_dist.launch import Workers
+
+    parsed = Workers.parse(workers)
     if gpus_per_worker < 0:
         raise cli.UserError(f"--gpus-per-worker {gpus_per_worker}: must be >= 0")
     if max_failures < -1:
         raise cli.UserError(f"--max-failures {max_failures}: must be >= -1 (-1: unlimited)")
-    if address is not None and not workers:
+    if address is not None and not parsed:
         raise cli.UserError(f"--address {address}: only with --workers N (without it, training runs in this process)")
     experiment.train(
         preset=cli.value(preset),

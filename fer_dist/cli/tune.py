@@ -36,7 +36,12 @@ def main(
     overrides: list[str] | None = typer.Option(None, "--set", help="key=value for the base config; repeatable."),
     space: list[str] | None = typer.Option(None, "--space", help="key=a,b,c | key=lo:hi | key=log:lo:hi | key=off."),
     samples: int = typer.Option(8, "--samples", help="Trials to run."),
-    workers_per_trial: int = typer.Option(1, "--workers-per-trial", help="Ray Train workers of each trial."),
+    workers_per_trial: str = typer.Option(
+        "1",
+        "--workers-per-trial",
+        help="Ray Train workers of each trial: N, or MIN:MAX (elastic). 1 by default: for FER-sized models "
+        "the gradient all-reduce costs more than a worker saves (README 'Scaling'), so trials run side by side.",
+    ),
     gpus_per_worker: float = typer.Option(
         0.0, "--gpus-per-worker", help="GPUs of each worker (0: CPU); on a cluster, 1 per GPU node."
     ),
@@ -69,9 +74,11 @@ def main(
     from fer_dist import values
 
     preset, metric, searcher = cli.value(preset), cli.value(metric), cli.value(searcher)
+    from fer_dist.launch import Workers
+
     checks = [
+        (bool(Workers.parse(workers_per_trial, "--workers-per-trial")), "--workers-per-trial 0: must be >= 1"),
         (samples >= 1, f"--samples {samples}: must be >= 1"),
-        (workers_per_trial >= 1, f"--workers-per-trial {workers_per_trial}: must be >= 1"),
         (gpus_per_worker >= 0, f"--gpus-per-worker {gpus_per_worker}: must be >= 0"),
         (cpus_per_worker > 0, f"--cpus-per-worker {cpus_per_worker}: must be > 0"),
         (max_concurrent >= 1, f"--max-concurrent {max_concurrent}: must be >= 1"),

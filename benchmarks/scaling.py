@@ -1,0 +1,183 @@
+"""python benchmarks/scaling.py [--data PATH] [--batches 32,64,128] [--steps N] [--windows W] [--smoke] [--output benchmarks/scaling.json]
+
+One process against 2 Ray Train workers (MultiWorkerMirroredStrategy, 1 CPU each) at the same
+global batch, on the same input path (FER-2013 Training rows, the frozen-trunk feature cache),
+and where a 2-worker step's time goes. Every figure comes from real runs of `jobs/train.py`:
+
+  p1  one process, 2 threads (the whole machine), global batch B;
+  w2  `--workers 2` (a private local Ray cluster), global batch B: its images/s, and the
+      all-reduce of its real gradient buffer timed alone at the start of the run
+      (`scaling.CommunicationShare` in its metrics.json);
+  c2  one process, 1 thread, batch B/2: what one of the two workers computes per step (forward,
+      backward, update, its input pipeline), with no collective at all.
+
+The 2-worker step time (B / w2 img/s) is split into
+  compute      = c2's step time;
+  all-reduce   = the timed all-reduce of the gradients;
+  votes        = the cross-worker vote (a 1-value all-reduce, timed alone), once every
+                 `vote_every_steps` steps, per step;
+  sync & wait  = the rest: host synchronisation, stragglers, and what the collectives cost
+                 beyond their time alone (the two workers share 2 cores).
+Efficiency = w2 img/s / p1 img/s. Each run trains 1 + W epochs of N steps; the first (tracing,
+warm-up, the probe) is excluded and the figure is the median images/s of the other W. The
+benchmark fixes its own determinism (`deterministic=false`) and threads, so a change of defaults
+elsewhere does not move it. `finetune96` is the full-ResNet50-trainable shape (96 px, random
+weights, no feature cache, a few steps): its compute is what grows with the image size.
+
+The last line is the headline: `efficiency at global batch 64: X` (seed recipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "fer2013", "fer2013.csv.gz")
+VAL_ROWS = 320
+RECIPES = {
+    # the seed recipe as `--preset seed` trains it (143 frozen layers, cached features), no ImageNet here
+    "seed": ["--preset", "seed", "--set", "weights=none", "--set", "feature_cache=true"],
+    # the finetune shape: every layer trainable at 96 px (random weights, no cache)
+    "finetune96": ["--preset", "seed", "--set", "weights=none", "--set", "image_size=96", "--set", "freeze_layers=0"],
+}
+FIXED = ["--set", "deterministic=false", "--set", "early_stop_patience=0", "--set", "eval_tta=none", "--quiet"]
+
+
+def train(name: str, args: list[str], storage: str, env: dict, workers: int = 0) -> dict:
+    """Runs jobs/train.py; returns its history's images/s (epochs 2..) and metrics.json."""
+    cmd = [sys.executable, os.path.join(REPO, "jobs", "train.py"), "--storage", storage, "--name", name, *args]
+    if workers:
+        cmd += ["--workers", str(workers), "--address", "local"]
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(f"error: {name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    import pandas as pd
+
+    run = os.path.join(storage, name)
+    history = pd.read_csv(os.path.join(run, "history.csv"))
+    with open(os.path.join(run, "metrics.json")) as f:
+        metrics = json.load(f)
+    rates = [float(x) for x in history["images_per_second"].iloc[1:]]
+    return {
+        "images_per_second": round(statistics.median(rates), 2),
+        "windows": [round(r, 2) for r in rates],
+        "wall_s": round(time.time() - start, 1),
+        "communication": metrics.get("communication"),
+    }
+
+
+def measure(recipe: str, batch: int, args, data: str, storage: str) -> dict:
+    common = [*RECIPES[recipe], *FIXED, "--data", data, "--epochs", str(1 + args.windows)]
+    common += ["--set", f"steps_per_epoch={args.steps}", "--set", f"global_batch_size={batch}"]
+    base = dict(os.environ, PYTHONUNBUFFERED="1")
+    base.pop("RAY_ADDRESS", None)
+    one_thread = dict(base, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
+    tag = f"{recipe}-b{batch}"
+    p1 = train(f"{tag}-p1", common, storage, base)
+    w2 = train(f"{tag}-w2", common, storage, base, workers=2)
+    half = [a if a != f"global_batch_size={batch}" else f"global_batch_size={batch // 2}" for a in common]
+    c2 = train(f"{tag}-c2", half, storage, one_thread)
+    comm = w2["communication"] or {}
+    step = batch / w2["images_per_second"]
+    compute = (batch // 2) / c2["images_per_second"]
+    allreduce = comm.get("allreduce_s", 0.0)
+    votes = comm.get("vote_s", 0.0) / max(1, args.vote_every)
+    split = {
+        "compute_ms": round(compute * 1e3, 1),
+        "allreduce_ms": round(allreduce * 1e3, 1),
+        "votes_ms": round(votes * 1e3, 2),
+        "sync_and_wait_ms": round((step - compute - allreduce - votes) * 1e3, 1),
+        "step_ms": round(step * 1e3, 1),
+    }
+    return {
+        "recipe": recipe,
+        "global_batch": batch,
+        "p1_images_per_second": p1["images_per_second"],
+        "w2_images_per_second": w2["images_per_second"],
+        "efficiency": round(w2["images_per_second"] / p1["images_per_second"], 3),
+        "allreduce_values": comm.get("values"),
+        "allreduce_bytes_per_step": comm.get("wire_bytes"),
+        "allreduce_dtype": comm.get("dtype"),
+        "split_2_workers": split,
+        "runs": {"p1": p1, "w2": w2, "c2": c2},
+    }
+
+
+def prepare_data(args, workdir: str) -> tuple[str, str]:
+    if args.smoke or not os.path.exists(args.data):
+        return "builtin", "built-in synthetic faces"
+    import pandas as pd
+
+    frame = pd.read_csv(args.data, dtype=str)
+    train_rows = frame[frame["Usage"] == "Training"]
+    val = frame[frame["Usage"] == "PublicTest"].head(VAL_ROWS)
+    path = os.path.join(workdir, "bench.csv")
+    pd.concat([train_rows, val]).to_csv(path, index=False)
+    return path, f"{args.data}: {len(train_rows)} Training rows, the first {len(val)} PublicTest rows as validation"
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [
+        "| recipe | global batch | 1 process img/s | 2 workers img/s | efficiency | MB all-reduced/step "
+        "| 2-worker step ms: compute / all-reduce / votes / sync & wait |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        s = r["split_2_workers"]
+        mb = (r["allreduce_bytes_per_step"] or 0) / 1e6
+        lines.append(
+            f"| {r['recipe']} | {r['global_batch']} | {r['p1_images_per_second']:.1f} | {r['w2_images_per_second']:.1f} "
+            f"| {r['efficiency']:.2f} | {mb:.0f} | {s['step_ms']:.0f}: {s['compute_ms']:.0f} / {s['allreduce_ms']:.0f} / "
+            f"{s['votes_ms']:.1f} / {s['sync_and_wait_ms']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--batches", default="32,64,128")
+    parser.add_argument("--recipes", default="seed,finetune96")
+    parser.add_argument("--steps", type=int, default=30, help="steps per timed epoch")
+    parser.add_argument("--windows", type=int, default=2, help="timed epochs after the warm-up epoch")
+    parser.add_argument("--finetune-steps", type=int, default=4)
+    parser.add_argument("--vote-every", type=int, default=20, help="vote_every_steps of the runs (the default)")
+    parser.add_argument("--smoke", action="store_true", help="a seconds-scale plumbing check (numbers meaningless)")
+    parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "scaling.json"))
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    recipes = args.recipes.split(",")
+    if args.smoke:
+        args.steps, args.windows, args.finetune_steps, batches, recipes = 3, 1, 2, [16], ["seed"]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fer_scaling_") as work:
+        data, described = prepare_data(args, work)
+        storage = os.path.join(work, "runs")
+        for recipe in recipes:
+            steps = args.finetune_steps if recipe == "finetune96" else args.steps
+            for batch in batches if recipe == "seed" else [min(batches)]:
+                row = measure(recipe, batch, argparse.Namespace(**dict(vars(args), steps=steps)), data, storage)
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
+    report = {"data": described, "cpus": os.cpu_count(), "steps": args.steps, "windows": args.windows, "rows": rows}
+    with open(args.output, "w") as f:
+        json.dump(report, f, indent=1)
+    print(format_table(rows))
+    headline = next((r for r in rows if r["recipe"] == "seed" and r["global_batch"] == 64), rows[0])
+    print(f"efficiency at global batch {headline['global_batch']}: {headline['efficiency']:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

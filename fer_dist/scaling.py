@@ -1,0 +1,95 @@
+"""What one more worker costs: the gradient all-reduce against the step's compute.
+
+Under MultiWorkerMirroredStrategy every step all-reduces every trainable gradient (the seed
+recipe: 23.6M values, 94 MB in float32) whatever the batch, while each worker's compute shrinks
+as workers are added (the global batch is fixed). Two uses:
+
+- every multi-worker run measures its own share (`CommunicationShare`): it times the all-reduce
+  of its real gradient buffer alone at the start (`steps.Distributed.time_all_reduce`), compares
+  it with its step time, logs one line at the start and one at the end, and writes the figures to
+  metrics.json (`communication`);
+- a model a user can act on before renting a cluster (`predicted_efficiency`, README "Scaling"):
+  a ring all-reduce of B bytes between N workers sends 2 (N-1)/N B per worker, so with a
+  per-step compute C (one worker, the global batch) and a bandwidth W,
+
+      step(N) = C / N + 2 (N-1)/N * B / W          efficiency(N) = C / (N * step(N)).
+
+"Communication dominates" when it is over half of the step: then adding workers slows the run,
+and `jobs/tune.py` runs one worker per trial (its default) and packs trials across the cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+DOMINATES = 0.5  # communication over half of the step time
+
+
+@dataclasses.dataclass
+class CommunicationShare:
+    workers: int
+    values: int  # gradient values all-reduced per step
+    wire_bytes: int  # their size in allreduce_dtype
+    dtype: str
+    allreduce_s: float  # one all-reduce of the real gradient buffer, alone (median of a few)
+    vote_s: float = 0.0  # one cross-worker vote (a one-value all-reduce), alone
+    step_s: float = 0.0  # the run's step time (the last epoch's), once known
+
+    @property
+    def share(self) -> float:
+        return self.allreduce_s / self.step_s if self.step_s > 0 else 0.0
+
+    @property
+    def dominates(self) -> bool:
+        return self.share > DOMINATES
+
+    def start_line(self) -> str:
+        return (
+            f"communication: every step all-reduces {self.values / 1e6:.1f}M gradient values "
+            f"({self.wire_bytes / 1e6:.0f} MB as {self.dtype}) between {self.workers} workers: "
+            f"{self.allreduce_s * 1e3:.0f} ms alone"
+        )
+
+    def end_line(self) -> str:
+        line = (
+            f"communication: the all-reduce took {self.allreduce_s * 1e3:.0f} ms of a "
+            f"{self.step_s * 1e3:.0f} ms step ({self.share:.0%}) on {self.workers} workers"
+        )
+        if self.dominates:
+            line += (
+                ": communication dominates, so fewer workers would train this recipe about as fast "
+                "(or use a larger global_batch_size, allreduce_dtype=bfloat16, or one worker per "
+                "Tune trial; README 'Scaling')"
+            )
+        return line
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> CommunicationShare:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in fields.items() if k in known})
+
+    def as_metrics(self) -> dict:
+        return dict(dataclasses.asdict(self), share=round(self.share, 4), dominates=self.dominates)
+
+
+def ring_allreduce_seconds(wire_bytes: float, workers: int, gbit_per_s: float) -> float:
+    """Bandwidth term of a ring all-reduce: each worker sends and receives 2 (N-1)/N of the buffer."""
+    if workers <= 1:
+        return 0.0
+    return 2 * (workers - 1) / workers * wire_bytes * 8 / (gbit_per_s * 1e9)
+
+
+def predicted_step_seconds(workers: int, compute_s: float, wire_bytes: float, gbit_per_s: float) -> float:
+    """A data-parallel step at a fixed global batch: compute split N ways plus the all-reduce
+    (no overlap: the step all-reduces after the backward pass)."""
+    return compute_s / workers + ring_allreduce_seconds(wire_bytes, workers, gbit_per_s)
+
+
+def predicted_efficiency(workers: int, compute_s: float, wire_bytes: float, gbit_per_s: float) -> float:
+    """Speed-up over one worker divided by N (1.0: perfect scaling)."""
+    return compute_s / (workers * predicted_step_seconds(workers, compute_s, wire_bytes, gbit_per_s))
+
+
+def communication_share(workers: int, compute_s: float, wire_bytes: float, gbit_per_s: float) -> float:
+    step = predicted_step_seconds(workers, compute_s, wire_bytes, gbit_per_s)
+    return ring_allreduce_seconds(wire_bytes, workers, gbit_per_s) / step
