@@ -77,7 +77,8 @@ def train(name: str, args: list[str], storage: str, env: dict, workers: int = 0)
     }
 
 
-def measure(recipe: str, batch: int, args, data: str, storage: str) -> dict:
+def measure(recipe: str, batch: int, args, data: str, storage: str, dtypes: list[str]) -> list[dict]:
+    """Rows for one recipe and global batch: p1 and c2 once, w2 once per all-reduce dtype."""
     common = [*RECIPES[recipe], *FIXED, "--data", data, "--epochs", str(1 + args.windows)]
     common += ["--set", f"steps_per_epoch={args.steps}", "--set", f"global_batch_size={batch}"]
     base = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -85,33 +86,38 @@ def measure(recipe: str, batch: int, args, data: str, storage: str) -> dict:
     one_thread = dict(base, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
     tag = f"{recipe}-b{batch}"
     p1 = train(f"{tag}-p1", common, storage, base)
-    w2 = train(f"{tag}-w2", common, storage, base, workers=2)
     half = [a if a != f"global_batch_size={batch}" else f"global_batch_size={batch // 2}" for a in common]
     c2 = train(f"{tag}-c2", half, storage, one_thread)
-    comm = w2["communication"] or {}
-    step = batch / w2["images_per_second"]
     compute = (batch // 2) / c2["images_per_second"]
-    allreduce = comm.get("allreduce_s", 0.0)
-    votes = comm.get("vote_s", 0.0) / max(1, args.vote_every)
-    split = {
-        "compute_ms": round(compute * 1e3, 1),
-        "allreduce_ms": round(allreduce * 1e3, 1),
-        "votes_ms": round(votes * 1e3, 2),
-        "sync_and_wait_ms": round((step - compute - allreduce - votes) * 1e3, 1),
-        "step_ms": round(step * 1e3, 1),
-    }
-    return {
-        "recipe": recipe,
-        "global_batch": batch,
-        "p1_images_per_second": p1["images_per_second"],
-        "w2_images_per_second": w2["images_per_second"],
-        "efficiency": round(w2["images_per_second"] / p1["images_per_second"], 3),
-        "allreduce_values": comm.get("values"),
-        "allreduce_bytes_per_step": comm.get("wire_bytes"),
-        "allreduce_dtype": comm.get("dtype"),
-        "split_2_workers": split,
-        "runs": {"p1": p1, "w2": w2, "c2": c2},
-    }
+    rows = []
+    for dtype in dtypes:
+        w2 = train(f"{tag}-w2-{dtype}", [*common, "--set", f"allreduce_dtype={dtype}"], storage, base, workers=2)
+        comm = w2["communication"] or {}
+        step = batch / w2["images_per_second"]
+        allreduce = comm.get("allreduce_s", 0.0)
+        votes = comm.get("vote_s", 0.0) / max(1, args.vote_every)
+        split = {
+            "compute_ms": round(compute * 1e3, 1),
+            "allreduce_ms": round(allreduce * 1e3, 1),
+            "votes_ms": round(votes * 1e3, 2),
+            "sync_and_wait_ms": round((step - compute - allreduce - votes) * 1e3, 1),
+            "step_ms": round(step * 1e3, 1),
+        }
+        rows.append(
+            {
+                "recipe": recipe,
+                "global_batch": batch,
+                "allreduce_dtype": dtype,
+                "p1_images_per_second": p1["images_per_second"],
+                "w2_images_per_second": w2["images_per_second"],
+                "efficiency": round(w2["images_per_second"] / p1["images_per_second"], 3),
+                "allreduce_values": comm.get("values"),
+                "allreduce_bytes_per_step": comm.get("wire_bytes"),
+                "split_2_workers": split,
+                "runs": {"p1": p1, "w2": w2, "c2": c2},
+            }
+        )
+    return rows
 
 
 def prepare_data(args, workdir: str) -> tuple[str, str]:
@@ -129,15 +135,15 @@ def prepare_data(args, workdir: str) -> tuple[str, str]:
 
 def format_table(rows: list[dict]) -> str:
     lines = [
-        "| recipe | global batch | 1 process img/s | 2 workers img/s | efficiency | MB all-reduced/step "
+        "| recipe | global batch | all-reduce | 1 process img/s | 2 workers img/s | efficiency | MB all-reduced/step "
         "| 2-worker step ms: compute / all-reduce / votes / sync & wait |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         s = r["split_2_workers"]
         mb = (r["allreduce_bytes_per_step"] or 0) / 1e6
         lines.append(
-            f"| {r['recipe']} | {r['global_batch']} | {r['p1_images_per_second']:.1f} | {r['w2_images_per_second']:.1f} "
+            f"| {r['recipe']} | {r['global_batch']} | {r['allreduce_dtype']} | {r['p1_images_per_second']:.1f} | {r['w2_images_per_second']:.1f} "
             f"| {r['efficiency']:.2f} | {mb:.0f} | {s['step_ms']:.0f}: {s['compute_ms']:.0f} / {s['allreduce_ms']:.0f} / "
             f"{s['votes_ms']:.1f} / {s['sync_and_wait_ms']:.0f} |"
         )
@@ -153,6 +159,7 @@ def main(argv=None) -> int:
     parser.add_argument("--windows", type=int, default=2, help="timed epochs after the warm-up epoch")
     parser.add_argument("--finetune-steps", type=int, default=4)
     parser.add_argument("--vote-every", type=int, default=20, help="vote_every_steps of the runs (the default)")
+    parser.add_argument("--extra-dtypes", default="bfloat16", help="allreduce_dtype variants at batch 64 (seed)")
     parser.add_argument("--smoke", action="store_true", help="a seconds-scale plumbing check (numbers meaningless)")
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "scaling.json"))
     args = parser.parse_args(argv)
@@ -167,15 +174,24 @@ def main(argv=None) -> int:
         for recipe in recipes:
             steps = args.finetune_steps if recipe == "finetune96" else args.steps
             for batch in batches if recipe == "seed" else [min(batches)]:
-                row = measure(recipe, batch, argparse.Namespace(**dict(vars(args), steps=steps)), data, storage)
-                rows.append(row)
-                print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
+                dtypes = ["float32", *args.extra_dtypes.split(",")] if batch == 64 and recipe == "seed" else ["float32"]
+                run_args = argparse.Namespace(**dict(vars(args), steps=steps))
+                for row in measure(recipe, batch, run_args, data, storage, [d for d in dtypes if d]):
+                    rows.append(row)
+                    print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
     report = {"data": described, "cpus": os.cpu_count(), "steps": args.steps, "windows": args.windows, "rows": rows}
     with open(args.output, "w") as f:
         json.dump(report, f, indent=1)
     print(format_table(rows))
     headline = next((r for r in rows if r["recipe"] == "seed" and r["global_batch"] == 64), rows[0])
-    print(f"efficiency at global batch {headline['global_batch']}: {headline['efficiency']:.2f}", flush=True)
+    best = max((r for r in rows if r["recipe"] == "seed" and r["global_batch"] == 64), key=lambda r: r["efficiency"])
+    if best is not headline:
+        print(f"(with allreduce_dtype={best['allreduce_dtype']}: {best['efficiency']:.2f})")
+    print(
+        f"efficiency at global batch {headline['global_batch']} ({headline['allreduce_dtype']}): "
+        f"{headline['efficiency']:.2f}",
+        flush=True,
+    )
     return 0
 
 

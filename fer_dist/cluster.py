@@ -157,6 +157,19 @@ def _fake_node_provider_class():
             if head_type:
                 self._nodes[self._head_node_id]["tags"][TAG_RAY_USER_NODE_TYPE] = head_type
 
+        def non_terminated_nodes(self, tag_filters):
+            """As a cloud lists its VMs: a node whose raylet died (`kill_node`, a lost VM) is
+            gone, so the autoscaler can replace it within max_workers (Ray's fake provider
+            would keep it as a pending node for ever)."""
+            with self.lock:
+                for node_id, entry in list(self._nodes.items()):
+                    node = entry.get("node")
+                    raylet = getattr(node, "all_processes", {}).get("raylet") if node is not None else None
+                    if raylet and raylet[0].process.poll() is not None:
+                        self._nodes.pop(node_id)
+                        node.kill_all_processes(check_alive=False, allow_graceful=False)
+            return super().non_terminated_nodes(tag_filters)
+
     return FakeNodeProvider
 
 
@@ -304,7 +317,7 @@ def up(
 
 
 def publish_node_types(address: str, config_path: str) -> None:
-    """Writes the worker node types of the autoscaler config to the GCS as its cluster config
+    """Writes the node types of the autoscaler config (the head as one node) to the GCS as its cluster config
     (`ray._private.state.state.get_cluster_config()`), as Ray's v2 autoscaler reports it (the
     v1 autoscaler that runs fake nodes does not): what Ray and `fer_dist.launch` read to know
     which nodes the autoscaler may add (its `max_count` per type) before any is running."""
@@ -315,12 +328,11 @@ def publish_node_types(address: str, config_path: str) -> None:
         config = yaml.safe_load(f)
     message = autoscaler_pb2.ClusterConfig()
     for name, node_type in config["available_node_types"].items():
-        if name == config["head_node_type"]:
-            continue
+        head = name == config["head_node_type"]  # counted once: Ray Train's max resources include it
         group = message.node_group_configs.add()
         group.name = name
-        group.min_count = int(node_type.get("min_workers", 0))
-        group.max_count = int(node_type.get("max_workers", 0))
+        group.min_count = 1 if head else int(node_type.get("min_workers", 0))
+        group.max_count = 1 if head else int(node_type.get("max_workers", 0))
         for key, value in node_type["resources"].items():
             group.resources[key] = int(value)
     client = ray._raylet.GcsClient(address=address)
@@ -332,23 +344,50 @@ def publish_node_types(address: str, config_path: str) -> None:
     )
 
 
+def environ(pid: int) -> dict[str, str]:
+    """A process's environment as /proc has it. (psutil's `environ()` returns {} for Ray's agents,
+    whose process titles overwrite the start of the block.)"""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return {}
+    pairs = (entry.decode(errors="replace").partition("=") for entry in raw.split(b"\0") if b"=" in entry)
+    return {k: v for k, _, v in pairs}
+
+
 def _is_ours(proc, cluster: LocalCluster, recorded: set) -> bool:
     import psutil
 
     try:
         if (proc.pid, proc.create_time()) in recorded:
             return True
-        return proc.environ().get(MARKER) == cluster.tmpdir
+        return environ(proc.pid).get(MARKER) == cluster.tmpdir
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
 
 
 def cluster_processes(cluster: LocalCluster) -> list:
-    """Every live process of this cluster (psutil.Process), found by its marker or its record."""
+    """Every live process of this cluster (psutil.Process), found by its marker or its record,
+    and the agents of its raylets (started without the marker; they name their raylet's PID)."""
     import psutil
 
     recorded = {(pid, t) for pid, t in cluster.processes}
-    return [p for p in psutil.process_iter() if p.pid != os.getpid() and _is_ours(p, cluster, recorded)]
+    procs = [p for p in psutil.process_iter() if p.pid != os.getpid() and _is_ours(p, cluster, recorded)]
+    raylets = {str(p.pid) for p in procs if _name(p) == "raylet"}
+    known = {p.pid for p in procs}
+    return procs + [p for p in psutil.process_iter() if p.pid not in known and _raylet_pid(p.pid) in raylets]
+
+
+def _name(proc) -> str:
+    try:
+        return proc.name()
+    except Exception:  # gone meanwhile
+        return ""
+
+
+def _raylet_pid(pid: int) -> str | None:
+    return environ(pid).get("RAY_RAYLET_PID")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,7 +406,7 @@ def fake_nodes(cluster: LocalCluster) -> list[FakeNode]:
         try:
             if p.name() != "raylet":
                 continue
-            env = p.environ()
+            env = environ(p.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         if env.get(NODE_ID_ENV, HEAD_NODE_ID) != HEAD_NODE_ID:
@@ -381,18 +420,28 @@ def node_of(pid: int) -> str | None:
     import psutil
 
     try:
-        return psutil.Process(pid).environ().get(NODE_ID_ENV)
+        return environ(pid).get(NODE_ID_ENV)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
 
 
 def kill_node(cluster: LocalCluster, node_id: str) -> int:
-    """SIGKILLs the raylet of a fake node (a lost VM); returns its PID."""
-    for node in fake_nodes(cluster):
-        if node.node_id == node_id:
-            os.kill(node.raylet_pid, signal.SIGKILL)
-            return node.raylet_pid
-    raise LookupError(f"no running fake node {node_id}")
+    """A lost VM: SIGKILLs the raylet of a fake node, then every other process of that node (its
+    workers and agents, which on one machine would outlive their raylet, go on training and
+    write as a zombie chief); returns the raylet's PID."""
+    import psutil
+
+    node = next((n for n in fake_nodes(cluster) if n.node_id == node_id), None)
+    if node is None:
+        raise LookupError(f"no running fake node {node_id}")
+    doomed = [p for p in cluster_processes(cluster) if environ(p.pid).get(NODE_ID_ENV) == node_id]
+    os.kill(node.raylet_pid, signal.SIGKILL)
+    for p in doomed:
+        try:
+            p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return node.raylet_pid
 
 
 def drain_node(

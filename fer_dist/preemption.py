@@ -11,6 +11,9 @@ the epoch checkpoint) ends the run right after the epoch's checkpoint.
 
 On Ray, signals never reach the loop (Train V2 runs it in a thread; Ray's handlers end the
 worker), so a Ray session watches Ray's own preemption notices instead (`launch.RaySession`).
+
+Either way, storage retries stop waiting at the notice's deadline (`storage.retry_not_after`):
+GCP gives a spot VM 30 s after SIGTERM (`SIGNAL_DEADLINE_S`); Ray's notice carries its own.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import signal
 import threading
 import time
 
+from fer_dist import storage
+
+SIGNAL_DEADLINE_S = 25.0  # GCP: a spot VM goes 30 s after its SIGTERM; 5 s for the rest
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -68,6 +74,7 @@ class SignalWatcher(NoWatcher):
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: now
         self.signum = signum
+        storage.retry_not_after(SIGNAL_DEADLINE_S)
         log.info("%s received: finishing the step in progress, then checkpointing", signal.Signals(signum).name)
 
     def poll(self, global_step: int) -> Notice | None:
@@ -101,7 +108,9 @@ class RayNoticeWatcher(NoWatcher):
         if info is None or self.noticed:
             return None
         self.noticed = True
-        left = f", {info.deadline_ms / 1000 - time.time():.0f} s left" if info.deadline_ms else ""
+        seconds = info.deadline_ms / 1000 - time.time() if info.deadline_ms else None
+        storage.retry_not_after(seconds)
+        left = f", {seconds:.0f} s left" if seconds is not None else ""
         return Notice(f"preemption notice (ranks {info.preempted_ranks}{left})")
 
 

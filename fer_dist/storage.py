@@ -163,6 +163,23 @@ def retry_seconds() -> float:
     return value
 
 
+_not_after: list = [None]  # time.monotonic() past which no retry waits: a pending preemption's deadline
+
+
+def retry_not_after(seconds_from_now: float | None) -> None:
+    """Never retry past `seconds_from_now` (a preemption notice: a checkpoint that cannot be
+    written before the VM goes is not worth waiting for); None lifts the cap."""
+    _not_after[0] = None if seconds_from_now is None else time.monotonic() + max(0.0, seconds_from_now)
+
+
+def effective_retry_seconds() -> float:
+    """`retry_seconds()`, cut to what is left before a pending preemption deadline."""
+    total = retry_seconds()
+    if _not_after[0] is not None:
+        total = min(total, max(0.0, _not_after[0] - time.monotonic()))
+    return total
+
+
 def set_retry_seconds(seconds: float | None) -> float | None:
     """Sets this process's retry total (None: back to the environment/default); returns the
     previous setting, for restoring it."""
@@ -210,7 +227,7 @@ def _retrying(uri: str, call: Callable[[], _T]) -> _T:
         return call()
     from google.api_core import retry as gretry  # lazy: ~0.3 s of imports, only for gs://
 
-    total = retry_seconds()
+    total = effective_retry_seconds()
     start = time.monotonic()
     deadline = start + total
     next_log = [start + LOG_EVERY_S]

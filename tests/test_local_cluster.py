@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,7 +128,8 @@ def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 300)
         if predicate():
             return
         if proc.poll() is not None:
-            raise AssertionError(f"job ended before {what}:\n{proc.stdout.read()[-4000:]}")
+            out = proc.stdout.read() if proc.stdout and not proc.stdout.closed else ""
+            raise AssertionError(f"job ended before {what}:\n{out[-4000:]}")
         time.sleep(0.5)
     finish(proc, timeout=1)
     raise AssertionError(f"timed out waiting for {what}")
@@ -173,7 +175,7 @@ def test_train_adds_nodes_on_demand_and_survives_a_lost_node(local_cluster, gcs_
         on_workers = {node for node in placements.workers().values() if node != cluster.HEAD_NODE_ID}
         assert on_workers, placements.seen  # Train workers run on the added nodes
         victim = sorted(on_workers)[0]
-        killed_at = time.time()
+        killed_at = time.time()  # the raylet and every process of its node: a lost VM
         cluster.kill_node(local_cluster, victim)
         out = finish(proc, timeout=500)
     finally:
@@ -202,11 +204,12 @@ def test_train_adds_nodes_on_demand_and_survives_a_lost_node(local_cluster, gcs_
 
 @pytest.mark.ray
 def test_tune_trials_run_on_different_nodes(local_cluster, gcs_prefix, bucket_csv):
-    """(b) a short `jobs/tune.py`: 2 concurrent trials of 1 worker (1 CPU each, nodes have 1):
+    """(b) a short `jobs/tune.py`: 2 concurrent trials of 1 worker (0.95 CPU each, the default,
+    beside a trial driver's 0.01; nodes have 1 CPU):
     their Train workers run on two different worker nodes at once; results land in the bucket."""
     start = time.time()
     args = ["--preset", "smoke", "--data", bucket_csv, "--set", "epochs=2", "--samples", "2"]
-    args += ["--max-concurrent", "2", "--workers-per-trial", "1", "--cpus-per-worker", "1", "--grace-period", "2"]
+    args += ["--max-concurrent", "2", "--workers-per-trial", "1", "--grace-period", "2"]
     args += ["--storage", gcs_prefix, "--name", "s"]
     placements = Placements(local_cluster)
     try:
@@ -223,7 +226,112 @@ def test_tune_trials_run_on_different_nodes(local_cluster, gcs_prefix, bucket_cs
     # Two trials' workers alive at the same moment, on two different worker nodes.
     pairs = [nodes for nodes in placements.together if len(nodes) >= 2]
     assert pairs, placements.together
-    assert all(cluster.HEAD_NODE_ID not in nodes for nodes in pairs), pairs
+    assert any(set(nodes) - {cluster.HEAD_NODE_ID} for nodes in pairs), pairs  # an added node among them
     print(
         f"\ntrials' workers together on {sorted(sorted(n[-5:] for n in p) for p in pairs)}; test {time.time() - start:.0f} s"
     )
+
+
+class Job:
+    """A job on the local cluster whose output is read line by line while it runs."""
+
+    def __init__(self, script: str, args: list[str], local: cluster.LocalCluster):
+        self.proc = run_job(script, args, local)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, needle: str, timeout: float = 300) -> None:
+        self.wait_until(lambda: needle in self.text(), repr(needle), timeout)
+
+    def wait_until(self, predicate, what: str, timeout: float = 300) -> None:
+        try:
+            wait_for(predicate, self.proc, what, timeout)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.text()[-4000:]}") from None
+
+    def finish(self, timeout: float) -> str:
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=60)
+            self._reader.join(timeout=30)
+        return self.text()
+
+
+def worker_nodes(placements: Placements) -> list[str]:
+    return sorted({node for node in placements.workers().values() if node != cluster.HEAD_NODE_ID})
+
+
+@pytest.mark.ray
+def test_a_drained_node_gets_a_checkpoint_at_a_step_and_the_run_resumes_from_it(local_cluster, gcs_prefix):
+    """Spot preemption on Ray: `ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION` on a node
+    that hosts a worker; the loop sees the notice within `vote_every_steps` steps, writes a
+    checkpoint at that step and trains on; at the deadline Ray restarts the worker group from
+    that checkpoint (the node's raylet is then killed: the VM goes), and the run finishes."""
+    start, deadline_s = time.time(), 10
+    args = ["--workers", "2", "--data", "builtin", "--set", "builtin_size=12000", "--storage", gcs_prefix]
+    args += ["--name", "pre", "--epochs", "2", "--set", "vote_every_steps=5", *SMOKE]
+    placements = Placements(local_cluster)
+    job = Job("train.py", args, local_cluster)
+    try:
+        job.wait_for("communication: every step all-reduces")  # the first epoch's steps begin
+        time.sleep(3)
+        (victim,) = worker_nodes(placements)[:1]
+        drained_at = time.time()
+        cluster.drain_node(local_cluster, victim, deadline_s=deadline_s)
+        job.wait_for("preemption notice", timeout=120)
+        noticed_s = time.time() - drained_at
+        time.sleep(max(0.0, drained_at + deadline_s + 2 - time.time()))
+        if victim in {n.node_id for n in cluster.fake_nodes(local_cluster)}:  # Ray may have ended it already
+            cluster.kill_node(local_cluster, victim)  # the VM goes
+        out = job.finish(timeout=600)
+    finally:
+        placements.stop()
+    assert job.proc.returncode == 0, out[-5000:]
+    line = next(x for x in out.splitlines() if "preemption notice" in x)
+    assert re.search(r"checkpoint at epoch 1 step \d+ written in [\d.]+ s; training on", line), line
+    step = int(re.search(r"step (\d+)", line).group(1))
+    assert f"resumed from the checkpoint of epoch 0 after step {step} of epoch 1" in out, out[-5000:]
+    h = history(storage.join(gcs_prefix, "pre"))
+    assert list(h["epoch"]) == [1, 2] and h["restarts"].iloc[-1] >= 1, h
+    print(
+        f"\nnotice seen {noticed_s:.1f} s after the drain, checkpoint at step {step}; test {time.time() - start:.0f} s"
+    )
+
+
+@pytest.mark.ray
+def test_elastic_workers_start_with_what_the_cluster_gives_and_finish_on_fewer(local_cluster, gcs_prefix, bucket_csv):
+    """`--workers 2:4` on a cluster that can never give 4 (1 CPU on the head, at most 2 worker
+    nodes of 1 CPU): it starts with what it gets, a lost node shrinks it, and the history stays
+    continuous; 3 workers split the global batch of 32 unevenly."""
+    args = ["--workers", "2:4", "--data", bucket_csv, "--storage", gcs_prefix, "--name", "el", "--epochs", "6"]
+    args += ["--max-failures", "3", "--set", "keep_checkpoints=6", *SMOKE]
+    placements = Placements(local_cluster)
+    job = Job("train.py", args, local_cluster)
+    run = storage.join(gcs_prefix, "el")
+    try:
+        job.wait_until(lambda: storage.exists(run) and len(checkpoints(run)) >= 1, "the first checkpoint")
+        nodes = worker_nodes(placements)
+        assert nodes, placements.seen
+        cluster.kill_node(local_cluster, nodes[0])
+        out = job.finish(timeout=600)
+    finally:
+        placements.stop()
+    assert job.proc.returncode == 0, out[-5000:]
+    assert "Ray Train: 2:4 worker(s) (elastic)" in out, out[-3000:]
+    h = history(run)
+    assert list(h["epoch"]) == [1, 2, 3, 4, 5, 6], h
+    assert h["workers"].between(2, 3).all() and h["restarts"].iloc[-1] >= 1, h[["epoch", "workers", "restarts"]]
+    print(f"\nworkers per epoch {list(h['workers'])}, restarts {list(h['restarts'])}")

@@ -299,3 +299,17 @@ def test_conftest_fixtures(repo_root, gcs_emulator, gcs_prefix, request):
     except pytest.skip.Exception:
         return
     assert csv.name == "fer2013.csv.gz" and csv.is_file()
+
+
+def test_retries_never_wait_past_a_pending_preemption_deadline():
+    previous = storage.set_retry_seconds(300)
+    try:
+        assert storage.effective_retry_seconds() == 300
+        storage.retry_not_after(20)
+        assert 19 < storage.effective_retry_seconds() <= 20
+        storage.retry_not_after(-5)  # the deadline has passed: one attempt, no waiting
+        assert storage.effective_retry_seconds() == 0
+    finally:
+        storage.retry_not_after(None)
+        storage.set_retry_seconds(previous)
+    assert storage.effective_retry_seconds() == storage.retry_seconds()
