@@ -184,7 +184,8 @@ def main(argv=None) -> int:
         json.dump(report, f, indent=1)
     print(format_table(rows))
     headline = next((r for r in rows if r["recipe"] == "seed" and r["global_batch"] == 64), rows[0])
-    best = max((r for r in rows if r["recipe"] == "seed" and r["global_batch"] == 64), key=lambda r: r["efficiency"])
+    same = [r for r in rows if r["recipe"] == headline["recipe"] and r["global_batch"] == headline["global_batch"]]
+    best = max(same, key=lambda r: r["efficiency"])
     if best is not headline:
         print(f"(with allreduce_dtype={best['allreduce_dtype']}: {best['efficiency']:.2f})")
     print(

@@ -111,6 +111,10 @@ class TrainConfig:
     feature_dtype: str = "float16"  # storage dtype of cached features: float16 (half the memory) or float32 (exact)
     feature_cache_max_gb: float = 4.0  # cache size cap in GB (10**9 bytes); least recently used entries go (0 = no cap)
     keep_checkpoints: int = 2  # best K by val_accuracy are kept, plus the latest
+    # Step checkpoints inside an epoch (0: off): what a worker-group restart (a lost node, an
+    # elastic resize) goes back to. Minutes are checked at the vote steps (vote_every_steps).
+    checkpoint_every_steps: int = 0
+    checkpoint_every_minutes: float = 0.0
     # Multi-worker: every N steps the workers vote once on the time budget and ask Ray for a
     # preemption notice (on one: a checkpoint at that step, so a preemption costs at most N steps);
     # no other collective runs between gradient all-reduces (fer_dist/steps.py, preemption.py).
@@ -191,6 +195,8 @@ def validate(c: TrainConfig) -> TrainConfig:
     need(c.builtin_size >= 70, f"builtin_size={c.builtin_size}: must be >= 70 (10 per class)")
     need(c.keep_checkpoints >= 1, f"keep_checkpoints={c.keep_checkpoints}: must be >= 1")
     need(c.vote_every_steps >= 1, f"vote_every_steps={c.vote_every_steps}: must be >= 1")
+    need(c.checkpoint_every_steps >= 0, f"checkpoint_every_steps={c.checkpoint_every_steps}: must be >= 0")
+    need(c.checkpoint_every_minutes >= 0, f"checkpoint_every_minutes={c.checkpoint_every_minutes}: must be >= 0")
     need(
         c.allreduce_dtype in ALLREDUCE_DTYPES,
         f"allreduce_dtype={c.allreduce_dtype!r}: expected one of {', '.join(ALLREDUCE_DTYPES)}",

@@ -50,6 +50,7 @@ class Distributed:
     rank: int
     replicas: int
     local_replicas: int = 1  # this worker's (one per worker under Ray Train)
+    _sum_fn: object = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
     def create(cls, config: TrainConfig | None = None) -> Distributed:
@@ -103,14 +104,20 @@ class Distributed:
         """Each worker's tensors summed over the workers, as floats: one collective."""
         if self.replicas == 1:
             return [float(v) for v in values]
-        strategy = self.strategy
         stacked = tf.stack([tf.cast(v, tf.float32) for v in values]) / self.local_replicas
+        return [float(v) for v in self._summer()(stacked).numpy()]
 
-        @tf.function
-        def total(x):
-            return strategy.reduce("SUM", strategy.run(lambda: tf.identity(x)), axis=None)
+    def _summer(self) -> Callable:
+        """The compiled cross-worker sum of `sum_over_workers` (traced once per value count)."""
+        if self._sum_fn is None:
+            strategy = self.strategy
 
-        return [float(v) for v in total(stacked).numpy()]
+            @tf.function
+            def total(x):
+                return strategy.reduce("SUM", strategy.run(lambda: tf.identity(x)), axis=None)
+
+            self._sum_fn = total
+        return self._sum_fn
 
     def time_all_reduce(self, variables: list, config: TrainConfig, repeats: int = 5) -> tuple[float, float]:
         """(seconds of one all-reduce of a buffer shaped like `variables` (the step's gradients),

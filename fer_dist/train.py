@@ -117,6 +117,7 @@ class Run:
     precise_bn: batchnorm.PreciseBN | None
     first_epoch: int = 0
     watcher: preemption.NoWatcher = dataclasses.field(default_factory=preemption.NoWatcher)
+    last_checkpoint: float = 0.0  # perf_counter() of the last step checkpoint (checkpoint_every_minutes)
 
     def nothing_left(self) -> bool:
         return self.first_epoch >= self.config.epochs or self.state.stopped_early or self.state.out_of_time
@@ -350,7 +351,7 @@ def train_epoch(run: Run, phase: Phase, epoch: int) -> EpochTotals:
             state.out_of_time = True
             break
         if step + 1 < steps:
-            check_preemption(run, totals, global_step)
+            check_preemption(run, totals, global_step) or periodic_checkpoint(run, totals, global_step)
     totals.total(run.dist)
     totals.train_seconds = totals.seconds_before + time.perf_counter() - totals.start
     return totals
@@ -366,21 +367,40 @@ def epoch_totals(state: LoopState) -> EpochTotals:
     return totals
 
 
-def check_preemption(run: Run, totals: EpochTotals, global_step: int) -> None:
-    """On a notice, a checkpoint at this step; then exit (a signal) or train on (Ray's notice)."""
+def check_preemption(run: Run, totals: EpochTotals, global_step: int) -> bool:
+    """On a notice, a checkpoint at this step; then exit (a signal) or train on (Ray's notice).
+    True when a checkpoint was written."""
     notice = run.watcher.poll(global_step)
     if notice is None:
-        return
+        return False
+    seconds, where = step_checkpoint(run, totals)
+    if notice.exit_signal is None:
+        run.reporter.info("%s: checkpoint at %s written in %.1f s; training on", notice.why, where, seconds)
+        return True
+    exit_now(run, notice, f"checkpoint at {where} written in {seconds:.1f} s")
+
+
+def periodic_checkpoint(run: Run, totals: EpochTotals, global_step: int) -> None:
+    """`checkpoint_every_steps` / `checkpoint_every_minutes`: a step checkpoint when due (the
+    minutes by a vote at the vote steps, so that every worker checkpoints at the same step)."""
+    config = run.config
+    due = bool(config.checkpoint_every_steps) and global_step % config.checkpoint_every_steps == 0
+    if not due and config.checkpoint_every_minutes and global_step % run.budget.every == 0:
+        since = time.perf_counter() - (run.last_checkpoint or totals.start)
+        due = run.budget.vote(since >= config.checkpoint_every_minutes * 60)
+    if due:
+        seconds, where = step_checkpoint(run, totals)
+        run.reporter.info("checkpoint at %s written in %.1f s", where, seconds)
+
+
+def step_checkpoint(run: Run, totals: EpochTotals) -> tuple[float, str]:
+    """A checkpoint after the step just done, mid-epoch: (seconds it took, where)."""
     state, start = run.state, time.perf_counter()
     totals.total(run.dist)
     state.step, state.partial = totals.done, totals.saved()
     save_and_report(run, {"epoch": state.epoch, "step": state.step, "loss": totals.loss_sum / totals.done})
-    seconds = time.perf_counter() - start
-    where = f"epoch {state.epoch + 1} step {state.step}"
-    if notice.exit_signal is None:
-        run.reporter.info("%s: checkpoint at %s written in %.1f s; training on", notice.why, where, seconds)
-        return
-    exit_now(run, notice, f"checkpoint at {where} written in {seconds:.1f} s")
+    run.last_checkpoint = time.perf_counter()
+    return run.last_checkpoint - start, f"epoch {state.epoch + 1} step {state.step}"
 
 
 def exit_now(run: Run, notice, done: str) -> None:

@@ -303,3 +303,27 @@ def test_two_phase_config_checks():
         C.resolve("smoke", dict(TWO_PHASE, unfreeze_to="9"))
     with pytest.raises(UserError, match="unfreeze_lr_factor=0.0"):
         C.resolve("smoke", dict(TWO_PHASE, unfreeze_lr_factor="0"))
+
+
+class Recording(LocalSession):
+    """A local session that remembers the checkpoints it was handed (epoch, step)."""
+
+    def __init__(self, run_dir):
+        super().__init__(run_dir, keep_checkpoints=1, show_progress=False)
+        self.saved = []
+
+    def report(self, metrics, checkpoint_dir):
+        super().report(metrics, checkpoint_dir)
+        if checkpoint_dir is not None:
+            self.saved.append((metrics["epoch"], metrics.get("step", 0)))
+
+
+def test_checkpoint_every_steps_writes_step_checkpoints_that_retention_drops(tmp_path):
+    cfg = C.resolve("smoke", dict(SMOKE, epochs="2", checkpoint_every_steps="5"))
+    session = Recording(str(tmp_path / "run"))
+    result = T.fit(cfg, session, dataset=tiny_dataset())
+    steps = result.state.history[0]["steps"]  # 14 per epoch: global steps 5, 10 | 15, 20, 25
+    want = [(0, 5), (0, 10), (1, 0)] + [(1, s - steps) for s in range(15, 2 * steps, 5)] + [(2, 0)]
+    assert session.saved == want
+    left = os.listdir(tmp_path / "run" / "checkpoints")
+    assert left == ["epoch_0001", "epoch_0002"], left  # the newest step checkpoint goes at the next epoch
