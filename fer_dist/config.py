@@ -101,7 +101,9 @@ class TrainConfig:
 
     # --- runtime ----------------------------------------------------------------
     seed: int = 0
-    deterministic: bool = True  # op determinism: the same seed gives the same numbers (about 6% of img/s on the demo here)
+    deterministic: bool = (
+        True  # op determinism: the same seed gives the same numbers (about 6% of img/s on the demo here)
+    )
     mixed_precision: bool = False  # mixed_float16 compute, float32 logits (GPU)
     jit_compile: bool = False  # XLA-compile the train step
     feature_cache: bool = (
