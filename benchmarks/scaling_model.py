@@ -58,9 +58,9 @@ def recipe_facts() -> dict:
         )
         from tensorflow.python.profiler import model_analyzer, option_builder
 
-        flops = model_analyzer.profile(
-            forward.graph, options=option_builder.ProfileOptionBuilder.float_operation()
-        ).total_float_ops
+        quiet = option_builder.ProfileOptionBuilder(option_builder.ProfileOptionBuilder.float_operation())
+        quiet = quiet.with_empty_output().build()
+        flops = model_analyzer.profile(forward.graph, options=quiet).total_float_ops
         frozen = 0.0
         if recipe == "seed":  # the frozen trunk runs once, into the feature cache: not per step
             from fer_dist import features
@@ -69,9 +69,7 @@ def recipe_facts() -> dict:
             pre = tf.function(lambda x, m=prefix.prefix: m(x, training=False)).get_concrete_function(
                 tf.TensorSpec([1, side, side, 3], tf.float32)
             )
-            frozen = model_analyzer.profile(
-                pre.graph, options=option_builder.ProfileOptionBuilder.float_operation()
-            ).total_float_ops
+            frozen = model_analyzer.profile(pre.graph, options=quiet).total_float_ops
         facts[recipe] = (values, 3 * (flops - frozen) / 1e9)
     return facts
 

@@ -1,0 +1,75 @@
+"""Which Ray cluster a job uses, whether a cluster can ever run it, and the worker counts."""
+
+from __future__ import annotations
+
+import pytest
+
+from fer_dist import launch
+from fer_dist.errors import UserError
+from tests import jobs_helpers
+
+
+def test_a_private_cluster_unless_asked():
+    assert launch.choose_cluster(None, {}) == launch.ClusterChoice("local", "default")
+    assert launch.choose_cluster(None, {}).private
+    # `ray job submit` sets RAY_ADDRESS for its jobs: that cluster is the job's.
+    assert launch.choose_cluster(None, {"RAY_ADDRESS": " 10.0.0.2:6379 "}) == launch.ClusterChoice(
+        "10.0.0.2:6379", "RAY_ADDRESS"
+    )
+    # --address wins over the environment; `auto` joins the cluster `ray start` made here.
+    assert launch.choose_cluster("auto", {"RAY_ADDRESS": "10.0.0.2:6379"}) == launch.ClusterChoice("auto", "--address")
+    assert not launch.choose_cluster("auto", {}).private
+
+
+def test_fits_counts_the_nodes_an_autoscaler_may_add():
+    worker = {"CPU": 1.0, "GPU": 1.0}
+    head = {"CPU": 1.0}
+    assert not launch.fits([worker] * 2, [head])  # no GPU anywhere now
+    assert launch.fits([worker] * 2, [head], [({"CPU": 8, "GPU": 1}, 2)])  # 2 GPU nodes may come
+    assert not launch.fits([worker] * 3, [head], [({"CPU": 8, "GPU": 1}, 2)])  # at most 2
+    assert launch.fits([worker] * 3, [head], [({"CPU": 8, "GPU": 1}, -1)])  # unlimited
+    assert not launch.fits([worker], [head], [({"CPU": 8, "GPU": 1}, 0)])  # a disabled type
+    assert launch.fits([{"CPU": 0.95}] * 2 + [{"CPU": 0.01}], [{"CPU": 2.0}])  # packed onto one node
+    yaml_types = launch.node_types_from_cluster_yaml(
+        {
+            "head_node_type": "head",
+            "max_workers": 8,
+            "available_node_types": {
+                "head": {"resources": {"CPU": 1}},
+                "gpu_t4": {"resources": {"CPU": 8, "GPU": 1}, "max_workers": 8},
+                "gpu_a100": {"resources": {"CPU": 12, "GPU": 1}, "max_workers": 0},
+            },
+        }
+    )
+    assert yaml_types == [({"CPU": 8, "GPU": 1}, 8), ({"CPU": 12, "GPU": 1}, 0)]
+
+
+def test_describe_resources():
+    described = launch.describe_resources({"CPU": 9.0, "GPU": 8.0, "memory": 1e9, "node:1.2.3.4": 1, "fake_GPU": 2})
+    assert described == "9 CPU, 8 GPU, fake_GPU 2"
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [("0", (0, 0)), ("2", (2, 2)), ("1:4", (1, 4)), (" 3:3 ", (3, 3))],
+)
+def test_worker_counts(text, want):
+    workers = launch.Workers.parse(text)
+    assert (workers.min, workers.max) == want
+    assert workers.scaling() == (want if want[0] != want[1] else want[1])
+    assert str(workers) == (f"{want[0]}:{want[1]}" if want[0] != want[1] else str(want[1]))
+
+
+@pytest.mark.parametrize("text", ["-1", "3:2", "0:2", "a", "1:2:3", ""])
+def test_bad_worker_counts_name_the_flag(text):
+    with pytest.raises(UserError, match="--workers-per-trial"):
+        launch.Workers.parse(text, "--workers-per-trial")
+
+
+def test_address_without_workers_and_bad_worker_counts_are_one_line_errors(tmp_path):
+    jobs_helpers.assert_user_error(
+        jobs_helpers.run("train.py", "--address", "auto", "--storage", str(tmp_path)), "--address auto", "--workers"
+    )
+    jobs_helpers.assert_user_error(
+        jobs_helpers.run("train.py", "--workers", "4:2", "--storage", str(tmp_path)), "--workers 4:2"
+    )
