@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -28,3 +29,17 @@ def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     assert last.startswith("error: "), last
     for needle in needles:
         assert needle in last, last
+
+
+def finish(proc: subprocess.Popen, timeout: float = 500) -> str:
+    """The output of a job started in its own session; then the whole session is killed (its
+    private Ray cluster included), whatever happened."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=60)
+    return out

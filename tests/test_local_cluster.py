@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from fer_dist import checkpoint, cluster, storage
+from tests import jobs_helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--preset", "smoke", "--set", "learning_rate=0.003", "--quiet"]
@@ -110,16 +111,7 @@ def run_job(script: str, args: list[str], local: cluster.LocalCluster) -> subpro
     )
 
 
-def finish(proc: subprocess.Popen, timeout: float) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=60)
-    return out
+finish = jobs_helpers.finish
 
 
 def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from fer_dist import storage
 from fer_dist.errors import UserError
+from tests import jobs_helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SEARCH = [
@@ -46,16 +47,7 @@ def tune_job(args: list[str], cwd: str = ROOT) -> subprocess.Popen:
     )
 
 
-def finish(proc: subprocess.Popen, timeout: float = 500) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=60)
-    return out
+finish = jobs_helpers.finish
 
 
 def results(search_uri: str) -> pd.DataFrame:
