@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from fer_dist import augment, batchnorm, checkpoint, data, optim, phases, pipeline, preemption, scaling
+from fer_dist import augment, batchnorm, checkpoint, data, optim, phases, pipeline, preemption, scaling, storage
 from fer_dist import inputs as inputs_lib
 from fer_dist import model as model_lib
 from fer_dist import steps as steps_lib
@@ -210,6 +210,13 @@ def start(config: TrainConfig, session: Session, dataset) -> Run:
     configure_runtime(config)
     if config.global_batch_size < dist.replicas:  # uneven splits are fine (pipeline.pipeline_slice)
         raise UserError(f"global_batch_size={config.global_batch_size} is smaller than the {dist.replicas} replicas")
+    workers = dist.replicas // dist.local_replicas
+    slices = [pipeline.pipeline_slice(config.global_batch_size, workers, p) for p in range(workers)]
+    if any((s.stop - s.start) % dist.local_replicas for s in slices):  # checked on every worker, before any collective
+        raise UserError(
+            f"global_batch_size={config.global_batch_size} does not split over {workers} workers of "
+            f"{dist.local_replicas} replicas each"
+        )
     if dataset is None:
         dataset = data.load_for(config)
     reporter = reporter_for(dist.chief, session.run_dir, config, session.show_progress)
@@ -347,7 +354,8 @@ def train_epoch(run: Run, phase: Phase, epoch: int) -> EpochTotals:
         if totals.done % config.vote_every_steps == 0 or step + 1 == steps:  # a host sync, for progress
             run.reporter.step(epoch, totals.done, steps, *totals.shown(run.dist.share))
         global_step = (epoch - 1) * steps + step + 1
-        if step + 1 < steps and run.budget.used_up_mid_epoch(state.loop_seconds, totals.start, global_step):
+        spent = state.loop_seconds + totals.seconds_before  # with this epoch's part before a step checkpoint
+        if step + 1 < steps and run.budget.used_up_mid_epoch(spent, totals.start, global_step):
             state.out_of_time = True
             break
         if step + 1 < steps:
@@ -376,6 +384,7 @@ def check_preemption(run: Run, totals: EpochTotals, global_step: int) -> bool:
     seconds, where = step_checkpoint(run, totals)
     if notice.exit_signal is None:
         run.reporter.info("%s: checkpoint at %s written in %.1f s; training on", notice.why, where, seconds)
+        storage.retry_not_after(None)  # written: later writes may retry again (the node may yet stay)
         return True
     exit_now(run, notice, f"checkpoint at {where} written in {seconds:.1f} s")
 
