@@ -445,6 +445,7 @@ def make_trainer(
         storage.check_bucket(storage_uri)  # Ray's StorageContext would create a missing bucket
     fs, path = storage.filesystem(storage_uri)
     run_dir = storage.join(storage_uri, name)
+    forget_ray_snapshot(run_dir)
     resources = worker_resources(cpus_per_worker, gpus_per_worker)
     env = worker_env()
     return TensorflowTrainer(
@@ -481,6 +482,21 @@ def make_trainer(
             worker_runtime_env={"env_vars": env} if env else None,
         ),
     )
+
+
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Train V2's list of the checkpoints reported to it
+
+
+def forget_ray_snapshot(run_dir: str) -> None:
+    """A resumed run (--resume, a retried trial) starts without Ray's list of earlier checkpoints:
+    Ray refuses to start when a checkpoint it lists is gone, and the one retention policy
+    (`checkpoint.prune`) removes some. Nothing is lost: `RaySession.restore_dir` chooses the
+    newest whole checkpoint from storage itself."""
+    uri = storage.join(run_dir, RAY_SNAPSHOT)
+    if storage.exists(uri):
+        fs, path = storage.filesystem(uri)
+        fs.delete_file(path)
+        log.info("Ray Train: starting without its earlier run snapshot; resuming from the checkpoints in %s", run_dir)
 
 
 def run_on_ray(
