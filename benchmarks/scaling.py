@@ -43,7 +43,6 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "fer2013", "fer2013.csv.gz")
-VAL_ROWS = 320
 RECIPES = {
     # the seed recipe as `--preset seed` trains it (143 frozen layers, cached features), no ImageNet here
     "seed": ["--preset", "seed", "--set", "weights=none", "--set", "feature_cache=true"],
@@ -121,16 +120,13 @@ def measure(recipe: str, batch: int, args, data: str, storage: str, dtypes: list
 
 
 def prepare_data(args, workdir: str) -> tuple[str, str]:
+    """throughput.py's data (FER-2013's Training rows and the first 320 PublicTest rows), or the
+    built-in faces with --smoke or without the FER-2013 file."""
     if args.smoke or not os.path.exists(args.data):
         return "builtin", "built-in synthetic faces"
-    import pandas as pd
+    from benchmarks import throughput
 
-    frame = pd.read_csv(args.data, dtype=str)
-    train_rows = frame[frame["Usage"] == "Training"]
-    val = frame[frame["Usage"] == "PublicTest"].head(VAL_ROWS)
-    path = os.path.join(workdir, "bench.csv")
-    pd.concat([train_rows, val]).to_csv(path, index=False)
-    return path, f"{args.data}: {len(train_rows)} Training rows, the first {len(val)} PublicTest rows as validation"
+    return throughput.prepare_data(args, workdir)
 
 
 def format_table(rows: list[dict]) -> str:
