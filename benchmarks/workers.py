@@ -64,8 +64,9 @@ def run(out_dir: str, name: str) -> dict:
     if "kill" in name:
         run_dir = os.path.join(out_dir, name)
         while proc.poll() is None and killed_at is None:
-            names = os.listdir(run_dir) if os.path.isdir(run_dir) else []
-            if sum(n.startswith("checkpoint_epoch_") for n in names) >= 2:
+            parent = os.path.join(run_dir, "checkpoints")
+            names = os.listdir(parent) if os.path.isdir(parent) else []
+            if sum(n.startswith("epoch_") for n in names) >= 2:
                 time.sleep(3)  # into epoch 3
                 victims = train_workers(proc.pid)
                 if victims:

@@ -10,21 +10,28 @@ A checkpoint is a directory (local, or a prefix on `gs://`):
     manifest.json   written last: the format version, epoch, step within the epoch, val_accuracy,
                     and the size and SHA-256 of every other file
 
-A checkpoint is complete when its manifest exists and every file matches it (`verify`): Ray
-uploads a checkpoint's files concurrently in no fixed order, so "the file written last" proves
-nothing there; sizes and hashes do. Variables are matched by name on load, and the first
-variable that is missing, extra or of another shape is named in the error.
+A checkpoint is complete when its manifest exists and every file matches it (`verify`): sizes
+and hashes prove it whole wherever it lies. Variables are matched by name on load, and the
+first variable that is missing, extra or of another shape is named in the error.
+
+One owner: the chief writes every checkpoint through `publish` (its files through `storage`,
+with retries and the run's fence, then the manifest exclusively: `O_EXCL` / `ifGenerationMatch=0`),
+in a plain process and on Ray alike, always to `<run_dir>/checkpoints/`. Ray hears metrics only.
+A second writer can never publish over a checkpoint that is already whole.
 
 Checkpoints written before format 1 (positional `arr_0..arr_N` arrays, `state.json` holding
 the loop state itself, no manifest) are migrated on load: matched by position and shape, as
 they were written, with a warning.
 
-One retention policy (`kept`): the best `keep` checkpoints by val_accuracy, plus the latest.
-It serves the local run, the Ray run (the chief prunes after each report) and the Tune export.
+One verified listing (`whole`) serves resume, retention, Tune's best and export. One retention
+policy (`kept`): of the whole checkpoints, the best `keep` by val_accuracy plus the newest. A
+checkpoint that does not verify never counts; one older than the newest whole one (it can
+never be resumed from) is removed, a newer one is left alone (it is named in the log).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -49,9 +56,10 @@ BEST_FILE = "best.npz"
 CONFIG_FILE = "config.json"
 STATE_FILE = "state.json"
 MANIFEST_FILE = "manifest.json"
-LOCAL_PARENT = "checkpoints"  # a local session's checkpoints: <run_dir>/checkpoints/epoch_NNNN
-RAY_PREFIX = "checkpoint_"  # Ray Train's: <run_dir>/checkpoint_epoch_NNNN
+LOCAL_PARENT = "checkpoints"  # every run's checkpoints: <run_dir>/checkpoints/epoch_NNNN
+RAY_PREFIX = "checkpoint_"  # Ray runs of fer_dist before it owned them: <run_dir>/checkpoint_epoch_NNNN (read)
 EPOCH_PREFIX = "epoch_"
+TEMP_PREFIX = ".tmp-"  # storage.write_bytes's temporary files, left by a killed write
 
 
 class CheckpointError(UserError):
@@ -66,6 +74,7 @@ class Info:
     epoch: int
     step: int  # steps done in epoch `epoch + 1` (0: at an epoch boundary)
     val_accuracy: float | None
+    metrics: dict = dataclasses.field(default_factory=dict, compare=False)  # the epoch's metrics (manifest)
 
 
 def name(epoch: int, step: int = 0) -> str:
@@ -142,18 +151,48 @@ def save(directory: str, *, model, optimizer, loop: dict, config_json: str, best
         "step": loop.get("step", 0),
         # a step checkpoint has no validation of its own: it stays out of the best-K ranking
         "val_accuracy": None if loop.get("step") else (loop.get("metrics") or {}).get("val_accuracy"),
+        "metrics": {} if loop.get("step") else _scalars(loop.get("metrics") or {}),
         "files": {n: {"size": len(d), "sha256": _sha256(d)} for n, d in sorted(files.items())},
     }
     storage.write_text(os.path.join(directory, MANIFEST_FILE), json.dumps(manifest, indent=1) + "\n")
 
 
+def _scalars(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def upload(local_dir: str, target_uri: str) -> None:
-    """Copies a checkpoint to storage: its files first, the manifest (or legacy state) last."""
+    """Copies a checkpoint to storage: its files first, the manifest (or legacy state) last.
+    The manifest is published exclusively: `CheckpointError` if a whole checkpoint is already
+    there (another writer's), and a damaged or incomplete one in its place is replaced."""
     last = MANIFEST_FILE if os.path.exists(os.path.join(local_dir, MANIFEST_FILE)) else STATE_FILE
+    if last == MANIFEST_FILE and storage.exists(target_uri):
+        if verify(target_uri) is None:
+            raise CheckpointError(
+                f"checkpoint {target_uri} is already published (by another writer of this run?): not overwriting it"
+            )
+        log.info("replacing the incomplete or damaged checkpoint %s", target_uri)
+        storage.delete_dir(target_uri)
     for entry in sorted(os.listdir(local_dir)):
         if entry != last:
             storage.write_bytes(storage.join(target_uri, entry), _read(os.path.join(local_dir, entry)))
-    storage.write_bytes(storage.join(target_uri, last), _read(os.path.join(local_dir, last)))
+    data = _read(os.path.join(local_dir, last))
+    if last != MANIFEST_FILE:
+        storage.write_bytes(storage.join(target_uri, last), data)
+        return
+    from fer_dist import exclusive
+
+    storage.check_fence(target_uri)
+    if not exclusive.create_exclusive(storage.join(target_uri, last), data):
+        raise CheckpointError(f"checkpoint {target_uri} was published by another writer meanwhile: not overwriting it")
+
+
+def publish(local_dir: str, run_dir: str, epoch: int, step: int = 0) -> str:
+    """The one way a checkpoint is stored: `local_dir` (from `save`) to
+    `<run_dir>/checkpoints/<name(epoch, step)>`; returns its URI."""
+    target = storage.join(run_dir, LOCAL_PARENT, name(epoch, step))
+    upload(local_dir, target)
+    return target
 
 
 def _read(path: str) -> bytes:
@@ -165,16 +204,49 @@ def _read(path: str) -> bytes:
 # Verifying and reading.
 # ---------------------------------------------------------------------------------
 def _manifest(uri: str) -> dict | None:
+    """The manifest of the checkpoint at `uri`; None if absent; {"damaged": True} if it is not
+    one (not JSON, or JSON of another shape)."""
     try:
-        return json.loads(storage.read_text(storage.join(uri, MANIFEST_FILE)))
+        manifest = json.loads(storage.read_text(storage.join(uri, MANIFEST_FILE)))
     except FileNotFoundError:
         return None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, IsADirectoryError):
         return {"damaged": True}
+    return manifest if _well_formed(manifest) else {"damaged": True}
+
+
+def _well_formed(manifest) -> bool:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return False
+    try:
+        int(manifest.get("epoch")), int(manifest.get("step", 0)), int(manifest.get("format_version", 0))
+        accuracy = manifest.get("val_accuracy")
+        if accuracy is not None:
+            float(accuracy)
+    except (TypeError, ValueError):
+        return False
+    if not isinstance(manifest.get("metrics", {}), dict):
+        return False
+    return all(
+        isinstance(f, dict) and isinstance(f.get("size"), int) and isinstance(f.get("sha256"), str)
+        for f in manifest["files"].values()
+    )
+
+
+_verified: dict[tuple, str | None] = {}  # (uri, its files' sizes and times): verify's answer
 
 
 def verify(uri: str) -> str | None:
-    """None when the checkpoint at `uri` is whole, else why not (one phrase)."""
+    """None when the checkpoint at `uri` is whole, else why not (one phrase). Each checkpoint is
+    read whole once per process: the answer is kept while its files' sizes and modification
+    times (one listing) stay the same."""
+    key = (uri, storage.file_stats(uri))
+    if key not in _verified:
+        _verified[key] = _verify(uri)
+    return _verified[key]
+
+
+def _verify(uri: str) -> str | None:
     manifest = _manifest(uri)
     if manifest is None:
         return None if _is_legacy(uri) else "no manifest.json (incomplete)"
@@ -185,7 +257,7 @@ def verify(uri: str) -> str | None:
     for file_name, want in manifest["files"].items():
         try:
             data = storage.read_bytes(storage.join(uri, file_name))
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             return f"{file_name} is missing"
         if len(data) != want["size"] or _sha256(data) != want["sha256"]:
             return f"{file_name} does not match its manifest (size {len(data)}, expected {want['size']})"
@@ -195,27 +267,36 @@ def verify(uri: str) -> str | None:
 def _is_legacy(uri: str) -> bool:
     """A checkpoint of the format before 1: its state.json (written last) has no format_version."""
     try:
-        return "format_version" not in json.loads(storage.read_text(storage.join(uri, STATE_FILE)))
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        state = json.loads(storage.read_text(storage.join(uri, STATE_FILE)))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError, IsADirectoryError):
         return False
+    return isinstance(state, dict) and "format_version" not in state
 
 
 def info(uri: str) -> Info | None:
     """The manifest's facts of the checkpoint at `uri` (legacy: from state.json); None if absent."""
     manifest = _manifest(uri)
     if manifest is not None and not manifest.get("damaged"):
-        return Info(uri, int(manifest["epoch"]), int(manifest.get("step", 0)), manifest.get("val_accuracy"))
-    try:
+        accuracy = manifest.get("val_accuracy")
+        return Info(
+            uri,
+            int(manifest["epoch"]),
+            int(manifest.get("step", 0)),
+            None if accuracy is None else float(accuracy),
+            dict(manifest.get("metrics") or {}),
+        )
+    try:  # no manifest, or a damaged one: what state.json says (legacy checkpoints, damaged ones)
         state = json.loads(storage.read_text(storage.join(uri, STATE_FILE)))
-    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        metrics = state.get("metrics") or {}
+        metrics = metrics if isinstance(metrics, dict) else {}
+        return Info(uri, int(state.get("epoch", 0)), int(state.get("step", 0)), metrics.get("val_accuracy"), metrics)
+    except (FileNotFoundError, ValueError, UnicodeDecodeError, TypeError, AttributeError):
         return None
-    return Info(
-        uri, int(state.get("epoch", 0)), int(state.get("step", 0)), (state.get("metrics") or {}).get("val_accuracy")
-    )
 
 
 def listing(parent_uri: str, prefix: str) -> list[Info]:
-    """The checkpoints named `prefix...` under `parent_uri` that have a manifest, oldest first."""
+    """The checkpoints named `prefix...` under `parent_uri` that have a manifest or a state.json
+    (whole or not: see `verify`), oldest first."""
     if not storage.exists(parent_uri):
         return []
     found = []
@@ -224,7 +305,23 @@ def listing(parent_uri: str, prefix: str) -> list[Info]:
             facts = info(storage.join(parent_uri, entry))
             if facts is not None:
                 found.append(facts)
-    return sorted(found, key=lambda i: (i.epoch, i.step, i.uri))
+    return sorted(found, key=_order)
+
+
+def _order(i: Info) -> tuple:
+    return (i.epoch, i.step, i.uri)
+
+
+def of_run(run_dir: str) -> list[Info]:
+    """Every checkpoint of a run, oldest first: `checkpoints/epoch_*`, and the
+    `checkpoint_epoch_*` that Ray runs of earlier fer_dist versions hold."""
+    return sorted(listing(storage.join(run_dir, LOCAL_PARENT), EPOCH_PREFIX) + listing(run_dir, RAY_PREFIX), key=_order)
+
+
+def whole(found: list[Info]) -> list[Info]:
+    """The checkpoints of `found` that verify (oldest first): what resume, retention, Tune's best
+    and export choose from."""
+    return [i for i in found if verify(i.uri) is None]
 
 
 def newest_whole(parent_uri: str, prefix: str) -> Info | None:
@@ -237,12 +334,12 @@ def newest_whole(parent_uri: str, prefix: str) -> Info | None:
     return None
 
 
-def fetch_to_resume(parent_uri: str, prefix: str) -> tuple[Info, str] | None:
-    """(the checkpoint a restart resumes from, a local copy of it): newest first, the first whose
-    copy verifies, each one skipped logged; None when there is none at all (a fresh run). Each
-    candidate is read once: downloaded, then verified where it lies. Raises CheckpointError when
-    checkpoints exist but none is whole: starting over would silently lose them."""
-    found = listing(parent_uri, prefix)
+def fetch_to_resume(found: list[Info], where: str) -> tuple[Info, str] | None:
+    """(the checkpoint a restart resumes from, a local copy of it), of the run's checkpoints
+    `found` (`of_run`): newest first, the first whose copy verifies, each one skipped logged;
+    None when there is none at all (a fresh run). Each candidate is read once: downloaded, then
+    verified where it lies. Raises CheckpointError when checkpoints exist but none is whole:
+    starting over would silently lose them."""
     for facts in reversed(found):
         local = download(facts.uri)
         reason = verify(local)
@@ -252,8 +349,25 @@ def fetch_to_resume(parent_uri: str, prefix: str) -> tuple[Info, str] | None:
         log.warning("skipping checkpoint %s: %s", facts.uri, reason)
     if found:
         raise CheckpointError(
-            f"no whole checkpoint to resume from in {parent_uri}: every one is damaged or incomplete (see the log)"
+            f"no whole checkpoint to resume from in {where}: every one is damaged or incomplete (see the log)"
         )
+    return None
+
+
+def newest_config(found: list[Info]) -> tuple[Info, str] | None:
+    """(checkpoint, its config.json text) of the newest of `found` whose config.json matches its
+    manifest (read alone: cheap on gs://); None when none does."""
+    for facts in reversed(found):
+        manifest = _manifest(facts.uri)
+        want = (manifest or {}).get("files", {}).get(CONFIG_FILE) if manifest and not manifest.get("damaged") else None
+        if want is None:
+            continue
+        try:
+            data = storage.read_bytes(storage.join(facts.uri, CONFIG_FILE))
+        except FileNotFoundError:
+            continue
+        if len(data) == want["size"] and _sha256(data) == want["sha256"]:
+            return facts, data.decode("utf-8")
     return None
 
 
@@ -353,7 +467,8 @@ def load_model_weights(uri: str, model) -> None:
 # Retention: one policy.
 # ---------------------------------------------------------------------------------
 def kept(checkpoints: list[Info], keep: int) -> set[str]:
-    """The URIs to keep: the best `keep` by val_accuracy (ties: the newer), plus the latest."""
+    """The URIs to keep of the whole `checkpoints`: the best `keep` by val_accuracy (ties: the
+    newer), plus the newest."""
     if not checkpoints:
         return set()
     newest = max(checkpoints, key=lambda i: (i.epoch, i.step))
@@ -362,11 +477,65 @@ def kept(checkpoints: list[Info], keep: int) -> set[str]:
     return {i.uri for i in best} | {newest.uri}
 
 
+_NAME = re.compile(r"^(?:checkpoint_)?epoch_(\d+)(?:_step_(\d+))?$")
+
+
+def _position(entry: str) -> tuple[int, int] | None:
+    """(epoch, step) of a checkpoint directory's name (`name`), None for other names."""
+    match = _NAME.match(entry)
+    if match is None:
+        return None
+    epoch, step = int(match.group(1)), int(match.group(2) or 0)
+    return (epoch - 1, step) if step else (epoch, 0)
+
+
 def prune(parent_uri: str, prefix: str, keep: int) -> list[str]:
-    """Deletes the checkpoints under `parent_uri` that `kept` does not keep; returns their URIs."""
+    """The one retention policy over the checkpoints under `parent_uri`; returns the URIs deleted.
+
+    Only whole checkpoints count (`kept` of `whole`): the newest whole one is never deleted. A
+    checkpoint that does not verify, or a directory with neither manifest nor state (a write
+    killed early), is deleted when it is older than the newest whole one (nothing can resume
+    from it) and left alone otherwise. Temporary files of killed writes go too."""
+    if not storage.exists(parent_uri):
+        return []
     found = listing(parent_uri, prefix)
-    keep_uris = kept(found, keep)
-    gone = [i.uri for i in found if i.uri not in keep_uris]
-    for uri in gone:
-        storage.delete_dir(uri)
+    good = whole(found)
+    keep_uris = kept(good, keep)
+    newest = max(((i.epoch, i.step) for i in good), default=None)
+    gone = []
+    for facts in found:
+        reason = None if facts in good else verify(facts.uri)
+        if reason is None and facts.uri in keep_uris:
+            _drop_temporary_files(facts.uri)
+            continue
+        if reason is not None and (newest is None or (facts.epoch, facts.step) >= newest):
+            log.info("leaving checkpoint %s (%s): no whole checkpoint is newer", facts.uri, reason)
+            continue
+        if reason is not None:
+            log.warning("removing checkpoint %s (%s): a newer whole checkpoint exists", facts.uri, reason)
+        storage.delete_dir(facts.uri)
+        gone.append(facts.uri)
+    listed = {i.uri for i in found}
+    for entry in storage.listdir(parent_uri):  # directories with nothing readable in them
+        uri, position = storage.join(parent_uri, entry), _position(entry)
+        if entry.startswith(prefix) and uri not in listed and position and newest and position < newest:
+            log.warning("removing checkpoint %s (incomplete): a newer whole checkpoint exists", uri)
+            storage.delete_dir(uri)
+            gone.append(uri)
     return gone
+
+
+def prune_run(run_dir: str, keep: int) -> list[str]:
+    """`prune` over a run's checkpoints (`<run_dir>/checkpoints/`)."""
+    return prune(storage.join(run_dir, LOCAL_PARENT), EPOCH_PREFIX, keep)
+
+
+def _drop_temporary_files(uri: str) -> None:
+    """A local checkpoint's `.tmp-*` files, left by a write killed before its rename."""
+    path = storage.local_path(uri)
+    if path is None or not os.path.isdir(path):
+        return
+    for entry in os.listdir(path):
+        if entry.startswith(TEMP_PREFIX):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(path, entry))

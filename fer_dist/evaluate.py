@@ -426,13 +426,28 @@ def load_run(run_dir: str):
 
     config = load_config(run_dir)
     model_uri = storage.join(run_dir, MODEL_FILE)
+    from fer_dist import runs
+
+    if storage.exists(storage.join(run_dir, runs.MARKER_FILE)) and not storage.exists(
+        storage.join(run_dir, METRICS_FILE)
+    ):
+        raise UserError(
+            f"{run_dir}: the run is not complete (no {METRICS_FILE}: it is training or finishing, or it was stopped); "
+            f"`{runs.resume_command(run_dir)}` finishes a stopped one"
+        )
     if not storage.exists(model_uri):
-        raise UserError(f"{run_dir}: no {MODEL_FILE} (has the run finished? resume it with --resume)")
+        raise UserError(
+            f"{run_dir}: no {MODEL_FILE} (is the run still training, or was it stopped? continue a stopped one "
+            "with --resume)"
+        )
     with tempfile.TemporaryDirectory(prefix="fer_dist_model_") as tmp:
         path = f"{tmp}/{MODEL_FILE}"
         with open(path, "wb") as f:
             f.write(storage.read_bytes(model_uri))
-        model = keras.models.load_model(path, compile=False)
+        try:
+            model = keras.models.load_model(path, compile=False)
+        except Exception as e:  # a truncated or damaged file: zipfile, h5py and JSON errors alike
+            raise UserError(f"{model_uri}: not a readable Keras model ({type(e).__name__}: {e})") from None
     return config, model
 
 

@@ -10,22 +10,30 @@
 locally `O_CREAT|O_EXCL`, on Cloud Storage an upload with `ifGenerationMatch=0`. Two
 runs started together with the same name thus never both "create" it.
 
-`acquire_lease` makes sure that at most one live process resumes a run:
+`acquire_lease` makes sure that at most one live process trains a run: a run holds its lease
+from creation to exit (and a search likewise), so a `--resume` of a live run is refused:
 
 - locally an OS lock (`flock`) on `<run_dir>/.lease`, which the kernel drops when its
   process dies, even when killed;
 - on `gs://` an object `<run_dir>/.lease` holding `{owner, nonce, expires_at}`, created
   with `ifGenerationMatch=0` (or replacing an expired lease with `ifGenerationMatch=<its
   generation>`), renewed every `RENEW_S` seconds by a daemon thread and expiring
-  `EXPIRE_S` seconds after its last renewal: a process killed with SIGKILL stops renewing
-  and its lease expires. A second process finding a live lease waits (one log line) for
+  `expire_seconds()` after its last renewal (longer than the storage retry budget, so a run
+  that rides out an outage as designed keeps it): a process killed with SIGKILL stops
+  renewing and its lease expires. A second process finding a live lease waits (one log line) for
   it to expire, then takes it; it fails with `UserError` only if the lease is still being
   renewed after that wait.
 
 Expiry is judged two ways, either sufficing: by the holder's `expires_at` on the local
 clock (a lease left long ago is taken at once), and by the waiter's own monotonic clock,
-a lease whose generation has not changed for `EXPIRE_S` seconds being dead (so a holder
+a lease whose generation has not changed for `expire_seconds()` being dead (so a holder
 whose clock runs ahead cannot keep a lease alive forever).
+
+A lease fences its writers (`Lease.fence()`, `Fence`): before each write into the run,
+`storage` asks the fence, which reads the lease record and raises `LeaseLost` (a UserError:
+one `error:` line, exit 2) once the record holds another holder's nonce, or once the holder's
+own renewals found it taken. Ray workers, which write for the driver that holds the lease,
+get a `Fence` of the same record and nonce.
 
 The intervals are module constants, read at each call, so tests can shrink them.
 """
@@ -33,6 +41,7 @@ The intervals are module constants, read at each call, so tests can shrink them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import errno
 import fcntl
@@ -40,6 +49,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -51,7 +61,8 @@ log = logging.getLogger(__name__)
 
 RETRY_DEADLINE_S = 120.0  # transient Cloud Storage errors are retried for this long
 RENEW_S = 30.0  # a gs:// lease is renewed this often...
-EXPIRE_S = 120.0  # ...and expires this long after its last renewal
+EXPIRE_S: float | None = None  # ...and expires this long after its last renewal (None: `expire_seconds()`)
+MIN_EXPIRE_S = 120.0
 POLL_S = 2.0  # how often a waiter looks at a live lease again
 LEASE_NAME = ".lease"
 FILE_MODE = 0o644
@@ -152,19 +163,25 @@ def _create_exclusive_gcs(uri: str, data: bytes) -> bool:
 
 
 def _create_exclusive_local(path: str, data: bytes) -> bool:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
-    except FileExistsError:
+    """Written whole under a temporary name, then linked to `path` (`link` fails if it exists):
+    readers never see it half-written, and of two creators exactly one wins."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    if os.path.lexists(path):
         return False
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-    except BaseException:
+        os.chmod(tmp, FILE_MODE)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
         with contextlib.suppress(OSError):
-            os.unlink(path)  # never leave a half-written file behind
-        raise
-    return True
+            os.unlink(tmp)
 
 
 def create_exclusive(uri: str, data: bytes) -> bool:
@@ -192,14 +209,79 @@ def _utc(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+LEASE_ENV = "FER_DIST_LEASE_S"
+
+
+def expire_seconds() -> float:
+    """How long a gs:// lease lives after its last renewal: `EXPIRE_S` when set, else
+    `$FER_DIST_LEASE_S`, else the storage retry budget plus two renewals (at least `MIN_EXPIRE_S`)."""
+    if EXPIRE_S is not None:
+        return float(EXPIRE_S)
+    text = os.environ.get(LEASE_ENV, "").strip()
+    if text:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not value > 0:
+            raise UserError(f"{LEASE_ENV}={text!r}: expected a number of seconds > 0")
+        return value
+    return max(MIN_EXPIRE_S, storage.retry_seconds() + 2 * RENEW_S)
+
+
+def renew_seconds() -> float:
+    """How often a held gs:// lease is renewed: `RENEW_S`, at most a quarter of its life."""
+    return RENEW_S if EXPIRE_S is not None else min(RENEW_S, expire_seconds() / 4)
+
+
+class LeaseLost(UserError):
+    """This process may no longer write into the run: another process holds its lease."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Fence:
+    """What a writer of a run checks before each write: that the run's lease record (`uri`)
+    still holds the lease's `nonce`. Picklable: Ray workers get the driver's."""
+
+    run_dir: str
+    uri: str
+    nonce: str
+
+    def check(self) -> None:
+        """Raises LeaseLost when the lease is no longer this one."""
+        try:
+            record = _parse_lease(storage.read_bytes(self.uri))
+        except FileNotFoundError:
+            record = {}
+        if record.get("nonce") != self.nonce:
+            holder = record.get("owner") or "no process (its lease was released or removed)"
+            raise LeaseLost(
+                f"run {self.run_dir}: this process lost the run's lease to {holder}; it stops without writing "
+                "more (the run's last complete checkpoint stays resumable)"
+            )
+
+
 class Lease:
     """A held lease on a run; `release()` it, or use it as a context manager."""
 
-    def __init__(self, run_dir: str, uri: str, owner: str):
+    def __init__(self, run_dir: str, uri: str, owner: str, nonce: str = ""):
         self.run_dir = run_dir
         self.uri = uri  # the lease file / object
         self.owner = owner
+        self.nonce = nonce
         self._released = False
+
+    def fence(self) -> Fence:
+        return Fence(self.run_dir, self.uri, self.nonce)
+
+    def check(self) -> None:
+        """Raises LeaseLost when this lease was lost (the fence of this process's own writes)."""
+        if self.lost:
+            raise LeaseLost(
+                f"run {self.run_dir}: this process lost the run's lease (its renewals came too late); it stops "
+                "without writing more (the run's last complete checkpoint stays resumable)"
+            )
+        self.fence().check()
 
     @property
     def lost(self) -> bool:
@@ -225,8 +307,8 @@ class Lease:
 
 
 class _LocalLease(Lease):
-    def __init__(self, run_dir: str, path: str, owner: str, fd: int):
-        super().__init__(run_dir, path, owner)
+    def __init__(self, run_dir: str, path: str, owner: str, fd: int, nonce: str):
+        super().__init__(run_dir, path, owner, nonce)
         self._fd = fd
 
     def release(self) -> None:
@@ -237,7 +319,8 @@ class _LocalLease(Lease):
             # Unlink while still locked: a waiter that opened this file re-checks, after
             # locking it, that the path is still this very file (see `_acquire_local`).
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.uri)
+                if os.stat(self.uri).st_ino == os.fstat(self._fd).st_ino:  # not a file another holder made since
+                    os.unlink(self.uri)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             os.close(self._fd)
@@ -253,6 +336,11 @@ def _holder_of(path: str) -> str:
 
 def _acquire_local(run_dir: str, owner: str) -> Lease:
     run_path = storage.filesystem(run_dir)[1]
+    with storage.os_errors(os.path.join(run_path, LEASE_NAME)):
+        return _lock_local(run_dir, run_path, owner)
+
+
+def _lock_local(run_dir: str, run_path: str, owner: str) -> Lease:
     path = os.path.join(run_path, LEASE_NAME)
     os.makedirs(run_path, exist_ok=True)
     while True:
@@ -263,7 +351,7 @@ def _acquire_local(run_dir: str, owner: str) -> Lease:
             os.close(fd)
             if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
                 raise
-            raise UserError(f"--resume: run {run_dir} is already being resumed by {_holder_of(path)}") from None
+            raise UserError(f"run {run_dir} is in use by {_holder_of(path)}: it is training it now") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:
@@ -271,16 +359,16 @@ def _acquire_local(run_dir: str, owner: str) -> Lease:
         if not same:  # the holder released (and unlinked) it meanwhile: lock the new one
             os.close(fd)
             continue
-        record = {"owner": owner, "pid": os.getpid(), "acquired_at": _utc(time.time())}
+        nonce = uuid.uuid4().hex
+        record = {"owner": owner, "pid": os.getpid(), "nonce": nonce, "acquired_at": _utc(time.time())}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode("utf-8"), 0)
-        return _LocalLease(run_dir, path, owner, fd)
+        return _LocalLease(run_dir, path, owner, fd, nonce)
 
 
 class _GcsLease(Lease):
     def __init__(self, run_dir: str, uri: str, owner: str, nonce: str, data: bytes, generation: int):
-        super().__init__(run_dir, uri, owner)
-        self.nonce = nonce
+        super().__init__(run_dir, uri, owner, nonce)
         self._data = data
         self._generation = generation
         self._lock = threading.Lock()
@@ -298,12 +386,12 @@ class _GcsLease(Lease):
         return self._generation
 
     def renew(self) -> bool:
-        """Pushes the expiry `EXPIRE_S` seconds ahead; False if the lease was lost."""
+        """Pushes the expiry `expire_seconds()` ahead; False if the lease was lost."""
         with self._lock:
             if self._stop.is_set() or self._lost.is_set():
                 return not self._lost.is_set()
             data = _lease_record(self.owner, self.nonce)
-            generation = _put(self.uri, data, self._generation, _retry(max(RENEW_S, 1.0)))
+            generation = _put(self.uri, data, self._generation, _retry(max(renew_seconds(), 1.0)))
             if generation is None:
                 self._lost.set()
                 log.error("lease %s was taken by another process; this run is no longer exclusive", self.uri)
@@ -312,7 +400,7 @@ class _GcsLease(Lease):
             return True
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(RENEW_S):
+        while not self._stop.wait(renew_seconds()):
             try:
                 if not self.renew():
                     return
@@ -340,7 +428,7 @@ class _GcsLease(Lease):
 
 def _lease_record(owner: str, nonce: str) -> bytes:
     now = time.time()
-    record = {"owner": owner, "nonce": nonce, "renewed_at": now, "expires_at": now + EXPIRE_S}
+    record = {"owner": owner, "nonce": nonce, "renewed_at": now, "expires_at": now + expire_seconds()}
     return json.dumps(record).encode("utf-8")
 
 
@@ -363,7 +451,7 @@ def _acquire_gcs(run_dir: str, owner: str) -> Lease:
     uri = storage.join(run_dir, LEASE_NAME)
     nonce = uuid.uuid4().hex
     retry = _retry()
-    expire_s = EXPIRE_S
+    expire_s = expire_seconds()
     deadline = time.monotonic() + expire_s + POLL_S  # long enough for any dead lease to expire
     seen: tuple[int, float] | None = None  # (generation, monotonic time it was first seen)
     waiting = False
@@ -393,12 +481,12 @@ def _acquire_gcs(run_dir: str, owner: str) -> Lease:
         if mono >= deadline:
             renewed = max(0.0, now - _number(record.get("renewed_at"), expires_at - expire_s))
             raise UserError(
-                f"--resume: run {run_dir} is already being resumed by {holder} (lease renewed {renewed:.0f} s ago)"
+                f"run {run_dir} is in use by {holder}: it is training it now (lease renewed {renewed:.0f} s ago)"
             )
         if not waiting:
             waiting = True
             log.warning(
-                "run %s is being resumed by %s (lease until %s); waiting up to %.0f s for it to expire",
+                "run %s is in use by %s (lease until %s); waiting up to %.0f s for it to expire",
                 run_dir,
                 holder,
                 _utc(expires_at),
@@ -408,10 +496,10 @@ def _acquire_gcs(run_dir: str, owner: str) -> Lease:
 
 
 def acquire_lease(run_dir_uri: str, owner: str | None = None) -> Lease:
-    """The lease of a run directory, for resuming it; raises UserError if someone holds it.
+    """The lease of a run directory, held while it trains; raises UserError if someone holds it.
 
     Locally a held lease fails at once (an OS lock dies with its process). On `gs://` a
-    live lease is waited for, up to `EXPIRE_S` seconds (plus one poll), since its holder
+    live lease is waited for, up to `expire_seconds()` (plus one poll), since its holder
     may be dead: it is taken as soon as it expires.
     """
     run_dir = str(run_dir_uri).rstrip("/") or str(run_dir_uri)
@@ -424,6 +512,9 @@ def acquire_lease(run_dir_uri: str, owner: str | None = None) -> Lease:
 __all__ = [
     "EXPIRE_S",
     "FILE_MODE",
+    "Fence",
+    "LeaseLost",
+    "expire_seconds",
     "LEASE_NAME",
     "POLL_S",
     "RENEW_S",

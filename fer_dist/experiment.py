@@ -10,7 +10,6 @@ confusion matrices, curves, the exported model) from rank 0 and prints where it 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 
@@ -55,7 +54,29 @@ def resolve_for_run(preset, overrides, config_file, run_dir: str | None, resume:
             f"--resume: cannot change {', '.join(bad)} of an existing run (only {', '.join(RESUMABLE_CHANGES)}); "
             f"start a new run with --config {source}"
         )
+    check_recipe(run_dir, saved, source)
     return validate(wanted)
+
+
+def check_recipe(run_dir: str, saved: TrainConfig, source: str) -> None:
+    """A resumed run trains with one recipe: the run's config.json must agree with its newest
+    checkpoint's, except for `RESUMABLE_CHANGES` (which the resumed run then applies)."""
+    from fer_dist import checkpoint
+
+    found = checkpoint.newest_config(checkpoint.of_run(run_dir))
+    if found is None:
+        return
+    facts, text = found
+    ours = TrainConfig.from_json(text, source=facts.uri).to_dict()
+    theirs = saved.to_dict()
+    changed = [k for k in theirs if k not in RESUMABLE_CHANGES and theirs[k] != ours.get(k)]
+    if changed:
+        shown = ", ".join(f"{k} ({ours.get(k)!r} in the checkpoint, {theirs[k]!r} in config.json)" for k in changed)
+        raise UserError(
+            f"--resume: {source} differs from the recipe of checkpoint {facts.uri}: {shown}; a run resumes with one "
+            f"recipe (only {', '.join(RESUMABLE_CHANGES)} may change): undo the edit, or start a new run with "
+            f"--config {source}"
+        )
 
 
 def train(
@@ -93,10 +114,8 @@ def train(
         launch.check_fits(
             workers.min, launch.worker_resources(1.0, gpus_per_worker), launch.train_flags(workers, gpus_per_worker)
         )
-    with runs.resuming(run_dir) if resume else contextlib.nullcontext():
-        if not resume:
-            runs.create(run_dir)
-            storage.write_text(storage.join(run_dir, "config.json"), config.to_json())
+    first = None if resume else ("config.json", config.to_json())
+    with runs.held(run_dir, resume, first_file=first) as lease:
         log.info("run %s -> %s", name, run_dir)
         if workers:
             metrics = launch.run_on_ray(
@@ -107,6 +126,7 @@ def train(
                 gpus_per_worker=gpus_per_worker,
                 max_failures=max_failures,
                 address=address,
+                fence=lease.fence(),
             )
         else:
             metrics = train_here(config, run_dir, dataset, progress)

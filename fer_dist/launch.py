@@ -5,12 +5,12 @@
         --data gs://BUCKET/fer2013.csv.gz --storage gs://BUCKET/fer/runs  # on a Ray cluster
 
 `run_on_ray` builds a Train V2 `TensorflowTrainer` (Ray sets TF_CONFIG on every worker;
-`train.make_strategy` turns that into MWMS). Checkpoints go through `ray.train.report`
-to `RunConfig(storage_path, storage_filesystem)`: a local directory or `gs://` (the
-emulator too, via STORAGE_EMULATOR_HOST), kept best-K by val_accuracy plus the latest.
-`FailureConfig(max_failures)` restarts a failed worker group from the latest checkpoint;
-rerunning with the same storage and name (`--resume`) continues after a driver loss,
-because Train V2 reloads its checkpoint manager from `<storage>/<name>`.
+`train.make_strategy` turns that into MWMS). Checkpoints are ours, not Ray's: the chief
+publishes each one through `checkpoint.publish` (storage's retries, the run's fence, the
+manifest exclusively) to `<storage>/<name>/checkpoints/`, and `ray.train.report` carries
+metrics only. `FailureConfig(max_failures)` restarts a failed worker group, and the chief
+resumes from the newest whole checkpoint in storage; `--resume` does the same after a driver
+loss. The driver holds the run's lease; its workers get its `exclusive.Fence`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 
-from fer_dist import checkpoint, preemption, storage
+from fer_dist import checkpoint, exclusive, preemption, storage
 from fer_dist.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,9 @@ def worker_env() -> dict:
 
 
 class RaySession:
-    """A `sessions.Session` inside a Ray Train worker: checkpoints go through `ray.train.report`
-    to `<run_dir>/checkpoint_epoch_NNNN`; the chief then applies the one retention policy."""
+    """A `sessions.Session` inside a Ray Train worker: the chief publishes each checkpoint to
+    `<run_dir>/checkpoints/` and applies the one retention policy; `ray.train.report` carries
+    every worker's metrics only."""
 
     show_progress = False
 
@@ -58,12 +59,8 @@ class RaySession:
         self.vote_every_steps = vote_every_steps
 
     def restore_dir(self) -> str | None:
-        """The chief chooses the newest whole checkpoint in storage and every worker takes that one.
-
-        Ray's latest registered checkpoint is one of them, but not always the newest (a worker
-        killed after its upload, before the controller registered the report) and not always
-        whole (`ray.train.get_checkpoint()` returns a damaged one on every restart), so the
-        choice is made from storage, verified against each checkpoint's manifest."""
+        """The chief chooses the newest whole checkpoint in storage (verified against its
+        manifest) and every worker takes that one."""
         import ray.train
         from ray.train.collective import broadcast_from_rank_zero
 
@@ -71,12 +68,9 @@ class RaySession:
 
         choice, local = None, None
         if is_chief(ray.train.get_context().get_world_rank()):
-            fetched = checkpoint.fetch_to_resume(self.run_dir, checkpoint.RAY_PREFIX)
-            registered = ray.train.get_checkpoint()
+            fetched = checkpoint.fetch_to_resume(checkpoint.of_run(self.run_dir), self.run_dir)
             if fetched is not None:
                 choice, local = fetched[0].uri, fetched[1]
-                if registered is None or not registered.path.endswith(choice.rsplit("/", 1)[1]):
-                    log.info("resuming from %s (Ray registered %s)", choice, registered.path if registered else "none")
         choice = broadcast_from_rank_zero(choice)
         if local is not None or choice is None:  # the chief's copy is already here and verified
             return local
@@ -85,14 +79,10 @@ class RaySession:
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         import ray.train
 
-        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        step = metrics.get("step", 0)
-        if step:  # a step checkpoint: no validation; NaN sorts last in Ray's own ranking
-            metrics = dict(metrics, val_accuracy=float("nan"))
-        name = checkpoint.ray_name(metrics["epoch"], step)
-        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=name)
         if checkpoint_dir:  # only the chief passes a checkpoint
-            checkpoint.prune(self.run_dir, checkpoint.RAY_PREFIX, self.keep)
+            checkpoint.publish(checkpoint_dir, self.run_dir, metrics["epoch"], metrics.get("step", 0))
+            checkpoint.prune_run(self.run_dir, self.keep)
+        ray.train.report(metrics)  # metrics only: Ray never uploads a checkpoint
 
     def watcher(self) -> preemption.NoWatcher:
         return preemption.RayNoticeWatcher(self.vote_every_steps)
@@ -111,6 +101,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     config = TrainConfig.from_json(loop_config["config_json"])
+    if loop_config.get("fence"):  # the driver holds the run's lease: stop at once if it is gone
+        fence = exclusive.Fence(**loop_config["fence"])
+        fence.check()
+        storage.fence(loop_config["run_dir"], fence.check)
     if loop_config.get("record_workers"):
         record_worker(loop_config["run_name"], ray.train.get_context().get_world_rank())
     session = RaySession(loop_config["run_dir"], config.keep_checkpoints, config.vote_every_steps)
@@ -322,7 +316,8 @@ def check_fits(num_workers: int, resources_per_worker: dict, flags: str, extra: 
     `resources_per_worker` (plus one `extra` bundle, e.g. a Tune trial's driver): judged against
     its nodes' total resources plus the node types its autoscaler may add, so a GPU type with
     max_workers > 0 counts even at 0 nodes. A job that could run later waits (Ray's own message
-    says for what), instead of failing."""
+    says for what), instead of failing; so does a job on a cluster whose autoscaler's node types
+    cannot be read (one warning says so): only what is known to rule the job out is refused."""
     from fer_dist.errors import UserError
 
     choice = _joined.get("choice")
@@ -338,6 +333,19 @@ def check_fits(num_workers: int, resources_per_worker: dict, flags: str, extra: 
     types, source = (None, "a private cluster") if choice is None or choice.private else autoscaler_node_types()
     if types and fits(bundles, nodes, types):
         log.info("Ray: the cluster's autoscaler (%s) must add nodes for this job; waiting for them", source)
+        checked.add(key)
+        return
+    if types is None and choice is not None and not choice.private:  # cannot know: wait, do not refuse
+        log.warning(
+            "Ray: the cluster at %s has %s on %d node(s), not enough for %d worker(s) x {%s} now, and its autoscaler's "
+            "node types are unknown (%s): waiting for nodes to join",
+            _joined["where"],
+            describe_resources(_sum_resources(nodes)),
+            len(nodes),
+            num_workers,
+            describe_resources(resources_per_worker),
+            source,
+        )
         checked.add(key)
         return
     if types:
@@ -430,10 +438,11 @@ def make_trainer(
     max_failures: int = DEFAULT_MAX_FAILURES,
     callbacks=None,
     record_workers: bool = False,
+    fence: exclusive.Fence | None = None,
 ):
     """The TensorflowTrainer for one run; `tune.py` calls this for every trial (with
-    `record_workers`, so that `stop_run` can end it)."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    `record_workers`, so that `stop_run` can end it). `fence`: the lease its writes are fenced by."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     from fer_dist.errors import UserError
@@ -456,6 +465,7 @@ def make_trainer(
             "run_name": name,
             "cpus_per_worker": cpus_per_worker,
             "record_workers": record_workers,
+            "fence": dataclasses.asdict(fence) if fence else None,
         },
         scaling_config=ScalingConfig(
             num_workers=workers.scaling(), use_gpu=gpus_per_worker > 0, resources_per_worker=resources
@@ -475,9 +485,6 @@ def make_trainer(
                 relax_collectives_on_preemption=False,
                 preemption_grace_s=0.0,
             ),
-            # Ray keeps every checkpoint it registers; the chief applies the one retention
-            # policy (checkpoint.kept: best K by val_accuracy plus the latest) after each report.
-            checkpoint_config=CheckpointConfig(checkpoint_score_attribute="val_accuracy", checkpoint_score_order="max"),
             callbacks=callbacks,
             worker_runtime_env={"env_vars": env} if env else None,
         ),
@@ -488,15 +495,14 @@ RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Train V2's list of the chec
 
 
 def forget_ray_snapshot(run_dir: str) -> None:
-    """A resumed run (--resume, a retried trial) starts without Ray's list of earlier checkpoints:
-    Ray refuses to start when a checkpoint it lists is gone, and the one retention policy
-    (`checkpoint.prune`) removes some. Nothing is lost: `RaySession.restore_dir` chooses the
-    newest whole checkpoint from storage itself."""
+    """A resumed run starts without Ray's record of earlier reports: a run of an earlier fer_dist
+    (when Ray registered checkpoints) listed checkpoints there, and Ray refuses to start when one
+    it lists is gone. Ray registers none now; `RaySession.restore_dir` resumes from storage."""
     uri = storage.join(run_dir, RAY_SNAPSHOT)
     if storage.exists(uri):
         fs, path = storage.filesystem(uri)
         fs.delete_file(path)
-        log.info("Ray Train: starting without its earlier run snapshot; resuming from the checkpoints in %s", run_dir)
+        log.debug("Ray Train: starting without its earlier run snapshot; resuming from the checkpoints in %s", run_dir)
 
 
 def run_on_ray(
@@ -508,9 +514,11 @@ def run_on_ray(
     gpus_per_worker: float = 0.0,
     max_failures: int = DEFAULT_MAX_FAILURES,
     address: str | None = None,
+    fence: exclusive.Fence | None = None,
 ) -> dict:
     """Trains on Ray (the cluster of `ensure_ray(address)`); returns the final metrics that rank 0
-    wrote to `<storage>/<name>/metrics.json`."""
+    wrote to `<storage>/<name>/metrics.json`. A worker's UserError (bad data, a lost lease)
+    ends the job as that one error."""
     import json
 
     workers = num_workers if isinstance(num_workers, Workers) else Workers.parse(num_workers)
@@ -523,6 +531,7 @@ def run_on_ray(
         num_workers=workers,
         gpus_per_worker=gpus_per_worker,
         max_failures=max_failures,
+        fence=fence,
     )
     log.info(
         "Ray Train: %s worker(s)%s, %s GPU each, storage %s",
@@ -531,10 +540,31 @@ def run_on_ray(
         gpus_per_worker or "no",
         storage_uri,
     )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
+    from ray.train import TrainingFailedError
+
+    try:
+        trainer.fit()
+    except TrainingFailedError as e:
+        raise user_error_in(e) or e from None
     return json.loads(storage.read_text(storage.join(storage_uri, name, "metrics.json")))
+
+
+def user_error_in(error: BaseException):
+    """The UserError a Ray worker raised, found in a Train error (`WorkerGroupError`'s
+    `worker_failures`, causes), as a UserError of the driver; None when there is none."""
+    from fer_dist.errors import UserError
+
+    seen, todo = set(), [error]
+    while todo:
+        e = todo.pop(0)
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, UserError):
+            return UserError(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
+        todo += list((getattr(e, "worker_failures", None) or {}).values())
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None
 
 
 # ---------------------------------------------------------------------------------

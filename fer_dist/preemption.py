@@ -18,6 +18,7 @@ GCP gives a spot VM 30 s after SIGTERM (`SIGNAL_DEADLINE_S`); Ray's notice carri
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -48,6 +49,15 @@ class Notice:
 
     why: str
     exit_signal: int | None = None
+    deadline: float | None = None  # time.monotonic() by which the checkpoint must be written
+
+    def timing(self, seconds: float) -> str:
+        """'written in 1.2 s of the 24 s left': the just-in-time checkpoint against the deadline."""
+        if self.deadline is None:
+            return f"written in {seconds:.1f} s"
+        left = self.deadline - time.monotonic() + seconds
+        verdict = "" if seconds <= left else " (LATE: past the notice's deadline; the step before stays resumable)"
+        return f"written in {seconds:.1f} s of the {left:.0f} s the notice left{verdict}"
 
 
 class NoWatcher:
@@ -65,6 +75,7 @@ class SignalWatcher(NoWatcher):
 
     def __init__(self):
         self.signum: int | None = None
+        self.deadline: float | None = None
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
@@ -72,20 +83,43 @@ class SignalWatcher(NoWatcher):
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: now
+            log.info("SIGINT again: stopping now, without a checkpoint at this step (the last one stays resumable)")
+            raise Interrupted(signum)  # a second Ctrl-C: now
         self.signum = signum
+        self.deadline = time.monotonic() + SIGNAL_DEADLINE_S
         storage.retry_not_after(SIGNAL_DEADLINE_S)
         log.info("%s received: finishing the step in progress, then checkpointing", signal.Signals(signum).name)
 
     def poll(self, global_step: int) -> Notice | None:
         if self.signum is None:
             return None
-        return Notice(signal.Signals(self.signum).name, exit_signal=self.signum)
+        return Notice(signal.Signals(self.signum).name, exit_signal=self.signum, deadline=self.deadline)
 
     def close(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
+
+
+@contextlib.contextmanager
+def stop_at_once(what_then: str):
+    """Where there is nothing to checkpoint (the final export and evaluation, whose inputs are
+    checkpointed already): SIGTERM or SIGINT ends the process at once, with one line saying
+    `what_then`, and the signal's exit status. Only in the main thread (elsewhere: nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        log.info("%s received: stopping now; %s", signal.Signals(signum).name, what_then)
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class RayNoticeWatcher(NoWatcher):
@@ -111,7 +145,8 @@ class RayNoticeWatcher(NoWatcher):
         seconds = info.deadline_ms / 1000 - time.time() if info.deadline_ms else None
         storage.retry_not_after(seconds)
         left = f", {seconds:.0f} s left" if seconds is not None else ""
-        return Notice(f"preemption notice (ranks {info.preempted_ranks}{left})")
+        deadline = time.monotonic() + seconds if seconds is not None else None
+        return Notice(f"preemption notice (ranks {info.preempted_ranks}{left})", deadline=deadline)
 
 
 __all__ = ["Interrupted", "Notice", "NoWatcher", "RayNoticeWatcher", "SignalWatcher", "SIGNALS"]

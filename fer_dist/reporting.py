@@ -196,23 +196,30 @@ def reporter_for(chief: bool, run_dir: str, config: TrainConfig, show_progress: 
 # After training (the chief): final evaluation and the exported model.
 # ---------------------------------------------------------------------------------
 def finish(result, config: TrainConfig, run_dir: str) -> dict:
-    """metrics.json, confusion matrices, curves, exported model."""
+    """The exported model (model.keras, saved_model/), then the final evaluation: confusion
+    matrices, curves and, written last, metrics.json, which marks the run complete. A run that
+    trained again loses its old metrics.json first; a run whose export was interrupted (a
+    signal there stops at once) is finished by `--resume`."""
     import json
 
-    from fer_dist import evaluate
+    from fer_dist import evaluate, preemption, runs
 
-    if not result.trained_epochs and storage.exists(storage.join(run_dir, evaluate.METRICS_FILE)):
+    metrics_uri = storage.join(run_dir, evaluate.METRICS_FILE)
+    if not result.trained_epochs and storage.exists(metrics_uri):
         log.info("the run was already complete: keeping its metrics.json and exported model")
-        return json.loads(storage.read_text(storage.join(run_dir, evaluate.METRICS_FILE)))
+        return json.loads(storage.read_text(metrics_uri))
     label = run_label(run_dir)
-    start = time.perf_counter()
-    log.info("%sfinal evaluation with the weights of epoch %d ...", label, result.state.best_epoch)
-    metrics = evaluate.evaluate_run(result.model, result.dataset, config, run_dir, result.state)
-    log.info("%sfinal evaluation: done in %.1f s", label, time.perf_counter() - start)
-    start = time.perf_counter()
-    log.info("%sexporting model.keras and saved_model/ ...", label)
-    export_model(result.model, config, run_dir)
-    log.info("%sexported model.keras and saved_model/ to %s in %.1f s", label, run_dir, time.perf_counter() - start)
+    with preemption.stop_at_once(f"the run is not complete; `{runs.resume_command(run_dir)}` finishes it"):
+        if storage.exists(metrics_uri):
+            storage.delete_file(metrics_uri)  # complete again only when the new export is
+        start = time.perf_counter()
+        log.info("%sexporting model.keras and saved_model/ (weights of epoch %d) ...", label, result.state.best_epoch)
+        export_model(result.model, config, run_dir)
+        log.info("%sexported model.keras and saved_model/ to %s in %.1f s", label, run_dir, time.perf_counter() - start)
+        start = time.perf_counter()
+        log.info("%sfinal evaluation with the weights of epoch %d ...", label, result.state.best_epoch)
+        metrics = evaluate.evaluate_run(result.model, result.dataset, config, run_dir, result.state)
+        log.info("%sfinal evaluation: done in %.1f s", label, time.perf_counter() - start)
     return metrics
 
 

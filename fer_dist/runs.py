@@ -6,8 +6,11 @@ A run (or search) without `--name` is named `<prefix>-YYYYmmdd-HHMMSS`. An exist
 overwritten. Creating one is atomic, on local disk and on `gs://`: before anything else is
 written, a marker object is created exclusively (`O_EXCL`; `if_generation_match=0` on GCS), so
 of two runs started with the same name at the same instant exactly one goes on, and the other
-ends with `error:` having written nothing. `--resume` takes a lease on the run (an OS lock
-locally, a renewed lease object on GCS): a second resume of a live run is refused.
+ends with `error:` having written nothing. A run holds its lease (an OS lock locally, a
+renewed lease object on GCS) from creation to exit (`held`), and every write into it is
+fenced by that lease: a `--resume` of a live run is refused, and a process that lost its
+lease writes nothing more. A start that fails before the run's config.json is written
+removes what it created, so the name stays free.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ def check_state(run_uri: str, resume: bool, what: str = "run") -> None:
         raise UserError(f"--resume: no {what} to resume at {run_uri} (no {CONFIG_FILE} there)")
 
 
+def resume_command(run_uri: str) -> str:
+    """The command that continues (or finishes) the run at `run_uri`."""
+    parent, _, name = str(run_uri).rstrip("/").rpartition("/")
+    return f"python jobs/train.py --storage {parent} --name {name} --resume"
+
+
 def owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -59,7 +68,10 @@ def owner() -> str:
 def create(run_uri: str, what: str = "run") -> None:
     """Takes the name: creates the marker exclusively, or raises UserError if another run has it."""
     marker = json.dumps({"owner": owner(), "nonce": uuid.uuid4().hex, "created": time.time()}) + "\n"
-    if not exclusive.create_exclusive(storage.join(run_uri, MARKER_FILE), marker.encode()):
+    uri = storage.join(run_uri, MARKER_FILE)
+    with storage.os_errors(storage.local_path(uri) or uri):
+        made = exclusive.create_exclusive(uri, marker.encode())
+    if not made:
         raise UserError(
             f"{what} directory {run_uri} already exists (created just now by another job with the same --name): "
             "choose another --name"
@@ -67,13 +79,46 @@ def create(run_uri: str, what: str = "run") -> None:
 
 
 @contextlib.contextmanager
-def resuming(run_uri: str):
-    """Holds the run's lease while it is resumed; a second resume of a live run is refused."""
-    lease = exclusive.acquire_lease(run_uri, owner())
+def held(run_uri: str, resume: bool, what: str = "run", first_file: tuple[str, str] | None = None):
+    """A new run (created exclusively) or a resumed one, with its lease held until exit and
+    every write below it fenced by that lease (`storage.fence`). `first_file` (name, text) is
+    written first; when creating the run or writing it fails, what was created is removed."""
+    created: list[str] = []  # what a failed start removes: only what this process created
     try:
+        if not resume:
+            create(run_uri, what)
+            created = [MARKER_FILE, exclusive.LEASE_NAME] + ([first_file[0]] if first_file else [])
+        lease = exclusive.acquire_lease(run_uri, owner())
+    except BaseException:
+        if not resume:
+            _remove_created(run_uri, created)
+        raise
+    storage.fence(run_uri, lease.check)
+    try:
+        if first_file is not None:
+            try:
+                storage.write_text(storage.join(run_uri, first_file[0]), first_file[1])
+            except BaseException:
+                storage.fence(run_uri, None)
+                lease.release()
+                if not resume:
+                    _remove_created(run_uri, created)
+                raise
         yield lease
     finally:
+        storage.fence(run_uri, None)
         lease.release()
 
 
-__all__ = ["new_run_name", "run_dir", "check_state", "create", "resuming", "MARKER_FILE"]
+def _remove_created(run_uri: str, names: list[str]) -> None:
+    """Removes the files a failed start created (`names`), and the run directory if that leaves
+    it empty; whatever else is there stays. Errors here are not reported over the original one."""
+    with contextlib.suppress(Exception):
+        for name in names:
+            storage.delete_file(storage.join(run_uri, name))
+        path = storage.local_path(run_uri)
+        if path and os.path.isdir(path) and not os.listdir(path):
+            os.rmdir(path)
+
+
+__all__ = ["new_run_name", "run_dir", "check_state", "create", "held", "resume_command", "MARKER_FILE"]

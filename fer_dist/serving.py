@@ -196,9 +196,14 @@ def signature_keys(saved_model_dir: str) -> list[str]:
     pb = os.path.join(saved_model_dir, "saved_model.pb")
     if not os.path.isfile(pb):
         raise UserError(f"{saved_model_dir}: not a SavedModel (no saved_model.pb)")
+    from google.protobuf.message import DecodeError
+
     proto = saved_model_pb2.SavedModel()
     with open(pb, "rb") as f:
-        proto.ParseFromString(f.read())
+        try:
+            proto.ParseFromString(f.read())
+        except DecodeError as e:
+            raise UserError(f"{pb}: damaged or truncated ({e}); export the run again") from None
     keys = {key for graph in proto.meta_graphs for key in graph.signature_def}
     return sorted(key for key in keys if not key.startswith("__"))  # not __saved_model_init_op
 

@@ -1,7 +1,8 @@
 """Sessions: where a training loop runs and where its checkpoints and reports go.
 
-`LocalSession` is a plain process: checkpoints go to `<run_dir>/checkpoints/epoch_NNNN/`.
-`launch.RaySession` is a Ray Train worker: checkpoints go through `ray.train.report`.
+`LocalSession` is a plain process, `launch.RaySession` a Ray Train worker. Either way the chief
+publishes checkpoints itself (`checkpoint.publish`: `<run_dir>/checkpoints/epoch_NNNN/`) and
+applies the one retention policy (`checkpoint.prune_run`); Ray hears metrics only.
 """
 
 from __future__ import annotations
@@ -40,15 +41,14 @@ class LocalSession:
         return storage.join(self.run_dir, checkpoint.LOCAL_PARENT)
 
     def restore_dir(self) -> str | None:
-        fetched = checkpoint.fetch_to_resume(self.checkpoints_uri, checkpoint.EPOCH_PREFIX)
+        fetched = checkpoint.fetch_to_resume(checkpoint.of_run(self.run_dir), self.checkpoints_uri)
         return fetched[1] if fetched else None
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         if checkpoint_dir is None:
             return
-        target = checkpoint.name(metrics["epoch"], metrics.get("step", 0))
-        checkpoint.upload(checkpoint_dir, storage.join(self.checkpoints_uri, target))
-        checkpoint.prune(self.checkpoints_uri, checkpoint.EPOCH_PREFIX, self.keep)
+        checkpoint.publish(checkpoint_dir, self.run_dir, metrics["epoch"], metrics.get("step", 0))
+        checkpoint.prune_run(self.run_dir, self.keep)
 
     def watcher(self) -> preemption.NoWatcher:
         return preemption.SignalWatcher()

@@ -204,14 +204,15 @@ def all_reduce_gradients(grads: list, dtype: str, options=None) -> list:
 
 def per_example_loss_fn(config: TrainConfig) -> Callable:
     """Cross-entropy on logits per example (with `label_smoothing` when set)."""
+    import keras  # never tf.keras: Ray sets TF_USE_LEGACY_KERAS=1 in its workers (tf_keras or an ImportError)
+
     if config.label_smoothing == 0:
-        loss = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
-        return loss
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
     smoothing = config.label_smoothing
 
     def smoothed(labels, logits):
         one_hot = tf.one_hot(labels, logits.shape[-1])
-        return tf.keras.losses.categorical_crossentropy(one_hot, logits, from_logits=True, label_smoothing=smoothing)
+        return keras.losses.categorical_crossentropy(one_hot, logits, from_logits=True, label_smoothing=smoothing)
 
     return smoothed
 

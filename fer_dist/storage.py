@@ -23,7 +23,9 @@ calls it first.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import functools
 import io
 import logging
@@ -49,10 +51,10 @@ DEFAULT_RETRY_S = 300.0
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAXIMUM_S = 30.0
 LOG_EVERY_S = 60.0
-# pyarrow's own (backoff-less) retry limit against the emulator: short, so that the loop
-# here is in control. `filesystem()` (what Ray gets) keeps the longer one.
-EMULATOR_INNER_RETRY_S = 3
-EMULATOR_PUBLIC_RETRY_S = 10
+# pyarrow's own (backoff-less) retry limit, on every GcsFileSystem (the emulator's and
+# production's alike; google-cloud-cpp's default is 15 minutes): short, so that the loop here,
+# `FER_DIST_STORAGE_RETRY_S` and a preemption deadline stay in control.
+INNER_RETRY_S = 3
 
 _T = TypeVar("_T")
 
@@ -89,18 +91,14 @@ def _emulator_endpoint(emulator_host: str) -> tuple[str, str]:
 
 
 @functools.cache
-def _gcs(emulator_host: str | None, emulator_retry_s: int = EMULATOR_PUBLIC_RETRY_S) -> pafs.GcsFileSystem:
-    """The GCS filesystem; against the emulator pyarrow retries for `emulator_retry_s`,
-    in production for pyarrow's (google-cloud-cpp's) default."""
+def _gcs(emulator_host: str | None) -> pafs.GcsFileSystem:
+    """The GCS filesystem (the emulator's when `emulator_host` is set); pyarrow's own retries
+    stop after `INNER_RETRY_S`, in production too: the retry loop of this module decides."""
+    limit = datetime.timedelta(seconds=INNER_RETRY_S)
     if emulator_host:
         scheme, endpoint = _emulator_endpoint(emulator_host)
-        return pafs.GcsFileSystem(
-            anonymous=True,
-            scheme=scheme,
-            endpoint_override=endpoint,
-            retry_time_limit=datetime.timedelta(seconds=emulator_retry_s),
-        )
-    return pafs.GcsFileSystem()
+        return pafs.GcsFileSystem(anonymous=True, scheme=scheme, endpoint_override=endpoint, retry_time_limit=limit)
+    return pafs.GcsFileSystem(retry_time_limit=limit)
 
 
 def uri_of(fs_path: str, like: str) -> str:
@@ -111,9 +109,8 @@ def uri_of(fs_path: str, like: str) -> str:
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path inside it) for a URI. The path has no scheme.
 
-    For callers that use pyarrow directly (Ray's `storage_filesystem`); the functions of
-    this module use `_filesystem`, whose pyarrow retry is short under the emulator.
-    """
+    For callers that use pyarrow directly (Ray's `storage_filesystem`, where Ray and Tune keep
+    their own records; checkpoints never go there)."""
     uri = str(uri)
     if is_gcs(uri):
         return _gcs(os.environ.get("STORAGE_EMULATOR_HOST") or None), uri[len(GCS_SCHEME) :].rstrip("/")
@@ -122,12 +119,30 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """`filesystem(uri)`, with pyarrow's own retry short under the emulator (see `_retrying`)."""
-    if is_gcs(uri):
-        fs = _gcs(os.environ.get("STORAGE_EMULATOR_HOST") or None, EMULATOR_INNER_RETRY_S)
-        return fs, str(uri)[len(GCS_SCHEME) :].rstrip("/")
-    return filesystem(uri)
+_filesystem = filesystem  # the functions below wrap every gs:// call in `_retrying`
+
+
+# -- the fence: a run's writes stop once its lease is another process's -------------------
+
+_fences: dict[str, Callable[[], None]] = {}
+
+
+def fence(prefix: str, check: Callable[[], None] | None) -> None:
+    """Every write or delete below `prefix` calls `check()` first (it raises to refuse:
+    `exclusive.LeaseLost`); None removes the fence."""
+    prefix = str(prefix).rstrip("/")
+    if check is None:
+        _fences.pop(prefix, None)
+    else:
+        _fences[prefix] = check
+
+
+def check_fence(uri: str) -> None:
+    """Calls the fence of every prefix that `uri` lies below (see `fence`)."""
+    uri = str(uri)
+    for prefix, check in list(_fences.items()):
+        if uri == prefix or uri.startswith(prefix + "/"):
+            check()
 
 
 # -- retries -----------------------------------------------------------------------------
@@ -355,6 +370,20 @@ def _walk_files(uri: str) -> Iterator[str]:
             yield posixpath.relpath(info.path, path) if is_gcs(uri) else os.path.relpath(info.path, path)
 
 
+def file_stats(uri: str) -> tuple:
+    """((relative path, size, modification time ns), ...) of every file below `uri`, sorted: one
+    listing, to tell whether files changed since they were last read."""
+
+    def stats() -> tuple:
+        fs, path = _filesystem(uri)
+        if fs.get_file_info(path).type != pafs.FileType.Directory:
+            return ()
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        return tuple(sorted((i.path[len(path) :], i.size, i.mtime_ns) for i in infos if i.type == pafs.FileType.File))
+
+    return _retrying(uri, stats)
+
+
 def makedirs(uri: str) -> None:
     """Creates a directory and its parents. On GCS the bucket must exist (`check_bucket`):
     it is never created; below it, pyarrow's `name/` marker objects are."""
@@ -410,20 +439,13 @@ def _umask() -> int:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Writes a whole file atomically (temp + rename locally; one upload on GCS)."""
+    """Writes a whole file atomically (temp + rename locally; one upload on GCS), after the
+    fence of its run (`fence`). A full disk or a denied write is a UserError naming the path."""
+    check_fence(uri)
     fs, path = _filesystem(uri)
     if isinstance(fs, pafs.LocalFileSystem):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: others (a server) could not read it
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with os_errors(path):
+            _write_local(path, data)
         return
 
     def upload() -> None:
@@ -431,6 +453,42 @@ def write_bytes(uri: str, data: bytes) -> None:
             f.write(data)
 
     _retrying(uri, upload)
+
+
+def _write_local(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: others (a server) could not read it
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+_USER_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+}
+
+
+@contextlib.contextmanager
+def os_errors(path: str):
+    """An OS failure a user can act on (a full disk, a quota, a read-only or denied path) becomes
+    one UserError naming `path`; others propagate."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in _USER_ERRNOS:
+            raise
+        raise UserError(
+            f"{e.filename or path}: {_USER_ERRNOS[e.errno]} (nothing already written was changed)"
+        ) from None
 
 
 def write_text(uri: str, text: str) -> None:
@@ -465,6 +523,18 @@ def download_dir(uri: str, local_dir: str) -> str:
     return local_dir
 
 
+def delete_file(uri: str) -> None:
+    """Deletes one file or object (fenced); nothing happens if it is absent."""
+    check_fence(uri)
+    fs, path = _filesystem(uri)
+
+    def delete() -> None:
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            fs.delete_file(path)
+
+    _retrying(uri, delete)
+
+
 def delete_dir(uri: str) -> None:
     """Deletes a directory and everything below it; nothing happens if it is absent.
 
@@ -472,6 +542,7 @@ def delete_dir(uri: str) -> None:
     (pyarrow's `delete_dir` alone fails with 404 on a marker-less, virtual directory).
     A retry starts over: what is already deleted is simply not listed again.
     """
+    check_fence(uri)
     _retrying(uri, lambda: _delete_dir(uri))
 
 

@@ -383,10 +383,10 @@ def check_preemption(run: Run, totals: EpochTotals, global_step: int) -> bool:
         return False
     seconds, where = step_checkpoint(run, totals)
     if notice.exit_signal is None:
-        run.reporter.info("%s: checkpoint at %s written in %.1f s; training on", notice.why, where, seconds)
+        run.reporter.info("%s: checkpoint at %s %s; training on", notice.why, where, notice.timing(seconds))
         storage.retry_not_after(None)  # written: later writes may retry again (the node may yet stay)
         return True
-    exit_now(run, notice, f"checkpoint at {where} written in {seconds:.1f} s")
+    exit_now(run, notice, f"checkpoint at {where} {notice.timing(seconds)}")
 
 
 def periodic_checkpoint(run: Run, totals: EpochTotals, global_step: int) -> None:
@@ -486,7 +486,10 @@ def end_epoch(run: Run, row: dict) -> bool:
             state.best_epoch,
         )
     notice = run.watcher.poll(state.epoch * run.steps_per_epoch)
-    if notice is not None and notice.exit_signal is not None and not (stop or state.out_of_time):
+    if notice is not None and notice.exit_signal is None:  # a Ray notice: the epoch's checkpoint is written
+        run.reporter.info("%s: the checkpoint of epoch %d is written; training on", notice.why, state.epoch)
+        storage.retry_not_after(None)
+    elif notice is not None and not (stop or state.out_of_time):
         exit_now(run, notice, f"checkpoint of epoch {state.epoch} written")
     return stop or state.out_of_time
 

@@ -16,7 +16,6 @@ trial (`TRIAL_RETRIES`), which resumes from the trial's checkpoints.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
 import json
@@ -205,13 +204,21 @@ def _callback_class():
 # The trial and the search.
 # ---------------------------------------------------------------------------------
 def run_trial(
-    params: dict, *, base_json: str, trials_uri: str, workers: int | str, gpus_per_worker: float, cpus_per_worker: float
+    params: dict,
+    *,
+    base_json: str,
+    trials_uri: str,
+    workers: int | str,
+    gpus_per_worker: float,
+    cpus_per_worker: float,
+    fence: dict | None = None,
 ) -> None:
-    """The Tune function trainable: one distributed Ray Train run."""
+    """The Tune function trainable: one distributed Ray Train run, its writes fenced by the
+    search's lease (`fence`: the fields of the driver's `exclusive.Fence`)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from fer_dist import launch
+    from fer_dist import exclusive, launch
 
     class EpochReports(TuneReportCallback):
         """Tune hears of epochs only: a preemption's step checkpoint has no validation."""
@@ -232,6 +239,7 @@ def run_trial(
         max_failures=0,  # Tune retries the trial (TRIAL_RETRIES); see StopTrialTrainRuns
         callbacks=[EpochReports()],
         record_workers=True,
+        fence=exclusive.Fence(**fence) if fence else None,
     )
     result = trainer.fit()
     if result.error:
@@ -286,7 +294,39 @@ def search(
         + (f" --gpus-per-worker {spec.gpus_per_worker:g}" if spec.gpus_per_worker else ""),
         extra=TRIAL_DRIVER_RESOURCES,
     )
-    trainable = tune.with_resources(
+    tune_path = storage.join(path, name) if storage.is_gcs(storage_uri) else storage.filesystem(search_uri)[1]
+    if resume and not tune.Tuner.can_restore(tune_path, storage_filesystem=fs):
+        raise UserError(f"--resume: no search to resume at {search_uri}")
+    if not resume:
+        if storage.exists(search_uri) and storage.listdir(search_uri):
+            raise UserError(
+                f"search directory {search_uri} already exists: pass --resume to continue it, or choose another --name"
+            )
+        check_inputs(base)  # data and weights, before anything is written
+    with runs.held(search_uri, resume, "search") as lease:  # from creation to exit; trials are fenced by it
+        trainable = _trainable(base, spec, trials_uri, lease.fence())
+        if resume:
+            tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
+        else:
+            tuner = _new_tuner(trainable, base, space, spec, search_uri=search_uri, name=name, path=path, fs=fs)
+        log.info(
+            "search %s: %d samples, %s worker(s)/trial, space %s",
+            search_uri,
+            spec.samples,
+            spec.workers_per_trial,
+            ", ".join(f"{k}={d.describe()}" for k, d in space.items()),
+        )
+        log.info("each trial logs one line per epoch; TensorBoard: tensorboard --logdir %s", trials_uri)
+        start = time.perf_counter()
+        grid = tuner.fit()
+        log.info("search finished in %.0f s", time.perf_counter() - start)
+        return summarize(grid, base, spec, search_uri, trials_uri)
+
+
+def _trainable(base: TrainConfig, spec: SearchSpec, trials_uri: str, fence):
+    from ray import tune
+
+    return tune.with_resources(
         tune.with_parameters(
             run_trial,
             base_json=base.to_json(),
@@ -294,37 +334,10 @@ def search(
             workers=spec.workers_per_trial,
             gpus_per_worker=spec.gpus_per_worker,
             cpus_per_worker=spec.cpus_per_worker,
+            fence=dataclasses.asdict(fence),
         ),
         TRIAL_DRIVER_RESOURCES,
     )
-    tune_path = storage.join(path, name) if storage.is_gcs(storage_uri) else storage.filesystem(search_uri)[1]
-    held = contextlib.ExitStack()
-    if resume:
-        if not tune.Tuner.can_restore(tune_path, storage_filesystem=fs):
-            raise UserError(f"--resume: no search to resume at {search_uri}")
-        held.enter_context(runs.resuming(search_uri))
-        tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
-    else:
-        if storage.exists(search_uri) and storage.listdir(search_uri):
-            raise UserError(
-                f"search directory {search_uri} already exists: pass --resume to continue it, or choose another --name"
-            )
-        check_inputs(base)  # data and weights, before anything is written
-        runs.create(search_uri, "search")
-        tuner = _new_tuner(trainable, base, space, spec, search_uri=search_uri, name=name, path=path, fs=fs)
-    log.info(
-        "search %s: %d samples, %s worker(s)/trial, space %s",
-        search_uri,
-        spec.samples,
-        spec.workers_per_trial,
-        ", ".join(f"{k}={d.describe()}" for k, d in space.items()),
-    )
-    log.info("each trial logs one line per epoch; TensorBoard: tensorboard --logdir %s", trials_uri)
-    start = time.perf_counter()
-    with held:
-        grid = tuner.fit()
-    log.info("search finished in %.0f s", time.perf_counter() - start)
-    return summarize(grid, base, spec, search_uri, trials_uri)
 
 
 def _new_tuner(trainable, base: TrainConfig, space: dict[str, Dim], spec: SearchSpec, *, search_uri, name, path, fs):
@@ -458,10 +471,12 @@ def summarize(grid, base: TrainConfig, spec: SearchSpec, search_uri: str, trials
     write_trial_metrics(table, trials_uri)
     storage.write_bytes(storage.join(search_uri, f"{spec.metric}_curves.png"), _curves_png(curves, spec.metric))
     mode = "min" if spec.metric.endswith("loss") else "max"
-    best = grid.get_best_result(metric=spec.metric, mode=mode, scope="all")
-    best_config = base.replace(**(best.config or {}))
+    best_trial = str(table.iloc[0]["trial"])  # the best of results.csv: what the trial directories hold
+    best_config = trial_config(trials_uri, best_trial, base, grid)
     storage.write_text(storage.join(search_uri, "best_config.json"), best_config.to_json())
-    export_best(best, best_config, spec.metric, mode, storage.join(search_uri, "best_model"), search_uri)
+    export_best(
+        storage.join(trials_uri, best_trial), best_config, spec.metric, mode, storage.join(search_uri, "best_model")
+    )
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
     print(
@@ -486,47 +501,63 @@ def write_trial_metrics(table, trials_uri: str) -> None:
             storage.write_text(uri, json.dumps(dict(clean, complete=False), indent=2, default=str) + "\n")
 
 
-def export_best(best, config: TrainConfig, metric: str, mode: str, target_uri: str, like_uri: str) -> None:
-    """The best trial's best whole checkpoint as a run directory: config.json, model.keras,
-    checkpoint metrics. Train V2 trials hand Tune their checkpoints as the `checkpoint_path`
-    metric; the trials' retention (checkpoint.kept) may have removed some of them."""
+def trial_config(trials_uri: str, trial: str, base: TrainConfig, grid) -> TrainConfig:
+    """The config a trial trained with: its directory's config.json, else the base config with
+    the parameters Tune gave it."""
+    uri = storage.join(trials_uri, trial, "config.json")
+    if storage.exists(uri):
+        return TrainConfig.from_json(storage.read_text(uri), source=uri)
+    for result in grid:
+        if trial_run_name((result.metrics or {}).get("trial_id", "")) == trial:
+            return base.replace(**(result.config or {}))
+    return base
 
+
+def best_checkpoint(trial_dir: str, metric: str, mode: str):
+    """The trial's best whole checkpoint by `metric` (from its verified listing, the one that
+    resume and retention use); None when it has none."""
+    from fer_dist import checkpoint
+
+    def score(i) -> float | None:
+        value = i.metrics.get(metric, i.val_accuracy if metric == "val_accuracy" else None)
+        return None if value is None else float(value)
+
+    scored = [i for i in checkpoint.whole(checkpoint.of_run(trial_dir)) if score(i) is not None]
+    if not scored:
+        return None
+    sign = -1.0 if mode == "min" else 1.0
+    return max(scored, key=lambda i: (sign * score(i), i.epoch, i.step))  # ties: the newer
+
+
+def export_best(trial_dir: str, config: TrainConfig, metric: str, mode: str, target_uri: str) -> None:
+    """The best trial's best whole checkpoint as a run directory: config.json, model.keras,
+    checkpoint metrics, and the rest of `_finish_best`."""
     import keras
 
     from fer_dist import checkpoint
     from fer_dist import model as model_lib
 
-    history = best.metrics_dataframe
-    if history is None or "checkpoint_path" not in history or metric not in history:
-        log.warning("the best trial reported no checkpoint to export")
-        return
-    rows = history.dropna(subset=["checkpoint_path"]).sort_values(metric, ascending=(mode == "min"))
-    for _, row in rows.iterrows():
-        checkpoint_uri = storage.uri_of(row["checkpoint_path"], like_uri)
-        if storage.exists(checkpoint_uri) and checkpoint.verify(checkpoint_uri) is None:
-            break
-    else:
-        log.warning("the best trial's checkpoints are gone; nothing exported")
+    facts = best_checkpoint(trial_dir, metric, mode)
+    if facts is None:
+        log.warning("the best trial %s has no whole checkpoint with %s; nothing exported", trial_dir, metric)
         return
     model = model_lib.build(config)
-    checkpoint.load_model_weights(checkpoint_uri, model)
+    checkpoint.load_model_weights(facts.uri, model)
     storage.write_text(storage.join(target_uri, "config.json"), config.to_json())
-    clean = {k: v for k, v in row.items() if isinstance(v, (int, float, str, bool))}
-    clean["checkpoint"] = checkpoint_uri
+    clean = dict(facts.metrics, epoch=facts.epoch, checkpoint=facts.uri)
     storage.write_text(
         storage.join(target_uri, "checkpoint_metrics.json"), json.dumps(clean, indent=2, default=str) + "\n"
     )
-    _finish_best(model, config, checkpoint_uri, target_uri)
+    _finish_best(model, config, trial_dir, facts.uri, target_uri)
     keras.backend.clear_session()
 
 
-def _finish_best(model, config: TrainConfig, checkpoint_uri: str, target_uri: str) -> None:
+def _finish_best(model, config: TrainConfig, trial_dir: str, checkpoint_uri: str, target_uri: str) -> None:
     """best_model/ as a full run directory: history.csv, metrics.json (the final evaluation of
     the exported weights), confusion matrices, curves, model.keras and saved_model/."""
     from fer_dist import checkpoint, data, evaluate, reporting
     from fer_dist.train import LoopState
 
-    trial_dir = checkpoint_uri.rstrip("/").rsplit("/", 1)[0]
     if storage.exists(storage.join(trial_dir, "history.csv")):
         storage.write_text(
             storage.join(target_uri, "history.csv"), storage.read_text(storage.join(trial_dir, "history.csv"))
@@ -534,5 +565,5 @@ def _finish_best(model, config: TrainConfig, checkpoint_uri: str, target_uri: st
     state = LoopState.from_dict(json.loads(storage.read_text(storage.join(checkpoint_uri, checkpoint.STATE_FILE))))
     state.best_epoch = state.epoch  # the exported weights are this checkpoint's own
     dataset = data.load_for(config)
-    evaluate.evaluate_run(model, dataset, config, target_uri, state)
     reporting.export_model(model, config, target_uri)
+    evaluate.evaluate_run(model, dataset, config, target_uri, state)  # metrics.json last: complete

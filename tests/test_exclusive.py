@@ -205,7 +205,7 @@ def test_local_lease_held_by_another_process(tmp_path):
     run_dir = str(tmp_path / "run")
     holder = _start_holder(run_dir)
     try:
-        with pytest.raises(UserError, match=r"already being resumed by holder-process"):
+        with pytest.raises(UserError, match=r"is in use by holder-process"):
             exclusive.acquire_lease(run_dir, owner="second")
         assert holder.poll() is None
     finally:
@@ -213,7 +213,7 @@ def test_local_lease_held_by_another_process(tmp_path):
     t0 = time.monotonic()
     with exclusive.acquire_lease(run_dir, owner="second") as lease:
         assert time.monotonic() - t0 < 1
-        with pytest.raises(UserError, match=r"already being resumed by second"):
+        with pytest.raises(UserError, match=r"is in use by second"):
             exclusive.acquire_lease(run_dir, owner="third")  # in this process too
     assert lease.released
     with exclusive.acquire_lease(run_dir, owner="third"):
@@ -227,14 +227,16 @@ def test_gcs_lease_renewed_holder_wins_then_released(gcs_prefix, short_lease, ca
         generation = first.generation
         t0 = time.monotonic()
         with caplog.at_level("WARNING", logger="fer_dist.exclusive"):
-            with pytest.raises(UserError, match=r"already being resumed by first \(lease renewed \d+ s ago\)"):
+            with pytest.raises(
+                UserError, match=r"is in use by first: it is training it now \(lease renewed \d+ s ago\)"
+            ):
                 exclusive.acquire_lease(run_dir, owner="second")
         waited = time.monotonic() - t0
         assert EXPIRE_S <= waited < EXPIRE_S + 3, waited
         assert first.generation != generation  # it was renewed meanwhile
         assert not first.lost
         waits = [r.getMessage() for r in caplog.records if "waiting up to" in r.getMessage()]
-        assert len(waits) == 1 and f"run {run_dir} is being resumed by first (lease until" in waits[0]
+        assert len(waits) == 1 and f"run {run_dir} is in use by first (lease until" in waits[0]
     finally:
         first.release()
     assert not storage.exists(storage.join(run_dir, ".lease"))
