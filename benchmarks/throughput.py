@@ -242,7 +242,7 @@ def part_c(args, data: str, cache_dir: str) -> dict:
     import pandas as pd
     import ray
 
-    from fer_dist import launch, storage
+    from fer_dist import launch, ray_cluster, storage
 
     config = bench_config(args, data, cache_dir, feature_cache=True)
     storage_dir = tempfile.mkdtemp(prefix="fer_bench_ray_")
@@ -250,7 +250,7 @@ def part_c(args, data: str, cache_dir: str) -> dict:
     monitor = WorkerMemory()
     monitor.start()
     try:
-        launch.ensure_ray(num_cpus=os.cpu_count())
+        ray_cluster.ensure_ray(num_cpus=os.cpu_count())
         trainer = launch.make_trainer(
             config, storage_uri=storage_dir, name="bench", num_workers=2, cpus_per_worker=1.0, max_failures=0
         )

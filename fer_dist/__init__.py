@@ -6,7 +6,8 @@ python jobs/train.py            # embedded demo on the built-in dataset
 import os as _os
 
 # Quiet TensorFlow's C++ start-up chatter unless the user asked for it (TF_CPP_MIN_LOG_LEVEL=0
-# or 1): set before TensorFlow is imported, here and (launch.PROPAGATED_ENV) in every Ray worker.
+# or 1): set before TensorFlow is imported, in every process that imports fer_dist (Ray workers
+# included: `ray_cluster.quiet_ray_loggers` imports it first), where the environment sets nothing.
 # Level 2 hides its INFO and WARNING lines (the oneDNN notice among them); what it prints
 # before that setting applies (absl's banner, the CUDA probe of a CPU-only machine) is dropped
 # by `logs.quiet_tensorflow_import`.

@@ -185,6 +185,9 @@ def upload(local_dir: str, target_uri: str) -> None:
     storage.check_fence(target_uri)
     if not exclusive.create_exclusive(storage.join(target_uri, last), data):
         raise CheckpointError(f"checkpoint {target_uri} was published by another writer meanwhile: not overwriting it")
+    # This process wrote every byte it lists (each upload checked by its store): retention need not
+    # read it back. Any later change to its files changes the key, and it is read again.
+    _verified[(target_uri, storage.file_stats(target_uri))] = None
 
 
 def publish(local_dir: str, run_dir: str, epoch: int, step: int = 0) -> str:

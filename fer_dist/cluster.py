@@ -319,7 +319,7 @@ def up(
 def publish_node_types(address: str, config_path: str) -> None:
     """Writes the node types of the autoscaler config (the head as one node) to the GCS as its cluster config
     (`ray._private.state.state.get_cluster_config()`), as Ray's v2 autoscaler reports it (the
-    v1 autoscaler that runs fake nodes does not): what Ray and `fer_dist.launch` read to know
+    v1 autoscaler that runs fake nodes does not): what Ray and `fer_dist.ray_cluster` read to know
     which nodes the autoscaler may add (its `max_count` per type) before any is running."""
     import ray._raylet
     from ray.core.generated import autoscaler_pb2
@@ -535,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(local_config(args.cluster_yaml, **derive), sort_keys=False), end="")
     elif args.up:
         cluster = up(args.cluster_yaml, state_path=args.state, **derive)
-        print(f"local cluster up: {cluster.address}; stop it with `python -m fer_dist.cluster local --down`")
+        state = "" if args.state == DEFAULT_STATE else f" --state {args.state}"
+        print(f"local cluster up: {cluster.address}; stop it with `python -m fer_dist.cluster local --down{state}`")
         print("export " + " ".join(f"{k}={v}" for k, v in cluster.env().items()))
     elif args.down:
         print(f"stopped {down(args.state)} processes")

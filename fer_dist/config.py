@@ -117,10 +117,13 @@ class TrainConfig:
     # elastic resize) goes back to. Minutes are checked at the vote steps (vote_every_steps).
     checkpoint_every_steps: int = 0
     checkpoint_every_minutes: float = 0.0
-    # Multi-worker: every N steps the workers vote once on the time budget and ask Ray for a
-    # preemption notice (on one: a checkpoint at that step, so a preemption costs at most N steps);
-    # no other collective runs between gradient all-reduces (fer_dist/steps.py, preemption.py).
+    # Multi-worker: every N steps the workers vote once on the time budget; no other collective
+    # runs between gradient all-reduces but Ray's preemption barrier (fer_dist/steps.py).
     vote_every_steps: int = 20
+    # On Ray: how often (seconds of training) the workers ask Ray for a preemption notice (a
+    # barrier), turned into steps at each epoch's end from the measured step time (the first
+    # epoch: every vote_every_steps steps); on one, a checkpoint at that step.
+    preemption_poll_seconds: float = 10.0
     allreduce_dtype: str = "float32"  # gradients cross the network as float32, bfloat16 or float16
     allreduce_pack_mb: float = 0.0  # MWMS bytes_per_pack in MiB (0: all gradients in one pack)
 
@@ -197,6 +200,7 @@ def validate(c: TrainConfig) -> TrainConfig:
     need(c.builtin_size >= 70, f"builtin_size={c.builtin_size}: must be >= 70 (10 per class)")
     need(c.keep_checkpoints >= 1, f"keep_checkpoints={c.keep_checkpoints}: must be >= 1")
     need(c.vote_every_steps >= 1, f"vote_every_steps={c.vote_every_steps}: must be >= 1")
+    need(c.preemption_poll_seconds > 0, f"preemption_poll_seconds={c.preemption_poll_seconds}: must be > 0")
     need(c.checkpoint_every_steps >= 0, f"checkpoint_every_steps={c.checkpoint_every_steps}: must be >= 0")
     need(c.checkpoint_every_minutes >= 0, f"checkpoint_every_minutes={c.checkpoint_every_minutes}: must be >= 0")
     need(

@@ -10,6 +10,7 @@ confusion matrices, curves, the exported model) from rank 0 and prints where it 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 
@@ -97,41 +98,77 @@ def train(
 
     Everything that can be checked is checked before anything is written (flags, config, data,
     weights, the bucket, and with `workers` whether the Ray cluster of `address` can ever run
-    them: `launch.ensure_ray`); then the run is created atomically (or, with --resume, leased)."""
+    them: `ray_cluster.ensure_ray`); then the run is created atomically and leased until exit."""
     if resume and not name:
         raise UserError("--resume needs --name NAME (the run to continue)")
-    from fer_dist import launch
+    from fer_dist import launch, ray_cluster
 
     workers = launch.Workers.parse(workers)
     name = name or runs.new_run_name(preset or "demo")
-    output = storage.absolute(output)
-    run_dir = runs.run_dir(output, name)
+    run_dir = runs.run_dir(storage.absolute(output), name)
     runs.check_state(run_dir, resume)
     config = resolve_for_run(preset, overrides, config_file, run_dir, resume)
-    dataset = check_inputs(config)
+    needs = None
     if workers:
-        launch.ensure_ray(address)
-        launch.check_fits(
-            workers.min, launch.worker_resources(1.0, gpus_per_worker), launch.train_flags(workers, gpus_per_worker)
-        )
-    first = None if resume else ("config.json", config.to_json())
-    with runs.held(run_dir, resume, first_file=first) as lease:
+        resources = ray_cluster.worker_resources(1.0, gpus_per_worker)
+        needs = RayNeeds(workers.min, resources, ray_cluster.train_flags(workers, gpus_per_worker), address=address)
+    with prepare(run_dir, config, resume=resume, ray=needs, first_file=runs.CONFIG_FILE) as run:
         log.info("run %s -> %s", name, run_dir)
         if workers:
             metrics = launch.run_on_ray(
                 config,
-                storage_uri=output,
+                storage_uri=run.storage_uri,
                 name=name,
                 num_workers=workers,
                 gpus_per_worker=gpus_per_worker,
                 max_failures=max_failures,
                 address=address,
-                fence=lease.fence(),
+                fence=run.lease.fence(),
             )
         else:
-            metrics = train_here(config, run_dir, dataset, progress)
+            metrics = train_here(config, run_dir, run.dataset, progress)
     print_summary(run_dir, metrics, config)
     return metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class RayNeeds:
+    """What a job asks of its Ray cluster: `workers` x `per_worker` (plus one `extra` bundle: a
+    Tune trial's driver), named by `flags` in an error."""
+
+    workers: int
+    per_worker: dict
+    flags: str
+    extra: dict | None = None
+    address: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    run_dir: str
+    storage_uri: str  # the directory that holds the run
+    dataset: object  # the checked data
+    lease: object  # the run's exclusive.Lease, held until the `prepare` block ends
+
+
+@contextlib.contextmanager
+def prepare(run_dir: str, config: TrainConfig, *, resume: bool, ray: RayNeeds | None, first_file: str, what="run"):
+    """The one run-preparation path of a training run and of a Tune search (`tune.search`):
+    everything is checked before anything is written (the data and weights; with `ray`, the
+    cluster and whether it can ever run the job), then the run is created exclusively (or, with
+    `resume`, taken over) and its lease held until the block ends, every write into it fenced.
+    `first_file` (the config's file: config.json, base_config.json) is written first on creation.
+    `run_dir` comes from `runs.run_dir` (the name and the bucket checked), `config` has absolute
+    paths (`absolute_paths`)."""
+    from fer_dist import ray_cluster
+
+    dataset = check_inputs(config)
+    if ray is not None:
+        ray_cluster.ensure_ray(ray.address)
+        ray_cluster.check_fits(ray.workers, ray.per_worker, ray.flags, extra=ray.extra)
+    first = None if resume else (first_file, config.to_json())
+    with runs.held(run_dir, resume, what, first_file=first) as lease:
+        yield Prepared(run_dir, run_dir.rstrip("/").rsplit("/", 1)[0], dataset, lease)
 
 
 def check_inputs(config: TrainConfig):

@@ -1,4 +1,4 @@
-"""Logging setup of every process: a job's driver and each Ray worker (`launch.train_loop`).
+"""Logging setup of every process: a job's driver and each Ray worker (`ray_worker.train_loop_per_worker`).
 
     python jobs/train.py          # HH:MM:SS I message, on stderr
 
@@ -7,7 +7,7 @@ absl, matplotlib, Google clients, ...) only log warnings.
 
 TensorFlow's C++ start-up chatter is quieted before TensorFlow is imported, in every job and
 every Ray worker (`fer_dist/__init__.py` installs `quiet_tensorflow_import`; the Ray workers'
-setup hook, `launch.quiet_ray_loggers`, does it again): TF_CPP_MIN_LOG_LEVEL=2 hides its
+setup hook, `ray_cluster.quiet_ray_loggers`, does it again): TF_CPP_MIN_LOG_LEVEL=2 hides its
 INFO/WARNING lines (the oneDNN notice among them), but not what absl prints before it is
 initialised ("WARNING: All log messages before absl::InitializeLog() ...", "Could not find
 cuda drivers on your machine"), nor, on a machine without an NVIDIA GPU, the ERROR line
@@ -31,11 +31,13 @@ import sys
 import tempfile
 import time
 
+from fer_dist.rank import worker_rank
+
 log = logging.getLogger("fer_dist")
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """The one format on stderr. In a Ray Train worker (called by `launch.train_loop_per_worker`,
+    """The one format on stderr. In a Ray Train worker (called by `ray_worker.train_loop_per_worker`,
     after Ray Train has configured its own loggers): Ray's per-worker chatter is muted
     (`quiet_ray_chatter`), and a worker other than the chief logs warnings and errors only:
     the chief reports the run."""
@@ -50,18 +52,8 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     quiet_tensorflow_import()
     quiet_ray_chatter()
-    if not verbose and _distributed_rank() > 0:
+    if not verbose and worker_rank() > 0:
         logging.getLogger().setLevel(logging.WARNING)
-
-
-def _distributed_rank() -> int:
-    """This worker's index in TF_CONFIG (what Ray Train sets on every worker; 0: the chief)."""
-    import json
-
-    try:
-        return int(json.loads(os.environ.get("TF_CONFIG") or "{}").get("task", {}).get("index", 0))
-    except (ValueError, TypeError, AttributeError):
-        return 0
 
 
 # Ray's own chatter in the processes of a job (a no-op where Ray is not imported):

@@ -10,7 +10,7 @@ second Ctrl-C interrupts at once. A signal that arrives outside a training step 
 the epoch checkpoint) ends the run right after the epoch's checkpoint.
 
 On Ray, signals never reach the loop (Train V2 runs it in a thread; Ray's handlers end the
-worker), so a Ray session watches Ray's own preemption notices instead (`launch.RaySession`).
+worker), so a Ray session watches Ray's own preemption notices instead (`ray_worker.RaySession`).
 
 Either way, storage retries stop waiting at the notice's deadline (`storage.retry_not_after`):
 GCP gives a spot VM 30 s after SIGTERM (`SIGNAL_DEADLINE_S`); Ray's notice carries its own.
@@ -63,7 +63,14 @@ class Notice:
 class NoWatcher:
     """Nothing to watch (a process that is not the main thread, a test)."""
 
-    def poll(self, global_step: int) -> Notice | None:
+    def poll(self, global_step: int, every_worker_here: bool = False) -> Notice | None:
+        """A notice, if one came. `every_worker_here`: every worker polls at this very point (an
+        epoch's end), whatever the step."""
+        return None
+
+    def pace(self, dist, seconds_per_step: float) -> str | None:
+        """At an epoch's end, on every worker: adapt how often notices are asked for to the
+        measured step time; a line to log when that changed."""
         return None
 
     def close(self) -> None:
@@ -90,7 +97,7 @@ class SignalWatcher(NoWatcher):
         storage.retry_not_after(SIGNAL_DEADLINE_S)
         log.info("%s received: finishing the step in progress, then checkpointing", signal.Signals(signum).name)
 
-    def poll(self, global_step: int) -> Notice | None:
+    def poll(self, global_step: int, every_worker_here: bool = False) -> Notice | None:
         if self.signum is None:
             return None
         return Notice(signal.Signals(self.signum).name, exit_signal=self.signum, deadline=self.deadline)
@@ -125,16 +132,19 @@ def stop_at_once(what_then: str):
 class RayNoticeWatcher(NoWatcher):
     """Ray Train's preemption notices (a spot VM's shutdown script runs `ray drain-node --reason
     DRAIN_NODE_REASON_PREEMPTION`). `ray.train.get_preemption_info()` is a barrier across the
-    workers, so it is asked every `every_steps` global steps, the same steps on every worker.
-    The first notice asks for a checkpoint at that step; training goes on, and when the node
-    goes Ray restarts the worker group from the newest checkpoint (`launch.RaySession`)."""
+    workers, so it is asked at the same global steps on every worker: every `every_steps` steps,
+    set at each epoch's end (`pace`, one collective) so that it is about every `poll_seconds` of
+    training, and at every epoch's end. The first notice asks for a checkpoint at that step;
+    training goes on, and when the node goes Ray restarts the worker group from the newest
+    checkpoint (`ray_worker.RaySession`)."""
 
-    def __init__(self, every_steps: int):
+    def __init__(self, every_steps: int, poll_seconds: float = 10.0):
         self.every_steps = every_steps
+        self.poll_seconds = poll_seconds
         self.noticed = False
 
-    def poll(self, global_step: int) -> Notice | None:
-        if global_step % self.every_steps:
+    def poll(self, global_step: int, every_worker_here: bool = False) -> Notice | None:
+        if global_step % self.every_steps and not every_worker_here:
             return None
         import ray.train
 
@@ -147,6 +157,15 @@ class RayNoticeWatcher(NoWatcher):
         left = f", {seconds:.0f} s left" if seconds is not None else ""
         deadline = time.monotonic() + seconds if seconds is not None else None
         return Notice(f"preemption notice (ranks {info.preempted_ranks}{left})", deadline=deadline)
+
+    def pace(self, dist, seconds_per_step: float) -> str | None:
+        workers = dist.replicas // dist.local_replicas
+        mean = float(dist.sum_over_workers([seconds_per_step])[0]) / max(1, workers)  # the same on every worker
+        every = max(1, round(self.poll_seconds / mean)) if mean > 0 else self.every_steps
+        if every == self.every_steps:
+            return None
+        self.every_steps = every
+        return f"preemption notices: asked every {every} steps (~{every * mean:.1f} s at {mean:.3f} s a step)"
 
 
 __all__ = ["Interrupted", "Notice", "NoWatcher", "RayNoticeWatcher", "SignalWatcher", "SIGNALS"]

@@ -1,7 +1,7 @@
 """The chief's outputs: logs, progress, history.csv, TensorBoard, checkpoints handed to the
 session, and after training metrics.json, confusion matrices, curves and the exported model.
 
-`reporter_for(chief, ...)` is called once per `train.fit`: the chief (`steps.is_chief`) gets a
+`reporter_for(chief, ...)` is called once per `train.fit`: the chief (`rank.is_chief`) gets a
 `Reporter`, every other worker a `NullReporter` whose methods do nothing, so the loop never
 asks which worker it runs on.
 """

@@ -1,6 +1,6 @@
 """Sessions: where a training loop runs and where its checkpoints and reports go.
 
-`LocalSession` is a plain process, `launch.RaySession` a Ray Train worker. Either way the chief
+`LocalSession` is a plain process, `ray_worker.RaySession` a Ray Train worker. Either way the chief
 publishes checkpoints itself (`checkpoint.publish`: `<run_dir>/checkpoints/epoch_NNNN/`) and
 applies the one retention policy (`checkpoint.prune_run`); Ray hears metrics only.
 """

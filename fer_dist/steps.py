@@ -27,11 +27,7 @@ import tensorflow as tf
 
 from fer_dist import augment
 from fer_dist.config import TrainConfig
-
-
-def is_chief(rank: int) -> bool:
-    """The one decision of which process writes outputs: worker 0 (or the only process)."""
-    return rank == 0
+from fer_dist.rank import is_chief, worker_rank
 
 
 @dataclasses.dataclass
@@ -61,8 +57,7 @@ class Distributed:
             strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication_options(config))
         else:
             strategy = tf.distribute.get_strategy()
-        resolver = getattr(strategy, "cluster_resolver", None)
-        rank = int(resolver.task_id) if resolver is not None and resolver.task_id is not None else 0
+        rank = worker_rank()
         local = len(strategy.extended.worker_devices) if len(workers) > 1 else strategy.num_replicas_in_sync
         return cls(strategy, rank, strategy.num_replicas_in_sync, local)
 

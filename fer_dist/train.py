@@ -13,7 +13,7 @@ modules that own them:
     budget.py      the train_minutes budget
     phases.py      the switch from a frozen trunk to unfreezing
     inputs.py      images, or the frozen prefix's cached features (features.py)
-    checkpoint.py  the checkpoint format; sessions.py / launch.RaySession store them
+    checkpoint.py  the checkpoint format; sessions.py / ray_worker.RaySession store them
     reporting.py   the chief's outputs (logs, history.csv, TensorBoard); no-ops elsewhere
 """
 
@@ -485,7 +485,11 @@ def end_epoch(run: Run, row: dict) -> bool:
             config.early_stop_patience,
             state.best_epoch,
         )
-    notice = run.watcher.poll(state.epoch * run.steps_per_epoch)
+    step_seconds = config.global_batch_size / row["images_per_second"] if row["images_per_second"] > 0 else 0.0
+    paced = run.watcher.pace(run.dist, step_seconds)
+    if paced:
+        run.reporter.info("%s", paced)
+    notice = run.watcher.poll(state.epoch * run.steps_per_epoch, every_worker_here=True)
     if notice is not None and notice.exit_signal is None:  # a Ray notice: the epoch's checkpoint is written
         run.reporter.info("%s: the checkpoint of epoch %d is written; training on", notice.why, state.epoch)
         storage.retry_not_after(None)

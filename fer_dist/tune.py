@@ -8,7 +8,7 @@ and names its Train run after the trial (`trial-<id>`), so a resumed or retried 
 continues from its own checkpoints. ASHA stops weak trials (random search, or Optuna).
 
 When Tune stops a trial (ASHA, or the trial ends), `StopTrialTrainRuns` ends its Train run
-inside Tune's event loop (`launch.stop_run`: removes the worker placement group that Train V2
+inside Tune's event loop (`trial_runs.stop_run`: removes the worker placement group that Train V2
 leaks, ray-project/ray#54305, and waits for its workers to die), so a stopped run never trains
 on beside the next trial. Train runs of trials do not retry themselves; Tune retries a failed
 trial (`TRIAL_RETRIES`), which resumes from the trial's checkpoints.
@@ -153,6 +153,22 @@ def saved_search(storage_uri: str, name: str) -> tuple[TrainConfig, dict[str, Di
     return base, space
 
 
+def resolve_search(
+    preset: str | None, sets: dict, space_specs: list[str] | None, storage_uri: str, name: str | None, resume: bool
+) -> tuple[TrainConfig, dict[str, Dim]]:
+    """(base config, space) of a new search (`preset`, default quick, with `--set`s and `--space`
+    edits), or, with `resume`, the search's saved ones: flags may only repeat them."""
+    from fer_dist import config as config_lib
+    from fer_dist.experiment import absolute_paths
+
+    if not resume:
+        return config_lib.resolve(preset or "quick", sets), parse_space(preset or "quick", space_specs)
+    base, space = saved_search(storage_uri, name)
+    wanted = config_lib.resolve(preset, sets) if preset else base.replace(**sets) if sets else base
+    refuse_changes(base, absolute_paths(wanted), space, parse_space(preset, space_specs, start=space))
+    return base, space
+
+
 def refuse_changes(saved: TrainConfig, wanted: TrainConfig, saved_space: dict, wanted_space: dict) -> None:
     """`--resume` continues the search as it was started: flags that change its base config or
     space are errors."""
@@ -167,7 +183,7 @@ def refuse_changes(saved: TrainConfig, wanted: TrainConfig, saved_space: dict, w
 
 
 # ---------------------------------------------------------------------------------
-# A stopped trial's Train run ends before Tune starts another (launch.stop_run).
+# A stopped trial's Train run ends before Tune starts another (trial_runs.stop_run).
 # ---------------------------------------------------------------------------------
 TRIAL_RETRIES = 1  # Tune restarts a failed trial this often; it resumes from its checkpoints
 
@@ -179,14 +195,14 @@ def trial_run_name(trial_id: str) -> str:
 def _callback_class():
     from ray.tune import Callback
 
-    from fer_dist import launch
+    from fer_dist import trial_runs
 
     class StopTrialTrainRuns(Callback):
         """Ends a completed, stopped or failed trial's Train run before Tune goes on."""
 
         def _stop(self, trial, why: str) -> None:
             run = trial_run_name(trial.trial_id)
-            waited = launch.stop_run(run)
+            waited = trial_runs.stop_run(run)
             if waited is not None:
                 epoch = (trial.last_result or {}).get("epoch", 0)
                 log.info("%s %s after epoch %s; its Train run ended (%.1f s)", run, why, epoch, waited)
@@ -272,39 +288,36 @@ def search(
     resume: bool,
     address: str | None = None,
 ):
-    """Runs (or resumes) a search on the Ray cluster of `launch.ensure_ray(address)`; writes
+    """Runs (or resumes) a search on the Ray cluster of `ray_cluster.ensure_ray(address)`; writes
     results.csv, curves PNG, best_config.json, best_model/."""
     from ray import tune
 
-    from fer_dist import launch, runs
-    from fer_dist.experiment import absolute_paths, check_inputs
+    from fer_dist import ray_cluster, runs
+    from fer_dist.experiment import RayNeeds, absolute_paths, prepare
+    from fer_dist.launch import Workers
 
     # Trials run in Ray's own working directories: every local path must be absolute.
     storage_uri, base = storage.absolute(storage_uri), absolute_paths(base)
-    if storage.is_gcs(storage_uri):
-        storage.check_bucket(storage_uri)  # Ray's StorageContext would create a missing bucket
-    search_uri = storage.join(storage_uri, name)
+    search_uri = runs.run_dir(storage_uri, name)  # the name and the bucket checked
     fs, path = storage.filesystem(storage_uri)
     trials_uri = storage.join(search_uri, TRIALS_DIR)
-    launch.ensure_ray(address)
-    launch.check_fits(
-        launch.Workers.parse(spec.workers_per_trial, "--workers-per-trial").min,
-        launch.worker_resources(spec.cpus_per_worker, spec.gpus_per_worker),
-        f"--workers-per-trial {spec.workers_per_trial} --cpus-per-worker {spec.cpus_per_worker:g}"
-        + (f" --gpus-per-worker {spec.gpus_per_worker:g}" if spec.gpus_per_worker else ""),
-        extra=TRIAL_DRIVER_RESOURCES,
-    )
     tune_path = storage.join(path, name) if storage.is_gcs(storage_uri) else storage.filesystem(search_uri)[1]
     if resume and not tune.Tuner.can_restore(tune_path, storage_filesystem=fs):
         raise UserError(f"--resume: no search to resume at {search_uri}")
-    if not resume:
-        if storage.exists(search_uri) and storage.listdir(search_uri):
-            raise UserError(
-                f"search directory {search_uri} already exists: pass --resume to continue it, or choose another --name"
-            )
-        check_inputs(base)  # data and weights, before anything is written
-    with runs.held(search_uri, resume, "search") as lease:  # from creation to exit; trials are fenced by it
-        trainable = _trainable(base, spec, trials_uri, lease.fence())
+    if not resume and storage.exists(search_uri) and storage.listdir(search_uri):
+        raise UserError(
+            f"search directory {search_uri} already exists: pass --resume to continue it, or choose another --name"
+        )
+    needs = RayNeeds(
+        Workers.parse(spec.workers_per_trial, "--workers-per-trial").min,
+        ray_cluster.worker_resources(spec.cpus_per_worker, spec.gpus_per_worker),
+        f"--workers-per-trial {spec.workers_per_trial} --cpus-per-worker {spec.cpus_per_worker:g}"
+        + (f" --gpus-per-worker {spec.gpus_per_worker:g}" if spec.gpus_per_worker else ""),
+        extra=TRIAL_DRIVER_RESOURCES,
+        address=address,
+    )
+    with prepare(search_uri, base, resume=resume, ray=needs, first_file=BASE_CONFIG_FILE, what="search") as run:
+        trainable = _trainable(base, spec, trials_uri, run.lease.fence())  # trials are fenced by the search's lease
         if resume:
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
         else:
@@ -341,13 +354,12 @@ def _trainable(base: TrainConfig, spec: SearchSpec, trials_uri: str, fence):
 
 
 def _new_tuner(trainable, base: TrainConfig, space: dict[str, Dim], spec: SearchSpec, *, search_uri, name, path, fs):
-    """A new search: base_config.json and space.json beside it, ASHA (random or Optuna)."""
+    """A new search: space.json beside base_config.json, ASHA (random or Optuna)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     mode = "min" if spec.metric.endswith("loss") else "max"
-    storage.write_text(storage.join(search_uri, BASE_CONFIG_FILE), base.to_json())
-    storage.write_text(storage.join(search_uri, SPACE_FILE), space_json(space))
+    storage.write_text(storage.join(search_uri, SPACE_FILE), space_json(space))  # base_config.json: `prepare`
     search_alg = None
     if spec.searcher == "optuna":
         from ray.tune.search.optuna import OptunaSearch

@@ -1,5 +1,5 @@
 """Test helper: starts a Train run as a Tune trial's would be (workers recorded), stops it
-with `launch.stop_run` after its first epoch, and prints what it saw as one JSON line.
+with `trial_runs.stop_run` after its first epoch, and prints what it saw as one JSON line.
 
     python tests/stop_run_main.py DATA_CSV RUNS_DIR
 """
@@ -18,7 +18,7 @@ def main(data: str, runs_dir: str) -> None:
     from ray.experimental import internal_kv
 
     from fer_dist import config as C
-    from fer_dist import launch
+    from fer_dist import launch, trial_runs
 
     ray.init(num_cpus=2, include_dashboard=False)
     config = C.resolve("smoke", {"data": data, "epochs": 40})
@@ -41,8 +41,8 @@ def main(data: str, runs_dir: str) -> None:
     while time.time() < deadline and not (os.path.exists(history) and len(open(history).readlines()) >= 2):
         time.sleep(0.2)
     workers = [internal_kv._internal_kv_get(k) for k in internal_kv._internal_kv_list("fer_dist/run/r/worker/")]
-    waited = launch.stop_run("r")
-    states = [launch.actor_state(w.decode()) for w in workers]
+    waited = trial_runs.stop_run("r")
+    states = [trial_runs.actor_state(w.decode()) for w in workers]
     at_stop = open(history).read()
     time.sleep(8)
     thread.join(timeout=60)

@@ -4,33 +4,35 @@ from __future__ import annotations
 
 import pytest
 
-from fer_dist import launch
+from fer_dist import launch, ray_cluster
 from fer_dist.errors import UserError
 from tests import jobs_helpers
 
 
 def test_a_private_cluster_unless_asked():
-    assert launch.choose_cluster(None, {}) == launch.ClusterChoice("local", "default")
-    assert launch.choose_cluster(None, {}).private
+    assert ray_cluster.choose_cluster(None, {}) == ray_cluster.ClusterChoice("local", "default")
+    assert ray_cluster.choose_cluster(None, {}).private
     # `ray job submit` sets RAY_ADDRESS for its jobs: that cluster is the job's.
-    assert launch.choose_cluster(None, {"RAY_ADDRESS": " 10.0.0.2:6379 "}) == launch.ClusterChoice(
+    assert ray_cluster.choose_cluster(None, {"RAY_ADDRESS": " 10.0.0.2:6379 "}) == ray_cluster.ClusterChoice(
         "10.0.0.2:6379", "RAY_ADDRESS"
     )
     # --address wins over the environment; `auto` joins the cluster `ray start` made here.
-    assert launch.choose_cluster("auto", {"RAY_ADDRESS": "10.0.0.2:6379"}) == launch.ClusterChoice("auto", "--address")
-    assert not launch.choose_cluster("auto", {}).private
+    assert ray_cluster.choose_cluster("auto", {"RAY_ADDRESS": "10.0.0.2:6379"}) == ray_cluster.ClusterChoice(
+        "auto", "--address"
+    )
+    assert not ray_cluster.choose_cluster("auto", {}).private
 
 
 def test_fits_counts_the_nodes_an_autoscaler_may_add():
     worker = {"CPU": 1.0, "GPU": 1.0}
     head = {"CPU": 1.0}
-    assert not launch.fits([worker] * 2, [head])  # no GPU anywhere now
-    assert launch.fits([worker] * 2, [head], [({"CPU": 8, "GPU": 1}, 2)])  # 2 GPU nodes may come
-    assert not launch.fits([worker] * 3, [head], [({"CPU": 8, "GPU": 1}, 2)])  # at most 2
-    assert launch.fits([worker] * 3, [head], [({"CPU": 8, "GPU": 1}, -1)])  # unlimited
-    assert not launch.fits([worker], [head], [({"CPU": 8, "GPU": 1}, 0)])  # a disabled type
-    assert launch.fits([{"CPU": 0.95}] * 2 + [{"CPU": 0.01}], [{"CPU": 2.0}])  # packed onto one node
-    yaml_types = launch.node_types_from_cluster_yaml(
+    assert not ray_cluster.fits([worker] * 2, [head])  # no GPU anywhere now
+    assert ray_cluster.fits([worker] * 2, [head], [({"CPU": 8, "GPU": 1}, 2)])  # 2 GPU nodes may come
+    assert not ray_cluster.fits([worker] * 3, [head], [({"CPU": 8, "GPU": 1}, 2)])  # at most 2
+    assert ray_cluster.fits([worker] * 3, [head], [({"CPU": 8, "GPU": 1}, -1)])  # unlimited
+    assert not ray_cluster.fits([worker], [head], [({"CPU": 8, "GPU": 1}, 0)])  # a disabled type
+    assert ray_cluster.fits([{"CPU": 0.95}] * 2 + [{"CPU": 0.01}], [{"CPU": 2.0}])  # packed onto one node
+    yaml_types = ray_cluster.node_types_from_cluster_yaml(
         {
             "head_node_type": "head",
             "max_workers": 8,
@@ -45,7 +47,9 @@ def test_fits_counts_the_nodes_an_autoscaler_may_add():
 
 
 def test_describe_resources():
-    described = launch.describe_resources({"CPU": 9.0, "GPU": 8.0, "memory": 1e9, "node:1.2.3.4": 1, "fake_GPU": 2})
+    described = ray_cluster.describe_resources(
+        {"CPU": 9.0, "GPU": 8.0, "memory": 1e9, "node:1.2.3.4": 1, "fake_GPU": 2}
+    )
     assert described == "9 CPU, 8 GPU, fake_GPU 2"
 
 

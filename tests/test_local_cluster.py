@@ -275,7 +275,9 @@ def test_a_drained_node_gets_a_checkpoint_at_a_step_and_the_run_resumes_from_it(
     that checkpoint (the node's raylet is then killed: the VM goes), and the run finishes."""
     start, deadline_s = time.time(), 10
     args = ["--workers", "2", "--data", "builtin", "--set", "builtin_size=12000", "--storage", gcs_prefix]
-    args += ["--name", "pre", "--epochs", "2", "--set", "vote_every_steps=5", *SMOKE]
+    # small batches: an epoch (1200 steps) outlasts the notice's deadline on a fast CPU too, so that
+    # the restart comes mid-epoch, from the step checkpoint
+    args += ["--name", "pre", "--epochs", "2", "--set", "vote_every_steps=5", "--set", "global_batch_size=8", *SMOKE]
     placements = Placements(local_cluster)
     job = Job("train.py", args, local_cluster)
     try:

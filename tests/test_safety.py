@@ -385,23 +385,27 @@ def test_truncated_model_files_are_one_error_line(tmp_path):
 # ---------------------------------------------------------------------------------
 def test_an_unknown_autoscaler_is_waited_for_not_refused(monkeypatch, caplog):
     """Case 9: a head started with --autoscaling-config elsewhere: "can never run" was a guess."""
-    from fer_dist import launch
+    from fer_dist import ray_cluster
 
-    monkeypatch.setattr(launch, "_alive_nodes", lambda: [{"CPU": 2.0}])
-    monkeypatch.setattr(launch, "autoscaler_node_types", lambda: (None, "no autoscaler config"))
-    monkeypatch.setattr(launch, "_joined", {"choice": launch.ClusterChoice("10.0.0.1:6379", "--address"), "where": "x"})
-    with caplog.at_level("WARNING", logger="fer_dist.launch"):
-        launch.check_fits(2, {"CPU": 1.0, "GPU": 1.0}, "--workers 2 --gpus-per-worker 1")
+    monkeypatch.setattr(ray_cluster, "_alive_nodes", lambda: [{"CPU": 2.0}])
+    monkeypatch.setattr(ray_cluster, "autoscaler_node_types", lambda: (None, "no autoscaler config"))
+    monkeypatch.setattr(
+        ray_cluster, "_joined", {"choice": ray_cluster.ClusterChoice("10.0.0.1:6379", "--address"), "where": "x"}
+    )
+    with caplog.at_level("WARNING", logger="fer_dist.ray_cluster"):
+        ray_cluster.check_fits(2, {"CPU": 1.0, "GPU": 1.0}, "--workers 2 --gpus-per-worker 1")
     assert "autoscaler's node types are unknown" in caplog.text and "waiting for nodes" in caplog.text
     # known node types that rule it out: still refused
-    monkeypatch.setattr(launch, "_joined", {"choice": launch.ClusterChoice("10.0.0.1:6379", "--address"), "where": "x"})
-    monkeypatch.setattr(launch, "autoscaler_node_types", lambda: ([({"CPU": 4.0}, 3)], "the cluster config"))
+    monkeypatch.setattr(
+        ray_cluster, "_joined", {"choice": ray_cluster.ClusterChoice("10.0.0.1:6379", "--address"), "where": "x"}
+    )
+    monkeypatch.setattr(ray_cluster, "autoscaler_node_types", lambda: ([({"CPU": 4.0}, 3)], "the cluster config"))
     with pytest.raises(UserError, match="can never run 2 worker"):
-        launch.check_fits(2, {"CPU": 1.0, "GPU": 1.0}, "--workers 2 --gpus-per-worker 1")
+        ray_cluster.check_fits(2, {"CPU": 1.0, "GPU": 1.0}, "--workers 2 --gpus-per-worker 1")
     # a private cluster never grows: refused
-    monkeypatch.setattr(launch, "_joined", {"choice": launch.ClusterChoice("local", "default"), "where": "x"})
+    monkeypatch.setattr(ray_cluster, "_joined", {"choice": ray_cluster.ClusterChoice("local", "default"), "where": "x"})
     with pytest.raises(UserError, match="can never run 2 worker"):
-        launch.check_fits(2, {"CPU": 1.0, "GPU": 1.0}, "--workers 2 --gpus-per-worker 1")
+        ray_cluster.check_fits(2, {"CPU": 1.0, "GPU": 1.0}, "--workers 2 --gpus-per-worker 1")
 
 
 def test_no_tf_keras_in_the_package():
@@ -416,3 +420,17 @@ def test_no_tf_keras_in_the_package():
                         if "tf.keras" in code:
                             offenders.append(f"{name}:{number}")
     assert offenders == []
+
+
+def test_ray_notices_are_asked_for_in_seconds_not_steps():
+    """Case 7: the notice's poll, set in seconds of training, becomes the same step count on
+    every worker (one collective at each epoch's end)."""
+    from fer_dist import preemption, steps
+
+    watcher = preemption.RayNoticeWatcher(every_steps=20, poll_seconds=10.0)
+    dist = steps.Distributed.create(None)
+    assert watcher.pace(dist, 0.05) == "preemption notices: asked every 200 steps (~10.0 s at 0.050 s a step)"
+    assert watcher.every_steps == 200
+    assert watcher.pace(dist, 0.05) is None  # unchanged: nothing to log
+    watcher.pace(dist, 30.0)  # slower than the poll: every step
+    assert watcher.every_steps == 1

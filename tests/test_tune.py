@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -92,6 +94,54 @@ def test_search_with_asha_runs_to_the_end_in_gcs(gcs_emulator, gcs_prefix):
     assert {"saved_model", "metrics.json", "history.csv", "val_confusion.csv"} <= set(
         storage.listdir(storage.join(search, "best_model"))
     )
+    # One best: results.csv's first row is the trial that best_config.json, best_model/ and the
+    # printed lines come from (its own config.json, a checkpoint of its own directory).
+    best_trial = table.iloc[0]["trial"]
+    trial_config = storage.read_text(storage.join(search, "trials", best_trial, "config.json"))
+    assert json.loads(best) == json.loads(trial_config)
+    exported = json.loads(storage.read_text(storage.join(search, "best_model", "checkpoint_metrics.json")))
+    assert exported["checkpoint"].startswith(storage.join(search, "trials", best_trial, "checkpoints") + "/")
+    assert f"best trial: {best_trial} " in out, out[-3000:]
+    # Tune's own callback ended every stopped trial's Train run before going on.
+    for trial in table[table["stopped"] == "asha"]["trial"]:
+        assert re.search(rf"{trial} finished or stopped after epoch \d+; its Train run ended", out), out[-5000:]
+
+
+@pytest.mark.ray
+def test_a_failed_trial_is_retried_by_tune_and_resumes_from_its_checkpoints(tmp_path):
+    """Through Tune itself: a trial whose Train worker is killed fails (its Train run does not
+    retry on its own), Tune's callback ends its run, Tune retries the trial once, and the retry
+    resumes from the trial's own checkpoints."""
+    from tests.ray_workers import train_workers
+
+    args = ["--preset", "quick", "--set", "builtin_size=700", "--set", "epochs=3", "--samples", "1"]
+    proc = tune_job([*args, "--storage", str(tmp_path), "--name", "r", "--max-concurrent", "1"])
+    try:
+        deadline = time.time() + 300
+        checkpoints = []
+        while time.time() < deadline and proc.poll() is None:
+            trials = tmp_path / "r" / "trials"
+            checkpoints = list(trials.glob("trial-*/checkpoints/epoch_0001/manifest.json")) if trials.is_dir() else []
+            if checkpoints:
+                break
+            time.sleep(0.5)
+        assert checkpoints, "no trial checkpointed its first epoch"
+        victims = train_workers(proc.pid)
+        assert victims, "no Train worker found"
+        victims[0].send_signal(signal.SIGKILL)
+        out = finish(proc, timeout=600)
+    finally:
+        if proc.poll() is None:  # an assertion above failed: end the search and its Ray cluster
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    assert proc.returncode == 0, out[-5000:]
+    trial = checkpoints[0].parts[-4]
+    assert re.search(rf"{trial} failed after epoch \d+; its Train run ended", out), out[-5000:]
+    assert "resumed from the checkpoint of epoch" in out, out[-5000:]
+    table = results(str(tmp_path / "r"))
+    assert list(table["trial"]) == [trial] and table["epochs_run"].iloc[0] == 3, table
+    history = pd.read_csv(tmp_path / "r" / "trials" / trial / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3], history
 
 
 @pytest.mark.ray
@@ -124,7 +174,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
 @pytest.mark.ray
 def test_stopping_a_trial_ends_its_train_run_before_returning(tmp_path):
     """What Tune's StopTrialTrainRuns callback does when ASHA stops a trial: when
-    `launch.stop_run` returns, every worker of the run is dead and nothing more is written."""
+    `trial_runs.stop_run` returns, every worker of the run is dead and nothing more is written."""
     import json
 
     from tests.tiny import write_tiny_csv

@@ -69,7 +69,6 @@ def main(
     address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP.replace("of --workers", "of the trials")),
 ) -> None:
     logs.setup_logging()
-    from fer_dist import config as config_lib
     from fer_dist import tune as tune_lib
     from fer_dist import values
 
@@ -100,17 +99,7 @@ def main(
     sets = values.parse_overrides(overrides)
     if data is not None:
         sets["data"] = data
-    if resume:  # the saved base config and space; flags may only repeat them
-        base, search_space = tune_lib.saved_search(storage_uri, name)
-        wanted = config_lib.resolve(preset, sets) if preset else base.replace(**sets) if sets else base
-        from fer_dist.experiment import absolute_paths
-
-        tune_lib.refuse_changes(
-            base, absolute_paths(wanted), search_space, tune_lib.parse_space(preset, space, start=search_space)
-        )
-    else:
-        base = config_lib.resolve(preset or "quick", sets)
-        search_space = tune_lib.parse_space(preset or "quick", space)
+    base, search_space = tune_lib.resolve_search(preset, sets, space, storage_uri, name, resume)
     tune_lib.check_space(base, search_space, workers_per_trial)
     spec = tune_lib.SearchSpec(
         samples=samples,

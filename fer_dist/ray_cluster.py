@@ -1,0 +1,310 @@
+"""Which Ray cluster a job uses, and whether it can ever run the job.
+
+    python jobs/train.py --workers 2                      # a private local cluster of this job's own
+    python jobs/train.py --workers 2 --address auto       # the cluster `ray start` made on this machine
+    RAY_ADDRESS=10.0.0.2:6379 python jobs/train.py ...    # what `ray job submit` sets
+
+`ensure_ray` connects (one log line: which cluster and its resources) and sets the environment
+every Ray worker of the job gets (`worker_env`); `check_fits` refuses only a job that what is
+known of the cluster (its nodes, its autoscaler's node types) rules out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+# Environment that Ray workers must share with the driver: where storage is and how long it is
+# retried. TensorFlow's own settings (TF_ENABLE_ONEDNN_OPTS, TF_CPP_MIN_LOG_LEVEL) are not pushed
+# over what a node's image sets: every worker process imports fer_dist first (the setup hook
+# below), whose defaults apply where the node sets nothing.
+PROPAGATED_ENV = (
+    "STORAGE_EMULATOR_HOST",
+    "GOOGLE_CLOUD_PROJECT",
+    "FER_DIST_STORAGE_RETRY_S",
+    "FER_DIST_VERSION_CHECK",
+)
+# Set in every Ray worker of a job: Train V2 would send each print() both to stdout and to its
+# logger (the final report twice); the chief's prints go to stdout once.
+WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
+
+def worker_env() -> dict:
+    """The environment variables every Ray worker of a job gets."""
+    return dict(WORKER_ENV, **{k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ})
+
+
+PRIVATE = "local"  # ray.init's address for a new cluster of this job's own, whatever else runs here
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves the cluster config on the head
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterChoice:
+    address: str  # what ray.init gets: "local" (a private cluster), "auto", "HOST:PORT", "ray://..."
+    source: str  # why: "--address", "RAY_ADDRESS" or "default"
+
+    @property
+    def private(self) -> bool:
+        return self.address == PRIVATE
+
+
+def choose_cluster(address: str | None, environ=None) -> ClusterChoice:
+    """--address if given; else RAY_ADDRESS if set (what `ray job submit` sets for its jobs); else a
+    private local cluster started for this job. A cluster someone started with `ray start` on this
+    machine is joined only when asked (`--address auto` or its HOST:PORT): `ray.init()` without an
+    address would join it silently."""
+    environ = os.environ if environ is None else environ
+    if address and address.strip():
+        return ClusterChoice(address.strip(), "--address")
+    if environ.get("RAY_ADDRESS", "").strip():
+        return ClusterChoice(environ["RAY_ADDRESS"].strip(), "RAY_ADDRESS")
+    return ClusterChoice(PRIVATE, "default")
+
+
+_joined: dict = {}  # what ensure_ray connected to: {"choice": ClusterChoice, "where": str}
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> ClusterChoice:
+    """Connects this process to the job's Ray cluster (`choose_cluster`) and logs one line: which
+    cluster, and its resources. `num_cpus` sizes a private cluster (ignored when joining)."""
+    import ray
+
+    if ray.is_initialized():
+        return _joined.get("choice") or ClusterChoice("", "already connected")
+    choice = choose_cluster(address)
+    from fer_dist import versions
+
+    versions.check(None if choice.private else choice.address)  # the pinned Ray/TF, here and on the cluster
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no colour codes in log files
+    env = worker_env()
+    runtime_env = {"worker_process_setup_hook": "fer_dist.ray_cluster.quiet_ray_loggers", "env_vars": env}
+    kwargs = {"num_cpus": num_cpus} if choice.private else {}
+    # Ray's INFO lines ("Started a local Ray instance.", Tune's bookkeeping) are replaced by the
+    # line below; its warnings and errors are kept.
+    auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = auth_log.level
+    if choice.private:  # our own cluster keeps Ray's default token auth; no notice about opting out
+        auth_log.setLevel(logging.ERROR)
+    try:
+        ray.init(
+            address=choice.address, runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING, **kwargs
+        )
+    except ConnectionError as e:
+        from fer_dist.errors import UserError
+
+        raise UserError(f"{_how(choice)}: cannot connect to a Ray cluster: {e}") from None
+    finally:
+        auth_log.setLevel(level)
+    where = _gcs_address() or choice.address
+    _joined.update(choice=choice, where=where)
+    nodes = _alive_nodes()
+    log.info(
+        "Ray: %s %s: %s on %d node(s)",
+        "started a private local cluster" if choice.private else f"joined the cluster of {_how(choice)} at",
+        where,
+        describe_resources(_sum_resources(nodes)),
+        len(nodes),
+    )
+    return choice
+
+
+def _how(choice: ClusterChoice) -> str:
+    return f"RAY_ADDRESS={choice.address}" if choice.source == "RAY_ADDRESS" else f"--address {choice.address}"
+
+
+def _gcs_address() -> str | None:
+    import ray
+
+    try:
+        return ray.get_runtime_context().gcs_address
+    except Exception:  # a Ray Client connection (ray://) has none
+        return None
+
+
+def _alive_nodes() -> list[dict]:
+    """The total resources of each live node."""
+    import ray
+
+    return [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+
+
+def _sum_resources(nodes: list[dict]) -> dict:
+    total: dict = {}
+    for node in nodes:
+        for key, value in node.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def describe_resources(resources: dict) -> str:
+    """'8 CPU, 1 GPU, TPU 4': CPU and GPU always, then custom resources (not memory, nodes, labels)."""
+    shown = [f"{_num(resources.get('CPU', 0))} CPU", f"{_num(resources.get('GPU', 0))} GPU"]
+    for key in sorted(resources):
+        if key in ("CPU", "GPU", "memory", "object_store_memory") or key.startswith(("node:", "accelerator_type:")):
+            continue
+        shown.append(f"{key} {_num(resources[key])}")
+    return ", ".join(shown)
+
+
+def _num(value: float) -> str:
+    return f"{value:g}"
+
+
+def fits(bundles: list[dict], nodes: list[dict], node_types: list[tuple[dict, int]] | None = None) -> bool:
+    """Whether `bundles` (one {resource: amount} per worker) can ever be placed: on the `nodes`
+    (their total resources) plus the nodes an autoscaler may add, `node_types` [(resources,
+    max_count)] (max_count -1: unlimited; 0: never). First-fit, largest bundles first."""
+    eps = 1e-4  # Ray's resource granularity
+
+    def room(node: dict, bundle: dict) -> bool:
+        return all(node.get(k, 0) + eps >= v for k, v in bundle.items() if v > 0)
+
+    def take(node: dict, bundle: dict) -> None:
+        for k, v in bundle.items():
+            node[k] = node.get(k, 0) - v
+
+    free = [dict(n) for n in nodes]
+    spare = [[dict(resources), count] for resources, count in node_types or []]
+    for bundle in sorted(bundles, key=lambda b: (-b.get("GPU", 0), -b.get("CPU", 0))):
+        node = next((n for n in free if room(n, bundle)), None)
+        if node is None:
+            kind = next((t for t in spare if t[1] != 0 and room(t[0], bundle)), None)
+            if kind is None:
+                return False
+            node = dict(kind[0])
+            kind[1] -= 1 if kind[1] > 0 else 0
+            free.append(node)
+        take(node, bundle)
+    return True
+
+
+def node_types_from_cluster_yaml(config: dict) -> list[tuple[dict, int]]:
+    """[(resources, max_workers)] of a `ray up` config's available_node_types: the nodes its
+    autoscaler may add (a type at 0 nodes now counts; `max_workers: 0` never starts)."""
+    types = []
+    for name, spec in (config.get("available_node_types") or {}).items():
+        if name == config.get("head_node_type"):
+            continue
+        count = spec.get("max_workers", config.get("max_workers", 0))
+        types.append((dict(spec.get("resources") or {}), int(count)))
+    return types
+
+
+def autoscaler_node_types() -> tuple[list[tuple[dict, int]] | None, str]:
+    """The node types the joined cluster's autoscaler may add, and where they were read:
+    the cluster config in the GCS (KubeRay and other autoscalers that report one), else the
+    `ray up` config on the head node (read by a task placed there). (None, why) when neither
+    exists: the cluster is judged by the nodes it has."""
+    import ray
+
+    try:
+        from ray._private import state
+
+        config = state.state.get_cluster_config()
+    except Exception:
+        config = None
+    if config is not None and config.node_group_configs:
+        types = [(dict(g.resources), int(g.max_count)) for g in config.node_group_configs]
+        return types, "the cluster config in its GCS"
+    try:
+        read = ray.remote(num_cpus=0, resources={HEAD_NODE_RESOURCE: 0.001}, max_retries=0)(_read_bootstrap_config)
+        found = ray.get(read.remote(), timeout=60)
+    except Exception as e:  # no head-node resource (Ray Client to an old cluster), timeout, ...
+        return None, f"could not read the autoscaler config ({type(e).__name__})"
+    if found is None:
+        return None, "no autoscaler config"
+    return node_types_from_cluster_yaml(found), f"{BOOTSTRAP_CONFIG} on the head node"
+
+
+def _read_bootstrap_config() -> dict | None:
+    """Runs on the head node: the `ray up` cluster config the autoscaler runs with, if any."""
+    path = os.path.expanduser(BOOTSTRAP_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    import yaml
+
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def check_fits(num_workers: int, resources_per_worker: dict, flags: str, extra: dict | None = None) -> None:
+    """UserError (one line, naming `flags`) when the joined cluster can never run `num_workers` x
+    `resources_per_worker` (plus one `extra` bundle, e.g. a Tune trial's driver): judged against
+    its nodes' total resources plus the node types its autoscaler may add, so a GPU type with
+    max_workers > 0 counts even at 0 nodes. A job that could run later waits (Ray's own message
+    says for what), instead of failing; so does a job on a cluster whose autoscaler's node types
+    cannot be read (one warning says so): only what is known to rule the job out is refused."""
+    from fer_dist.errors import UserError
+
+    choice = _joined.get("choice")
+    checked = _joined.setdefault("checked", set())
+    key = (num_workers, tuple(sorted(resources_per_worker.items())), tuple(sorted((extra or {}).items())))
+    if key in checked:
+        return
+    nodes = _alive_nodes()
+    bundles = [dict(resources_per_worker) for _ in range(num_workers)] + ([dict(extra)] if extra else [])
+    if fits(bundles, nodes):
+        checked.add(key)
+        return
+    types, source = (None, "a private cluster") if choice is None or choice.private else autoscaler_node_types()
+    if types and fits(bundles, nodes, types):
+        log.info("Ray: the cluster's autoscaler (%s) must add nodes for this job; waiting for them", source)
+        checked.add(key)
+        return
+    if types is None and choice is not None and not choice.private:  # cannot know: wait, do not refuse
+        log.warning(
+            "Ray: the cluster at %s has %s on %d node(s), not enough for %d worker(s) x {%s} now, and its autoscaler's "
+            "node types are unknown (%s): waiting for nodes to join",
+            _joined["where"],
+            describe_resources(_sum_resources(nodes)),
+            len(nodes),
+            num_workers,
+            describe_resources(resources_per_worker),
+            source,
+        )
+        checked.add(key)
+        return
+    if types:
+        adds = [f"{'any number of' if n < 0 else n} x {{{describe_resources(r)}}}" for r, n in types if n]
+        offer = f"; its autoscaler ({source}) adds at most {', '.join(adds) or 'no nodes'}"
+    else:
+        offer = f", and no autoscaler node types ({source})"
+    if choice is None or choice.private:
+        where, hint = "a private local Ray cluster", " (pass --address to use another cluster)"
+    else:
+        where, hint = f"the Ray cluster at {_joined['where']}", ""
+    raise UserError(
+        f"{flags}: {where} can never run {num_workers} worker(s) x {{{describe_resources(resources_per_worker)}}}: "
+        f"it has {describe_resources(_sum_resources(nodes))} on {len(nodes)} node(s){offer}{hint}"
+    )
+
+
+def worker_resources(cpus_per_worker: float, gpus_per_worker: float) -> dict:
+    """A Train worker's resource request (`make_trainer`'s ScalingConfig)."""
+    return {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+
+
+def train_flags(workers, gpus_per_worker: float) -> str:
+    """The flags of jobs/train.py that ask for these workers, as an error names them."""
+    return f"--workers {workers}" + (f" --gpus-per-worker {gpus_per_worker:g}" if gpus_per_worker else "")
+
+
+def quiet_ray_loggers() -> None:
+    """Ray `worker_process_setup_hook`: runs in every Ray worker process of the job, before its
+    tasks: TensorFlow's start-up banners quieted (`logs.quiet_tensorflow_import`), Ray's
+    chatter muted (`logs.quiet_ray_chatter`), and RAY_ADDRESS set to this worker's own cluster,
+    so that Ray's State API clients in it (Train's PlacementGroupCleaner) never pick another
+    cluster on the same host (a traceback, or a query to the wrong cluster)."""
+    from fer_dist import logs
+
+    logs.quiet_tensorflow_import()
+    logs.quiet_ray_chatter()
+    address = _gcs_address()
+    if address:
+        os.environ["RAY_ADDRESS"] = address
