@@ -75,6 +75,7 @@ class Info:
     step: int  # steps done in epoch `epoch + 1` (0: at an epoch boundary)
     val_accuracy: float | None
     metrics: dict = dataclasses.field(default_factory=dict, compare=False)  # the epoch's metrics (manifest)
+    published: bool = True  # it has a manifest (whole or not) or is a legacy one; False: a write cut short
 
 
 def name(epoch: int, step: int = 0) -> str:
@@ -292,7 +293,9 @@ def info(uri: str) -> Info | None:
         state = json.loads(storage.read_text(storage.join(uri, STATE_FILE)))
         metrics = state.get("metrics") or {}
         metrics = metrics if isinstance(metrics, dict) else {}
-        return Info(uri, int(state.get("epoch", 0)), int(state.get("step", 0)), metrics.get("val_accuracy"), metrics)
+        published = manifest is not None or _is_legacy(uri)
+        epoch, step = int(state.get("epoch", 0)), int(state.get("step", 0))
+        return Info(uri, epoch, step, metrics.get("val_accuracy"), metrics, published)
     except (FileNotFoundError, ValueError, UnicodeDecodeError, TypeError, AttributeError):
         return None
 
@@ -340,9 +343,9 @@ def newest_whole(parent_uri: str, prefix: str) -> Info | None:
 def fetch_to_resume(found: list[Info], where: str) -> tuple[Info, str] | None:
     """(the checkpoint a restart resumes from, a local copy of it), of the run's checkpoints
     `found` (`of_run`): newest first, the first whose copy verifies, each one skipped logged;
-    None when there is none at all (a fresh run). Each candidate is read once: downloaded, then
-    verified where it lies. Raises CheckpointError when checkpoints exist but none is whole:
-    starting over would silently lose them."""
+    None when there is none at all (a fresh run, or only writes cut short before their manifest).
+    Each candidate is read once: downloaded, then verified where it lies. Raises CheckpointError
+    when published checkpoints exist but none is whole: starting over would silently lose them."""
     for facts in reversed(found):
         local = download(facts.uri)
         reason = verify(local)
@@ -350,7 +353,7 @@ def fetch_to_resume(found: list[Info], where: str) -> tuple[Info, str] | None:
             return facts, local
         shutil.rmtree(local, ignore_errors=True)
         log.warning("skipping checkpoint %s: %s", facts.uri, reason)
-    if found:
+    if any(facts.published for facts in found):  # only writes cut short before their manifest: nothing lost
         raise CheckpointError(
             f"no whole checkpoint to resume from in {where}: every one is damaged or incomplete (see the log)"
         )

@@ -37,6 +37,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from fer_dist import EMOTIONS, NUM_CLASSES, storage  # noqa: E402
 from fer_dist.config import TTA_MODES  # noqa: E402
 from fer_dist.errors import UserError  # noqa: E402
+from fer_dist.reporting import METRICS_FILE  # noqa: E402  (written last: marks a run complete)
 
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
@@ -305,7 +306,6 @@ def mistakes_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, k: 
 
 # --- trained models (TensorFlow from here on, imported lazily) -------------------------
 
-METRICS_FILE = "metrics.json"
 MODEL_FILE = "model.keras"
 SPLIT_NAMES = ("train", "val", "test")
 

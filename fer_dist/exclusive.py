@@ -59,7 +59,6 @@ from fer_dist.errors import UserError
 
 log = logging.getLogger(__name__)
 
-RETRY_DEADLINE_S = 120.0  # transient Cloud Storage errors are retried for this long
 RENEW_S = 30.0  # a gs:// lease is renewed this often...
 EXPIRE_S: float | None = None  # ...and expires this long after its last renewal (None: `expire_seconds()`)
 MIN_EXPIRE_S = 120.0
@@ -97,10 +96,26 @@ def _client():
 
 
 def _retry(deadline: float | None = None):
-    """Retries transient errors (429, 5xx, connection errors) for `deadline` seconds."""
+    """Retries transient errors (429, 5xx, connection errors) for `deadline` seconds: by default
+    the storage retry budget, cut at a pending preemption's deadline (`storage`'s, the same)."""
     from google.cloud.storage.retry import DEFAULT_RETRY
 
-    return DEFAULT_RETRY.with_timeout(RETRY_DEADLINE_S if deadline is None else deadline)
+    return DEFAULT_RETRY.with_timeout(storage.effective_retry_seconds() if deadline is None else deadline)
+
+
+@contextlib.contextmanager
+def _gcs_errors(uri: str):
+    """A Cloud Storage failure past its retries (an outage, a denied bucket) as one UserError
+    naming `uri`, like `storage`'s."""
+    from google.api_core import exceptions
+
+    try:
+        yield
+    except (exceptions.GoogleAPICallError, exceptions.RetryError) as e:
+        text = " ".join(str(e).split())[:200]
+        raise UserError(
+            f"storage {uri}: {type(e).__name__}: {text}; the run's last complete checkpoint stays resumable"
+        ) from None
 
 
 def _blob(uri: str):
@@ -150,7 +165,7 @@ def _put(uri: str, data: bytes, if_generation_match: int, retry) -> int | None:
 
 def _create_exclusive_gcs(uri: str, data: bytes) -> bool:
     retry = _retry()
-    deadline = time.monotonic() + RETRY_DEADLINE_S
+    deadline = time.monotonic() + storage.effective_retry_seconds()
     while True:
         if _put(uri, data, 0, retry) is not None:
             return True
@@ -160,6 +175,25 @@ def _create_exclusive_gcs(uri: str, data: bytes) -> bool:
 
 
 # -- local files -----------------------------------------------------------------------
+
+
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.ENOSYS, errno.EXDEV, errno.EMLINK}
+
+
+def _create_excl(path: str, data: bytes) -> bool:
+    """`O_CREAT|O_EXCL` (where hard links are not to be had): exclusive, written in place."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+    except FileExistsError:
+        return False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # never leave a half-written file behind
+        raise
+    return True
 
 
 def _create_exclusive_local(path: str, data: bytes) -> bool:
@@ -178,6 +212,10 @@ def _create_exclusive_local(path: str, data: bytes) -> bool:
             os.link(tmp, path)
         except FileExistsError:
             return False
+        except OSError as e:
+            if e.errno not in _NO_HARD_LINKS:
+                raise
+            return _create_excl(path, data)  # gcsfuse, SMB, exFAT: no hard links
         return True
     finally:
         with contextlib.suppress(OSError):
@@ -193,8 +231,11 @@ def create_exclusive(uri: str, data: bytes) -> bool:
     """
     uri = str(uri)
     if storage.is_gcs(uri):
-        return _create_exclusive_gcs(uri, bytes(data))
-    return _create_exclusive_local(storage.filesystem(uri)[1], bytes(data))
+        with _gcs_errors(uri):
+            return _create_exclusive_gcs(uri, bytes(data))
+    path = storage.filesystem(uri)[1]
+    with storage.os_errors(path):
+        return _create_exclusive_local(path, bytes(data))
 
 
 # -- leases ----------------------------------------------------------------------------
@@ -422,6 +463,8 @@ class _GcsLease(Lease):
             pass  # deleted by a retried request of ours
         except exceptions.PreconditionFailed:
             log.warning("lease %s was taken by another process before its release", self.uri)
+        except Exception as e:  # an outage past its retries: the lease expires by itself
+            log.warning("could not release lease %s (%s); it expires by itself", self.uri, type(e).__name__)
         finally:
             self._thread.join(timeout=5)
 
@@ -505,7 +548,8 @@ def acquire_lease(run_dir_uri: str, owner: str | None = None) -> Lease:
     run_dir = str(run_dir_uri).rstrip("/") or str(run_dir_uri)
     owner = owner or default_owner()
     if storage.is_gcs(run_dir):
-        return _acquire_gcs(run_dir, owner)
+        with _gcs_errors(storage.join(run_dir, LEASE_NAME)):
+            return _acquire_gcs(run_dir, owner)
     return _acquire_local(run_dir, owner)
 
 
@@ -518,7 +562,6 @@ __all__ = [
     "LEASE_NAME",
     "POLL_S",
     "RENEW_S",
-    "RETRY_DEADLINE_S",
     "Lease",
     "acquire_lease",
     "create_exclusive",

@@ -204,6 +204,8 @@ def user_error_in(error: BaseException):
         seen.add(id(e))
         if isinstance(e, UserError):
             return UserError(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
+        if type(e).__name__ == "InsufficientClusterResourcesError":  # Ray's: the cluster's maximum is too small
+            return UserError(" ".join(str(e).split()))
         todo += list((getattr(e, "worker_failures", None) or {}).values())
-        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+        todo += [getattr(e, "cause", None), getattr(e, "controller_failure", None), e.__cause__, e.__context__]
     return None

@@ -18,12 +18,12 @@ import sys
 
 log = logging.getLogger(__name__)
 
-# Environment that Ray workers must share with the driver: where storage is and how long it is
-# retried. TensorFlow's own settings (TF_ENABLE_ONEDNN_OPTS, TF_CPP_MIN_LOG_LEVEL) are not pushed
-# over what a node's image sets: every worker process imports fer_dist first (the setup hook
-# below), whose defaults apply where the node sets nothing.
+# Environment that Ray workers must share with the driver: where storage is, how long it is
+# retried, how much TensorFlow logs. TF_ENABLE_ONEDNN_OPTS is not pushed over what a node's image
+# sets (its best value depends on the node's CPU): fer_dist's default applies where it sets none.
 PROPAGATED_ENV = (
     "STORAGE_EMULATOR_HOST",
+    "TF_CPP_MIN_LOG_LEVEL",
     "GOOGLE_CLOUD_PROJECT",
     "FER_DIST_STORAGE_RETRY_S",
     "FER_DIST_VERSION_CHECK",

@@ -21,6 +21,7 @@ from fer_dist.config import TrainConfig, describe
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"  # written last: the run is complete (evaluate.METRICS_FILE)
 RAY_STEP_LINE_S = 60.0  # at most one step-progress line a minute per Ray run
 CONFIG_FILE = "config.json"
 
@@ -88,10 +89,14 @@ class Reporter(NullReporter):
             log.info("data: %s", note)
 
     def begin(self, state) -> None:
-        """config.json, and the history so far of a resumed run."""
+        """config.json, and the history so far of a resumed run. A run that trains again is not
+        complete until its new export is: an earlier metrics.json goes (`finish` writes it last)."""
         storage.write_text(storage.join(self.run_dir, CONFIG_FILE), self.config.to_json())
         if state.history:
             self.write_history(state.history)
+        metrics_uri = storage.join(self.run_dir, METRICS_FILE)
+        if storage.exists(metrics_uri):
+            storage.delete_file(metrics_uri)
 
     def epoch_start(self, epoch: int, steps: int) -> None:
         self._epoch_start = time.perf_counter()
@@ -200,14 +205,13 @@ def finish(result, config: TrainConfig, run_dir: str) -> dict:
     matrices, curves and, written last, metrics.json, which marks the run complete. A run that
     trained again loses its old metrics.json first; a run whose export was interrupted (a
     signal there stops at once) is finished by `--resume`."""
-    import json
-
     from fer_dist import evaluate, preemption, runs
 
-    metrics_uri = storage.join(run_dir, evaluate.METRICS_FILE)
-    if not result.trained_epochs and storage.exists(metrics_uri):
+    metrics_uri = storage.join(run_dir, METRICS_FILE)
+    done = _read_metrics(metrics_uri)
+    if not result.trained_epochs and done is not None and done.get("complete", True):
         log.info("the run was already complete: keeping its metrics.json and exported model")
-        return json.loads(storage.read_text(metrics_uri))
+        return done
     label = run_label(run_dir)
     with preemption.stop_at_once(f"the run is not complete; `{runs.resume_command(run_dir)}` finishes it"):
         if storage.exists(metrics_uri):
@@ -221,6 +225,17 @@ def finish(result, config: TrainConfig, run_dir: str) -> dict:
         metrics = evaluate.evaluate_run(result.model, result.dataset, config, run_dir, result.state)
         log.info("%sfinal evaluation: done in %.1f s", label, time.perf_counter() - start)
     return metrics
+
+
+def _read_metrics(uri: str) -> dict | None:
+    """A run's metrics.json, None when absent or not one (a damaged file marks nothing complete)."""
+    import json
+
+    try:
+        found = json.loads(storage.read_text(uri))
+    except (FileNotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def run_label(run_dir: str) -> str:

@@ -68,10 +68,7 @@ def owner() -> str:
 def create(run_uri: str, what: str = "run") -> None:
     """Takes the name: creates the marker exclusively, or raises UserError if another run has it."""
     marker = json.dumps({"owner": owner(), "nonce": uuid.uuid4().hex, "created": time.time()}) + "\n"
-    uri = storage.join(run_uri, MARKER_FILE)
-    with storage.os_errors(storage.local_path(uri) or uri):
-        made = exclusive.create_exclusive(uri, marker.encode())
-    if not made:
+    if not exclusive.create_exclusive(storage.join(run_uri, MARKER_FILE), marker.encode()):
         raise UserError(
             f"{what} directory {run_uri} already exists (created just now by another job with the same --name): "
             "choose another --name"

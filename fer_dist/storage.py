@@ -51,9 +51,10 @@ DEFAULT_RETRY_S = 300.0
 BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAXIMUM_S = 30.0
 LOG_EVERY_S = 60.0
-# pyarrow's own (backoff-less) retry limit, on every GcsFileSystem (the emulator's and
-# production's alike; google-cloud-cpp's default is 15 minutes): short, so that the loop here,
-# `FER_DIST_STORAGE_RETRY_S` and a preemption deadline stay in control.
+# pyarrow's own (backoff-less) retry limit, set on every GcsFileSystem (google-cloud-cpp's default
+# is 15 minutes). On the one this module's calls use: short, so that the loop here,
+# `FER_DIST_STORAGE_RETRY_S` and a preemption deadline stay in control. On the one Ray and Tune
+# get for their own records (no loop of ours around their calls): the retry budget itself.
 INNER_RETRY_S = 3
 
 _T = TypeVar("_T")
@@ -91,10 +92,10 @@ def _emulator_endpoint(emulator_host: str) -> tuple[str, str]:
 
 
 @functools.cache
-def _gcs(emulator_host: str | None) -> pafs.GcsFileSystem:
-    """The GCS filesystem (the emulator's when `emulator_host` is set); pyarrow's own retries
-    stop after `INNER_RETRY_S`, in production too: the retry loop of this module decides."""
-    limit = datetime.timedelta(seconds=INNER_RETRY_S)
+def _gcs(emulator_host: str | None, retry_limit_s: float) -> pafs.GcsFileSystem:
+    """A GCS filesystem (the emulator's when `emulator_host` is set) whose own retries stop
+    after `retry_limit_s`, in production as under the emulator."""
+    limit = datetime.timedelta(seconds=retry_limit_s)
     if emulator_host:
         scheme, endpoint = _emulator_endpoint(emulator_host)
         return pafs.GcsFileSystem(anonymous=True, scheme=scheme, endpoint_override=endpoint, retry_time_limit=limit)
@@ -107,19 +108,23 @@ def uri_of(fs_path: str, like: str) -> str:
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) for a URI. The path has no scheme.
+    """(pyarrow filesystem, path inside it) for a URI, for callers that use pyarrow directly: Ray's
+    `storage_filesystem`, where Ray and Tune keep their own records (checkpoints never go there).
+    On gs:// pyarrow itself retries for the retry budget (`retry_seconds()`), since no loop of
+    ours wraps those calls. The path has no scheme."""
+    return retried_filesystem(uri, inner_retry_s=max(float(INNER_RETRY_S), retry_seconds()))
 
-    For callers that use pyarrow directly (Ray's `storage_filesystem`, where Ray and Tune keep
-    their own records; checkpoints never go there)."""
+
+def retried_filesystem(uri: str, inner_retry_s: float = INNER_RETRY_S) -> tuple[pafs.FileSystem, str]:
+    """The filesystem behind the functions of this module, which wrap every gs:// call in their
+    retry loop (`_retrying`): pyarrow's own retry is short (`INNER_RETRY_S`)."""
     uri = str(uri)
     if is_gcs(uri):
-        return _gcs(os.environ.get("STORAGE_EMULATOR_HOST") or None), uri[len(GCS_SCHEME) :].rstrip("/")
+        host = os.environ.get("STORAGE_EMULATOR_HOST") or None
+        return _gcs(host, float(inner_retry_s)), uri[len(GCS_SCHEME) :].rstrip("/")
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
-
-
-_filesystem = filesystem  # the functions below wrap every gs:// call in `_retrying`
 
 
 # -- the fence: a run's writes stop once its lease is another process's -------------------
@@ -303,7 +308,7 @@ def check_bucket(uri: str) -> None:
     bucket = uri[len(GCS_SCHEME) :].split("/", 1)[0]
     if not bucket:
         raise UserError(f"{uri}: no bucket name (expected gs://BUCKET/prefix)")
-    fs, _ = _filesystem(uri)
+    fs, _ = retried_filesystem(uri)
     try:
         found = _retrying(uri, lambda: fs.get_file_info(bucket).type != pafs.FileType.NotFound)
     except PermissionError:
@@ -317,12 +322,12 @@ def check_bucket(uri: str) -> None:
 
 
 def exists(uri: str) -> bool:
-    fs, path = _filesystem(uri)
+    fs, path = retried_filesystem(uri)
     return _retrying(uri, lambda: fs.get_file_info(path).type != pafs.FileType.NotFound)
 
 
 def is_dir(uri: str) -> bool:
-    fs, path = _filesystem(uri)
+    fs, path = retried_filesystem(uri)
     return _retrying(uri, lambda: fs.get_file_info(path).type == pafs.FileType.Directory)
 
 
@@ -338,7 +343,7 @@ def listdir(uri: str) -> list[str]:
 
 
 def _listdir(uri: str) -> list[str]:
-    fs, path = _filesystem(uri)
+    fs, path = retried_filesystem(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
     if not is_gcs(uri):
@@ -362,7 +367,7 @@ def walk_files(uri: str) -> Iterator[str]:
 
 
 def _walk_files(uri: str) -> Iterator[str]:
-    fs, path = _filesystem(uri)
+    fs, path = retried_filesystem(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return
     for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True)):
@@ -375,7 +380,7 @@ def file_stats(uri: str) -> tuple:
     listing, to tell whether files changed since they were last read."""
 
     def stats() -> tuple:
-        fs, path = _filesystem(uri)
+        fs, path = retried_filesystem(uri)
         if fs.get_file_info(path).type != pafs.FileType.Directory:
             return ()
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
@@ -387,7 +392,7 @@ def file_stats(uri: str) -> tuple:
 def makedirs(uri: str) -> None:
     """Creates a directory and its parents. On GCS the bucket must exist (`check_bucket`):
     it is never created; below it, pyarrow's `name/` marker objects are."""
-    fs, path = _filesystem(uri)
+    fs, path = retried_filesystem(uri)
     if not is_gcs(uri):
         fs.create_dir(path, recursive=True)
         return
@@ -402,7 +407,7 @@ def open_read(uri: str):
     On GCS the object is read whole inside the retry and returned as `io.BytesIO`, so an
     outage in the middle of a read is retried too.
     """
-    fs, path = _filesystem(uri)
+    fs, path = retried_filesystem(uri)
     if is_gcs(uri):
         return io.BytesIO(_retrying(uri, lambda: _read_object(fs, path, uri)))
     info = fs.get_file_info(path)
@@ -442,7 +447,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Writes a whole file atomically (temp + rename locally; one upload on GCS), after the
     fence of its run (`fence`). A full disk or a denied write is a UserError naming the path."""
     check_fence(uri)
-    fs, path = _filesystem(uri)
+    fs, path = retried_filesystem(uri)
     if isinstance(fs, pafs.LocalFileSystem):
         with os_errors(path):
             _write_local(path, data)
@@ -506,27 +511,29 @@ def upload_dir(local_dir: str, uri: str) -> None:
 
 
 def download_dir(uri: str, local_dir: str) -> str:
-    """Copies every file below `uri` into `local_dir`; returns `local_dir`. Each file retried."""
-    fs, path = _filesystem(uri)
-    if isinstance(fs, pafs.LocalFileSystem):
-        shutil.copytree(path, local_dir, dirs_exist_ok=True)
-        return local_dir
-    if not is_dir(uri):
-        raise FileNotFoundError(f"no such directory: {uri}")
-    os.makedirs(local_dir, exist_ok=True)
-    for rel in walk_files(uri):
-        dst = os.path.join(local_dir, rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        data = read_bytes(join(uri, rel))
-        with open(dst, "wb") as f:
-            f.write(data)
+    """Copies every file below `uri` into `local_dir`; returns `local_dir`. Each file retried; a
+    full local disk is a UserError naming the file."""
+    fs, path = retried_filesystem(uri)
+    with os_errors(local_dir):
+        if isinstance(fs, pafs.LocalFileSystem):
+            shutil.copytree(path, local_dir, dirs_exist_ok=True)
+            return local_dir
+        if not is_dir(uri):
+            raise FileNotFoundError(f"no such directory: {uri}")
+        os.makedirs(local_dir, exist_ok=True)
+        for rel in walk_files(uri):
+            dst = os.path.join(local_dir, rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            data = read_bytes(join(uri, rel))
+            with open(dst, "wb") as f:
+                f.write(data)
     return local_dir
 
 
 def delete_file(uri: str) -> None:
     """Deletes one file or object (fenced); nothing happens if it is absent."""
     check_fence(uri)
-    fs, path = _filesystem(uri)
+    fs, path = retried_filesystem(uri)
 
     def delete() -> None:
         if fs.get_file_info(path).type == pafs.FileType.File:
@@ -547,7 +554,7 @@ def delete_dir(uri: str) -> None:
 
 
 def _delete_dir(uri: str) -> None:
-    fs, path = _filesystem(uri)
+    fs, path = retried_filesystem(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return
     if not is_gcs(uri):

@@ -213,6 +213,9 @@ def _callback_class():
         def on_trial_error(self, iteration, trials, trial, **info):
             self._stop(trial, "failed")
 
+        def on_trial_recover(self, iteration, trials, trial, **info):  # failed; Tune retries it
+            self._stop(trial, "failed (Tune retries it)")
+
     return StopTrialTrainRuns
 
 

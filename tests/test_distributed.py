@@ -79,8 +79,10 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300, what: str 
 
 
 def checkpoints(run_uri: str) -> list[str]:
-    """The run's checkpoints: the chief publishes them to <run>/checkpoints/ (Ray uploads none)."""
-    return sorted(storage.listdir(storage.join(run_uri, "checkpoints")))
+    """The run's published checkpoints (the chief publishes them to <run>/checkpoints/, the
+    manifest last; Ray uploads none)."""
+    parent = storage.join(run_uri, "checkpoints")
+    return sorted(n for n in storage.listdir(parent) if storage.exists(storage.join(parent, n, "manifest.json")))
 
 
 def history(run_uri: str) -> pd.DataFrame:

@@ -144,15 +144,20 @@ def test_tunes_best_checkpoint_comes_from_the_verified_listing(tmp_path, model_a
 # ---------------------------------------------------------------------------------
 # Storage: the production filesystem is the tested one; OS faults are one line.
 # ---------------------------------------------------------------------------------
-def test_every_gcs_filesystem_has_the_short_inner_retry(monkeypatch):
-    """Case 4: pyarrow's own retry (google-cloud-cpp's 15 min default) reached production."""
+def test_every_gcs_filesystem_has_a_bounded_inner_retry(monkeypatch):
+    """Case 4: pyarrow's own retry (google-cloud-cpp's 15 min default) reached production. The
+    production constructors, as `__reduce__` exposes them: ours short (the loop around it keeps
+    the deadlines), the one Ray and Tune get (no loop of ours around it) the retry budget."""
     import datetime
 
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
-    production, _ = storage.filesystem("gs://some-bucket/x")  # what Ray and every storage call get
-    options = production.__reduce__()[1][0]
-    assert options["retry_time_limit"] == datetime.timedelta(seconds=storage.INNER_RETRY_S)
-    assert not options.get("endpoint_override") and not options.get("anonymous")  # the production constructor
+    monkeypatch.setenv(storage.RETRY_ENV, "120")
+    ours, _ = storage.retried_filesystem("gs://some-bucket/x")  # what every storage call uses
+    rays, _ = storage.filesystem("gs://some-bucket/x")  # RunConfig(storage_filesystem=...)
+    for fs, seconds in ((ours, storage.INNER_RETRY_S), (rays, 120)):
+        options = fs.__reduce__()[1][0]
+        assert options["retry_time_limit"] == datetime.timedelta(seconds=seconds)
+        assert not options.get("endpoint_override") and not options.get("anonymous")  # production's
 
 
 @pytest.mark.slow
@@ -355,6 +360,21 @@ def test_a_signal_during_the_export_leaves_an_incomplete_run_that_resume_finishe
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 2
 
+    # A complete run trained further is not complete until its new export is: killed hard after
+    # its last epoch, it must not pass for complete with the old metrics and model.
+    proc = _start("--storage", out, "--name", "r", "--resume", "--epochs", "3", "--quiet")
+    try:
+        _wait_for(proc, "epoch 3/3:")
+        assert not (run_dir / "metrics.json").exists()
+        proc.kill()
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert_user_error(run("evaluate.py", str(run_dir)), "the run is not complete")
+    proc = run("train.py", "--storage", out, "--name", "r", "--resume", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 3
+
 
 def test_truncated_model_files_are_one_error_line(tmp_path):
     """Case 8: a truncated model.keras (evaluate, predict) or saved_model.pb (export)."""
@@ -434,3 +454,40 @@ def test_ray_notices_are_asked_for_in_seconds_not_steps():
     assert watcher.pace(dist, 0.05) is None  # unchanged: nothing to log
     watcher.pace(dist, 30.0)  # slower than the poll: every step
     assert watcher.every_steps == 1
+
+
+def test_exclusive_writes_on_unreachable_storage_are_one_error_within_the_retry_budget(monkeypatch):
+    """A run's marker, a manifest and a lease go through google-cloud-storage, not pyarrow: they
+    keep the same retry budget and end in the same one-line error."""
+    import socket
+
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    previous = storage.set_retry_seconds(2)
+    try:
+        start = time.monotonic()
+        with pytest.raises(UserError, match=r"storage gs://fer-test/x/\.fer_dist_run: .*resumable"):
+            exclusive.create_exclusive("gs://fer-test/x/.fer_dist_run", b"{}")
+        with pytest.raises(UserError, match=r"storage gs://fer-test/x/\.lease: "):
+            exclusive.acquire_lease("gs://fer-test/x")
+        assert time.monotonic() - start < 30
+    finally:
+        storage.set_retry_seconds(previous)
+
+
+def test_a_checkpoint_cut_short_before_its_manifest_is_no_reason_to_refuse_a_start(tmp_path, model_and_optimizer):
+    """A lost node while the chief wrote the run's first checkpoint: its files but no manifest.
+    Nothing was published, so the restart starts the run afresh; a published but damaged one
+    still refuses (starting over would lose it)."""
+    run_dir = str(tmp_path / "run")
+    uri = _publish(run_dir, model_and_optimizer, 1, 0.5, tmp_path)
+    os.remove(os.path.join(uri, "manifest.json"))
+    found = checkpoint.of_run(run_dir)
+    assert [i.published for i in found] == [False]
+    assert checkpoint.fetch_to_resume(found, run_dir) is None
+    _publish(run_dir, model_and_optimizer, 1, 0.5, tmp_path)  # replaces the cut-short one
+    _damage(uri)
+    with pytest.raises(checkpoint.CheckpointError, match="no whole checkpoint"):
+        checkpoint.fetch_to_resume(checkpoint.of_run(run_dir), run_dir)

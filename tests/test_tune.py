@@ -136,7 +136,7 @@ def test_a_failed_trial_is_retried_by_tune_and_resumes_from_its_checkpoints(tmp_
             proc.wait(timeout=60)
     assert proc.returncode == 0, out[-5000:]
     trial = checkpoints[0].parts[-4]
-    assert re.search(rf"{trial} failed after epoch \d+; its Train run ended", out), out[-5000:]
+    assert re.search(rf"{trial} failed \(Tune retries it\) after epoch \d+; its Train run ended", out), out[-5000:]
     assert "resumed from the checkpoint of epoch" in out, out[-5000:]
     table = results(str(tmp_path / "r"))
     assert list(table["trial"]) == [trial] and table["epochs_run"].iloc[0] == 3, table
