@@ -21,6 +21,18 @@ def run(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedPr
     )
 
 
+def start(script: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """A job running as a user starts it, its stdout and stderr piped (text), unbuffered."""
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "jobs", script), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
+    )
+
+
 def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     """Exit 2, no traceback, and a last line `error: ...` holding every needle."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])

@@ -12,6 +12,8 @@ import sys
 import threading
 import time
 
+RESULT = "stop_run_main result: "  # the line the test reads (Ray's own log lines may follow it)
+
 
 def main(data: str, runs_dir: str) -> None:
     import ray
@@ -47,7 +49,8 @@ def main(data: str, runs_dir: str) -> None:
     time.sleep(8)
     thread.join(timeout=60)
     print(
-        json.dumps(
+        RESULT
+        + json.dumps(
             {
                 "waited": waited,
                 "workers": len(workers),

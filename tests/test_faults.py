@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -17,19 +15,8 @@ from tests import jobs_helpers
 from tests.tiny import write_tiny_csv
 
 ROOT = jobs_helpers.ROOT
-run, assert_user_error = jobs_helpers.run, jobs_helpers.assert_user_error
+run, assert_user_error, _popen = jobs_helpers.run, jobs_helpers.assert_user_error, jobs_helpers.start
 SMOKE = ["--preset", "smoke", "--quiet"]
-
-
-def _popen(script: str, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "jobs", script), *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
-    )
 
 
 def _history(run_dir) -> list[int]:

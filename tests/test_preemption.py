@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pandas as pd
@@ -35,14 +34,7 @@ COMPARED = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_r
 
 
 def _start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "jobs", "train.py"), *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
+    return jobs_helpers.start("train.py", *args)
 
 
 def _signal_mid_epoch(proc: subprocess.Popen, sig: int, marker: str = "epoch 2: ") -> tuple[list[str], float]:

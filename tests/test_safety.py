@@ -259,14 +259,7 @@ def test_the_lease_outlives_the_storage_retry_budget(monkeypatch):
 
 
 def _start(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "jobs", "train.py"), *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})),
-    )
+    return jobs_helpers.start("train.py", *args, env=env)
 
 
 def _wait_for(proc: subprocess.Popen, needle: str) -> list[str]:

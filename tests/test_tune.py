@@ -191,7 +191,9 @@ def test_stopping_a_trial_ends_its_train_run_before_returning(tmp_path):
     )
     out = finish(proc, timeout=400)
     assert proc.returncode == 0, out[-5000:]
-    seen = json.loads(out.strip().splitlines()[-1])
+    from tests.stop_run_main import RESULT
+
+    seen = json.loads(next(line for line in out.splitlines() if line.startswith(RESULT))[len(RESULT) :])
     assert seen["workers"] == 2 and seen["waited"] is not None, seen
     assert seen["states"] == ["DEAD", "DEAD"], seen  # dead when stop_run returned, not later
     assert seen["history_unchanged"] and 1 <= seen["epochs_at_stop"] < 40, seen
