@@ -199,7 +199,7 @@ def all_reduce_gradients(grads: list, dtype: str, options=None) -> list:
 
 def per_example_loss_fn(config: TrainConfig) -> Callable:
     """Cross-entropy on logits per example (with `label_smoothing` when set)."""
-    import keras  # never tf.keras: Ray sets TF_USE_LEGACY_KERAS=1 in its workers (tf_keras or an ImportError)
+    import keras  # Keras 3 itself: Ray sets TF_USE_LEGACY_KERAS=1 in its workers, where TF's alias is tf_keras
 
     if config.label_smoothing == 0:
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
