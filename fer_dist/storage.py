@@ -102,11 +102,6 @@ def _gcs(emulator_host: str | None, retry_limit_s: float) -> pafs.GcsFileSystem:
     return pafs.GcsFileSystem(retry_time_limit=limit)
 
 
-def uri_of(fs_path: str, like: str) -> str:
-    """The URI of a path inside the filesystem of `like` (e.g. a Ray checkpoint's `.path`)."""
-    return GCS_SCHEME + fs_path.lstrip("/") if is_gcs(like) else fs_path
-
-
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path inside it) for a URI, for callers that use pyarrow directly: Ray's
     `storage_filesystem`, where Ray and Tune keep their own records (checkpoints never go there).
