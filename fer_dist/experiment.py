@@ -122,7 +122,6 @@ def train(
                 num_workers=workers,
                 gpus_per_worker=gpus_per_worker,
                 max_failures=max_failures,
-                address=address,
                 fence=run.lease.fence(),
             )
         else:

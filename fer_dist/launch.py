@@ -21,7 +21,7 @@ import logging
 
 from fer_dist import exclusive, storage
 from fer_dist.config import TrainConfig
-from fer_dist.ray_cluster import check_fits, ensure_ray, train_flags, worker_env, worker_resources
+from fer_dist.ray_cluster import worker_env, worker_resources
 
 log = logging.getLogger(__name__)
 
@@ -155,17 +155,14 @@ def run_on_ray(
     num_workers: int | str | Workers,
     gpus_per_worker: float = 0.0,
     max_failures: int = DEFAULT_MAX_FAILURES,
-    address: str | None = None,
     fence: exclusive.Fence | None = None,
 ) -> dict:
-    """Trains on Ray (the cluster of `ensure_ray(address)`); returns the final metrics that rank 0
-    wrote to `<storage>/<name>/metrics.json`. A worker's UserError (bad data, a lost lease)
-    ends the job as that one error."""
+    """Trains on the Ray cluster this process joined (`experiment.prepare` connected and checked
+    it); returns the final metrics that rank 0 wrote to `<storage>/<name>/metrics.json`. A
+    worker's UserError (bad data, a lost lease) ends the job as that one error."""
     import json
 
     workers = num_workers if isinstance(num_workers, Workers) else Workers.parse(num_workers)
-    ensure_ray(address)
-    check_fits(workers.min, worker_resources(1.0, gpus_per_worker), train_flags(workers, gpus_per_worker))
     trainer = make_trainer(
         config,
         storage_uri=storage_uri,

@@ -81,30 +81,23 @@ def held(run_uri: str, resume: bool, what: str = "run", first_file: tuple[str, s
     every write below it fenced by that lease (`storage.fence`). `first_file` (name, text) is
     written first; when creating the run or writing it fails, what was created is removed."""
     created: list[str] = []  # what a failed start removes: only what this process created
+    lease, started = None, False
     try:
         if not resume:
             create(run_uri, what)
             created = [MARKER_FILE, exclusive.LEASE_NAME] + ([first_file[0]] if first_file else [])
         lease = exclusive.acquire_lease(run_uri, owner())
-    except BaseException:
-        if not resume:
-            _remove_created(run_uri, created)
-        raise
-    storage.fence(run_uri, lease.check)
-    try:
+        storage.fence(run_uri, lease.check)
         if first_file is not None:
-            try:
-                storage.write_text(storage.join(run_uri, first_file[0]), first_file[1])
-            except BaseException:
-                storage.fence(run_uri, None)
-                lease.release()
-                if not resume:
-                    _remove_created(run_uri, created)
-                raise
+            storage.write_text(storage.join(run_uri, first_file[0]), first_file[1])
+        started = True
         yield lease
     finally:
         storage.fence(run_uri, None)
-        lease.release()
+        if lease is not None:
+            lease.release()
+        if not started:
+            _remove_created(run_uri, created)
 
 
 def _remove_created(run_uri: str, names: list[str]) -> None:
