@@ -35,7 +35,8 @@ WORKDIR /opt/fer_dist
 #    this large layer is rebuilt only when pyproject.toml changes. ray[default] adds the
 #    dashboard and job server; pip resolves it together with the project's exact
 #    ray[train,tune] pin, so both are the same version. google-api-python-client is what the
-#    head's autoscaler uses to create VMs.
+#    head's autoscaler uses to create VMs; it is here so that nothing is installed when a node
+#    starts (cluster.yaml's head_setup_commands is empty).
 COPY pyproject.toml README.md ./
 RUN mkdir -p fer_dist/cli && touch fer_dist/__init__.py fer_dist/cli/__init__.py \
     && pip install ".[gpu]" "ray[default]" google-api-python-client \
