@@ -24,7 +24,8 @@ the loop state itself, no manifest) are migrated on load: matched by position an
 they were written, with a warning.
 
 One verified listing (`whole`) serves resume, retention, Tune's best and export. One retention
-policy (`kept`): of the whole checkpoints, the best `keep` by val_accuracy plus the newest. A
+policy (`kept`): of the whole checkpoints, the best `keep` by the run's monitored metric
+(`config.monitor`, fer_dist/monitor.py) plus the newest. A
 checkpoint that does not verify never counts; one older than the newest whole one (it can
 never be resumed from) is removed, a newer one is left alone (it is named in the log).
 """
@@ -37,6 +38,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -44,7 +46,7 @@ import tempfile
 
 import numpy as np
 
-from fer_dist import storage
+from fer_dist import monitor, storage
 from fer_dist.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -472,15 +474,30 @@ def load_model_weights(uri: str, model) -> None:
 # ---------------------------------------------------------------------------------
 # Retention: one policy.
 # ---------------------------------------------------------------------------------
-def kept(checkpoints: list[Info], keep: int) -> set[str]:
-    """The URIs to keep of the whole `checkpoints`: the best `keep` by val_accuracy (ties: the
-    newer), plus the newest."""
+def monitored(facts: Info, metric: str) -> float | None:
+    """The checkpoint's value of the monitored `metric` (None: a step checkpoint, no validation)."""
+    if facts.step:
+        return None
+    value = facts.metrics.get(metric)
+    if value is None and metric == "val_accuracy":
+        value = facts.val_accuracy  # checkpoints whose manifest has no metrics
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def kept(checkpoints: list[Info], keep: int, metric: str = "val_loss") -> set[str]:
+    """The URIs to keep of the whole `checkpoints`: the best `keep` by the monitored `metric`
+    (fer_dist/monitor.py; ties: the newer), plus the newest."""
     if not checkpoints:
         return set()
     newest = max(checkpoints, key=lambda i: (i.epoch, i.step))
-    scored = [i for i in checkpoints if i.val_accuracy is not None]
-    best = sorted(scored, key=lambda i: (i.val_accuracy, i.epoch, i.step), reverse=True)[:keep]
-    return {i.uri for i in best} | {newest.uri}
+    sign = -1.0 if monitor.mode(metric) == "min" else 1.0
+    scored = [(sign * v, i.epoch, i.step, i.uri) for i in checkpoints if (v := monitored(i, metric)) is not None]
+    best = sorted(scored, reverse=True)[:keep]
+    return {uri for *_, uri in best} | {newest.uri}
 
 
 _NAME = re.compile(r"^(?:checkpoint_)?epoch_(\d+)(?:_step_(\d+))?$")
@@ -495,7 +512,7 @@ def _position(entry: str) -> tuple[int, int] | None:
     return (epoch - 1, step) if step else (epoch, 0)
 
 
-def prune(parent_uri: str, prefix: str, keep: int) -> list[str]:
+def prune(parent_uri: str, prefix: str, keep: int, metric: str = "val_loss") -> list[str]:
     """The one retention policy over the checkpoints under `parent_uri`; returns the URIs deleted.
 
     Only whole checkpoints count (`kept` of `whole`): the newest whole one is never deleted. A
@@ -506,7 +523,7 @@ def prune(parent_uri: str, prefix: str, keep: int) -> list[str]:
         return []
     found = listing(parent_uri, prefix)
     good = whole(found)
-    keep_uris = kept(good, keep)
+    keep_uris = kept(good, keep, metric)
     newest = max(((i.epoch, i.step) for i in good), default=None)
     gone = []
     for facts in found:
@@ -531,9 +548,9 @@ def prune(parent_uri: str, prefix: str, keep: int) -> list[str]:
     return gone
 
 
-def prune_run(run_dir: str, keep: int) -> list[str]:
+def prune_run(run_dir: str, keep: int, metric: str = "val_loss") -> list[str]:
     """`prune` over a run's checkpoints (`<run_dir>/checkpoints/`)."""
-    return prune(storage.join(run_dir, LOCAL_PARENT), EPOCH_PREFIX, keep)
+    return prune(storage.join(run_dir, LOCAL_PARENT), EPOCH_PREFIX, keep, metric)
 
 
 def _drop_temporary_files(uri: str) -> None:

@@ -51,7 +51,10 @@ MARKER = "FER_DIST_LOCAL_CLUSTER"  # env var carried by every process of a local
 NODE_ID_ENV = "RAY_OVERRIDE_NODE_ID_FOR_TESTING"  # a fake node's id, in its raylet's (and workers') env
 NODE_TYPE_ENV = "RAY_NODE_TYPE_NAME"
 HEAD_NODE_ID = "f" * 51 + "00000"  # the fake head's node id (Ray's FAKE_HEAD_NODE_ID)
-DEFAULT_STATE = os.path.join(tempfile.gettempdir(), f"fer_dist_local_cluster_{os.getuid()}.json")
+STATE_ENV = "FER_DIST_CLUSTER_STATE"  # the default state file, e.g. one per terminal or project
+DEFAULT_STATE = os.environ.get(STATE_ENV) or os.path.join(
+    tempfile.gettempdir(), f"fer_dist_local_cluster_{os.getuid()}.json"
+)
 AUTH_OFF = {"RAY_AUTH_MODE": "disabled"}
 OBJECT_STORE_BYTES = 256 * 1024**2  # per node: small, the jobs pass little through it
 # Every key a cluster config has: the autoscaler (monitor) indexes them and dies on a KeyError.
@@ -235,7 +238,10 @@ def up(
     import ray
 
     if os.path.exists(state_path):
-        raise RuntimeError(f"{state_path} exists: a local cluster is up (`--down` first, or pass another --state)")
+        raise RuntimeError(
+            f"{state_path} exists: a local cluster is up (`--status`/`--down` with this state file first, "
+            f"or give another one: --state FILE or {STATE_ENV}=FILE)"
+        )
     config = local_config(cluster_yaml, **derive)
     head = config["available_node_types"][config["head_node_type"]]["resources"]
     ip = ray.util.get_node_ip_address()
@@ -521,7 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--status", action="store_true", help="its address, processes and worker nodes")
     action.add_argument("--print-config", action="store_true", help="print the derived autoscaler config")
     parser.add_argument("--cluster-yaml", default=str(DEFAULT_CLUSTER_YAML))
-    parser.add_argument("--state", default=DEFAULT_STATE, help=f"the state file (default {DEFAULT_STATE})")
+    parser.add_argument(
+        "--state", default=DEFAULT_STATE, help=f"the state file (default ${STATE_ENV}, else {DEFAULT_STATE})"
+    )
     parser.add_argument("--cpus-per-node", type=int, default=1, help="cap on every node's CPUs (default 1)")
     parser.add_argument("--max-workers", type=int, default=2, help="cap on each type's max_workers (default 2)")
     parser.add_argument("--idle-timeout-minutes", type=float, default=1.0)
@@ -531,6 +539,18 @@ def main(argv: list[str] | None = None) -> int:
         max_workers=args.max_workers,
         idle_timeout_minutes=args.idle_timeout_minutes,
     )
+    try:
+        return _run(args, derive)
+    except (RuntimeError, LookupError, OSError, yaml.YAMLError) as e:  # what a user can act on: one line
+        if isinstance(e, OSError) and e.filename:
+            message = f"{e.filename}: {e.strerror}"
+        else:
+            message = str(e).strip().splitlines()[0] if isinstance(e, yaml.YAMLError) else str(e)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def _run(args, derive: dict) -> int:
     if args.print_config:
         print(yaml.safe_dump(local_config(args.cluster_yaml, **derive), sort_keys=False), end="")
     elif args.up:
@@ -539,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"local cluster up: {cluster.address}; stop it with `python -m fer_dist.cluster local --down{state}`")
         print("export " + " ".join(f"{k}={v}" for k, v in cluster.env().items()))
     elif args.down:
+        if not os.path.exists(args.state):
+            print(f"no local cluster ({args.state} does not exist)")
+            return 1
         print(f"stopped {down(args.state)} processes")
     else:
         try:

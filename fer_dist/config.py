@@ -12,12 +12,14 @@ beside every run and inside every checkpoint (`to_json` / `from_json`).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fer_dist import monitor as monitor_lib
 from fer_dist import presets
 from fer_dist.errors import UserError
 from fer_dist.values import coerce, parse_overrides
@@ -43,7 +45,7 @@ class TrainConfig:
     skip_bad_rows: bool = False  # skip malformed CSV rows / unreadable images instead of failing
 
     # --- model ----------------------------------------------------------------
-    backbone: str = "resnet50"  # "resnet50" (the mission) or "compact" (small CNN for CPU demos)
+    backbone: str = "resnet50"  # "resnet50" (the ResNet50 transfer recipes) or "compact" (small CNN for CPU demos)
     image_size: int = 48  # input side in pixels; faces are resized inside the pipeline
     weights: str = "imagenet"  # "imagenet", "none", or a path to a Keras weights file
     freeze_layers: int = 143  # the first N backbone layers are frozen (BatchNorm in inference mode)
@@ -57,16 +59,16 @@ class TrainConfig:
     precise_bn: int = 0
     head_pooling: str = "flatten"  # how the backbone's feature map enters the head
     head_units: tuple[int, ...] = (1024, 512)  # Dense(he_uniform) + BatchNorm + ReLU + Dropout per entry
-    dropout: float = 0.5
+    dropout: float = 0.5  # dropout rate after each head layer
 
     # --- optimisation -----------------------------------------------------------
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    optimizer: str = "adam"  # adam or sgd
+    learning_rate: float = 1e-3  # the starting learning rate (phase 1)
     momentum: float = 0.9  # SGD only
     nesterov: bool = True  # SGD only: Nesterov momentum
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW / SGDW); 0 = off
     lr_schedule: str = (
-        "plateau"  # "plateau": decay on val_loss plateaus; "cosine": per-step cosine decay to min_learning_rate
+        "plateau"  # "plateau": decay on `monitor` plateaus; "cosine": per-step cosine decay to min_learning_rate
     )
     warmup_epochs: int = 0  # linear learning-rate warm-up over the first N epochs (per step; either schedule)
     # Two phases: epochs 1..unfreeze_epoch train with `freeze_layers` frozen (e.g. the head alone
@@ -74,14 +76,18 @@ class TrainConfig:
     # rate is multiplied by `unfreeze_lr_factor`. BatchNorm layers that phase 1 froze stay frozen
     # (inference mode). 0 = one phase.
     unfreeze_epoch: int = 0
-    unfreeze_to: int = 0
-    unfreeze_lr_factor: float = 0.1
-    decay_factor: float = 0.9  # learning rate *= decay_factor when val_loss plateaus (lr_schedule=plateau)
-    decay_patience: int = 2  # epochs without val_loss improvement before a decay
-    min_learning_rate: float = 1e-6
-    early_stop_patience: int = 6  # epochs without val_loss improvement before stopping (0: never)
-    label_smoothing: float = 0.0
-    epochs: int = 30
+    unfreeze_to: int = 0  # phase 2: layers before this stay frozen
+    unfreeze_lr_factor: float = 0.1  # phase 2: the learning rate is multiplied by this
+    # The one metric "best" goes by (fer_dist/monitor.py): val_loss (lowest) or val_accuracy
+    # (highest). It drives LR plateaus, early stopping, the weights restored and exported at the
+    # end, which checkpoints are kept, and Tune's ranking.
+    monitor: str = "val_loss"
+    decay_factor: float = 0.9  # learning rate *= decay_factor when `monitor` plateaus (lr_schedule=plateau)
+    decay_patience: int = 2  # epochs without `monitor` improving before a decay
+    min_learning_rate: float = 1e-6  # the floor of the plateau decay and the end of the cosine
+    early_stop_patience: int = 6  # epochs without `monitor` improving before stopping (0: never)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing (0 = off)
+    epochs: int = 30  # at most this many epochs (early stopping may end sooner)
     steps_per_epoch: int = 0  # cap on training steps per epoch for quick looks; 0 = the full epoch
     # Wall-clock budget of the training loop (train steps + validation; not the feature-cache
     # build or the final test): when it runs out, the epoch ends at that step, is validated and
@@ -100,7 +106,7 @@ class TrainConfig:
     eval_tta: str = "none"  # test-time augmentation of the final evaluation: none, flip or tencrop
 
     # --- runtime ----------------------------------------------------------------
-    seed: int = 0
+    seed: int = 0  # weights, data order, augmentation and the val split follow it
     deterministic: bool = (
         True  # op determinism: the same seed gives the same numbers (about 6% of img/s on the demo here)
     )
@@ -112,11 +118,11 @@ class TrainConfig:
     feature_cache_dir: str = ""  # where cached features go (a directory or gs:// URI); "" = ~/.cache/fer_dist/features
     feature_dtype: str = "float16"  # storage dtype of cached features: float16 (half the memory) or float32 (exact)
     feature_cache_max_gb: float = 4.0  # cache size cap in GB (10**9 bytes); least recently used entries go (0 = no cap)
-    keep_checkpoints: int = 2  # best K by val_accuracy are kept, plus the latest
+    keep_checkpoints: int = 2  # the best K by `monitor` are kept, plus the latest
     # Step checkpoints inside an epoch (0: off): what a worker-group restart (a lost node, an
     # elastic resize) goes back to. Minutes are checked at the vote steps (vote_every_steps).
-    checkpoint_every_steps: int = 0
-    checkpoint_every_minutes: float = 0.0
+    checkpoint_every_steps: int = 0  # a step checkpoint every N steps
+    checkpoint_every_minutes: float = 0.0  # a step checkpoint every N minutes
     # Multi-worker: every N steps the workers vote once on the time budget; no other collective
     # runs between gradient all-reduces but Ray's preemption barrier (fer_dist/steps.py).
     vote_every_steps: int = 20
@@ -166,7 +172,13 @@ def replace(base: TrainConfig, changes: Mapping[str, Any], source: str = "") -> 
     for key, value in changes.items():
         if key not in types:
             where = f"{source}: " if source else ""
-            raise UserError(f"{where}unknown config key {key!r} (known: {', '.join(types)})")
+            close = difflib.get_close_matches(key, list(types), n=3, cutoff=0.6)
+            hint = (
+                f"did you mean {' or '.join(close)}?"
+                if close
+                else "the keys: docs/config.md (python -m fer_dist.config_docs)"
+            )
+            raise UserError(f"{where}unknown config key {key!r}; {hint}")
         coerced[key] = coerce(key, value, types[key], source)
     return dataclasses.replace(base, **coerced)
 
@@ -190,6 +202,10 @@ def validate(c: TrainConfig) -> TrainConfig:
     need(0.0 <= c.dropout < 1.0, f"dropout={c.dropout}: must be in [0, 1)")
     need(c.learning_rate > 0, f"learning_rate={c.learning_rate}: must be > 0")
     need(0.0 < c.decay_factor <= 1.0, f"decay_factor={c.decay_factor}: must be in (0, 1]")
+    need(
+        c.monitor in monitor_lib.METRICS,
+        f"monitor={c.monitor!r}: expected one of {', '.join(monitor_lib.METRICS)}",
+    )
     need(c.decay_patience >= 1, f"decay_patience={c.decay_patience}: must be >= 1")
     need(c.early_stop_patience >= 0, f"early_stop_patience={c.early_stop_patience}: must be >= 0")
     need(c.min_learning_rate >= 0, f"min_learning_rate={c.min_learning_rate}: must be >= 0")
@@ -301,7 +317,7 @@ def describe(config: TrainConfig) -> str:
         f"backbone={config.backbone} weights={config.weights} image_size={config.image_size} "
         f"freeze_layers={config.freeze_layers} head={list(config.head_units)} dropout={config.dropout} "
         f"{config.optimizer} lr={config.learning_rate:g} global_batch_size={config.global_batch_size} "
-        f"epochs={config.epochs}"
+        f"epochs={config.epochs} monitor={config.monitor}"
         + (f" train_minutes={config.train_minutes:g}" if config.train_minutes else "")
         + (f" calibrate_batchnorm={config.calibrate_batchnorm}" if config.calibrate_batchnorm else "")
         + (f" precise_bn={config.precise_bn}" if config.precise_bn else "")

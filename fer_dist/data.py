@@ -1,6 +1,6 @@
 """Data loaders: FER-2013 CSV files, image folders and the built-in set -> uint8 face arrays.
 
-    python jobs/train.py --data ../shared/data/fer2013/fer2013.csv.gz --preset seed
+    python jobs/train.py --data data/fer2013.csv --preset seed
 
 `load(uri)` accepts "builtin", a FER-2013 CSV (`emotion,pixels,Usage`; plain or gzip,
 local path or `gs://`) or an image folder (`<root>/train/<emotion>/*.jpg`, as the data set

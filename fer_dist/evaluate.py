@@ -353,6 +353,8 @@ def evaluate_run(model, dataset, config, run_dir: str, state) -> dict:
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
         "stopped_early": state.stopped_early,
+        "monitor": config.monitor,
+        "best_monitored": getattr(state, "best_monitored", None),
         "best_val_loss": state.best_val_loss,
         "tta": config.eval_tta,
     }
@@ -373,7 +375,10 @@ def evaluate_run(model, dataset, config, run_dir: str, state) -> dict:
             storage.write_bytes(
                 storage.join(run_dir, "val_mistakes.png"), mistakes_grid(split.images, split.labels, probs)
             )
-        print(format_report(metrics, f"{name} ({len(split)} images, best epoch {state.best_epoch})"), flush=True)
+        print(
+            format_report(metrics, f"{name} ({len(split)} images, epoch {state.best_epoch}: best {config.monitor})"),
+            flush=True,
+        )
     write_history_plot(run_dir)
     write_tensorboard_images(run_dir)
     storage.write_text(storage.join(run_dir, METRICS_FILE), json.dumps(summary, indent=2) + "\n")

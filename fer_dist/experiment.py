@@ -1,6 +1,6 @@
 """A whole training run, as `jobs/train.py` starts it: config, run directory, fit, report.
 
-    python jobs/train.py --preset seed --data ../shared/data/fer2013/fer2013.csv.gz
+    python jobs/train.py --preset seed --data data/fer2013.csv
 
 `train(...)` resolves the config (or reloads it with `--resume`), prepares the run
 directory without overwriting anything, trains in this process (`workers=0`) or on Ray
@@ -185,7 +185,7 @@ def train_here(config: TrainConfig, run_dir: str, dataset, progress: bool) -> di
     from fer_dist import train as train_lib
     from fer_dist.sessions import LocalSession
 
-    session = LocalSession(run_dir, config.keep_checkpoints, show_progress=progress)
+    session = LocalSession(run_dir, config.keep_checkpoints, show_progress=progress, monitor=config.monitor)
     result = train_lib.fit(config, session, dataset=dataset)
     return reporting.finish(result, config, run_dir)
 
@@ -202,8 +202,8 @@ def print_summary(run_dir: str, metrics: dict, config: TrainConfig) -> None:
     lines.append(f"evaluate again: python jobs/evaluate.py {run_dir} --data {config.data}")
     if config.backbone != "resnet50":
         lines.append(
-            "the mission's ResNet50 recipe on FER-2013: python jobs/train.py "
-            "--data ../shared/data/fer2013/fer2013.csv.gz --preset seed"
+            "next, the ResNet50 recipe on FER-2013 (README: Getting FER-2013): python jobs/train.py "
+            "--data data/fer2013.csv --preset seed"
             "  (add --set weights=none where ImageNet weights cannot be downloaded)"
         )
     print("\n".join(lines), flush=True)

@@ -1,6 +1,6 @@
 """Frozen-trunk feature cache: train only the trainable remainder on precomputed features.
 
-    python jobs/train.py --data ../shared/data/fer2013/fer2013.csv.gz --preset seed --set weights=none
+    python jobs/train.py --data data/fer2013.csv --preset seed --set weights=none
     python jobs/train.py ... --set feature_cache=false                # train the full model on images
     python jobs/train.py ... --set feature_cache_dir=gs://BUCKET/fer/features
 

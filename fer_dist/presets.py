@@ -1,6 +1,6 @@
 """The named training recipes, as data: `--preset NAME` of `jobs/train.py` and `jobs/tune.py`.
 
-    python jobs/train.py --data ../shared/data/fer2013/fer2013.csv.gz --preset seed
+    python jobs/train.py --data data/fer2013.csv --preset seed
 
 Each `Preset` holds the config fields that differ from `TrainConfig`'s defaults
 (`fer_dist/config.py`, whose `resolve` applies them), where the recipe comes from
@@ -55,7 +55,7 @@ SEED = _preset(
         "Dense(he_uniform)+BatchNorm+Dropout(0.5) head, Adam, LR x0.9 on val_loss plateau, early stopping, "
         "small batches. It reached 53.2% test accuracy."
     ),
-    command="python jobs/train.py --data ../shared/data/fer2013/fer2013.csv.gz --preset seed",
+    command="python jobs/train.py --data data/fer2013.csv --preset seed",
 )
 
 # Seconds on a CPU: the compact backbone, a few hundred built-in images.
@@ -174,7 +174,7 @@ FINETUNE = _preset(
         "arXiv 2105.03588; Pramerdorfer & Kampel 2016, arXiv 1612.02903; Szegedy et al. 2016; the Keras "
         "transfer-learning guide). Its accuracy has not been measured here."
     ),
-    command="python jobs/train.py --data ../shared/data/fer2013/fer2013.csv.gz --preset finetune",
+    command="python jobs/train.py --data data/fer2013.csv --preset finetune",
 )
 
 # `best`: the strongest recipe measured here: 44.33% PublicTest against the seed's 41.24% on equal
@@ -202,7 +202,7 @@ BEST = _preset(
         "PreciseBN (Wu & Johnson 2021), label smoothing 0.1, horizontal flips and flip TTA "
         "(Pramerdorfer & Kampel 2016)."
     ),
-    command="python jobs/train.py --data ../shared/data/fer2013/fer2013.csv.gz --preset best",
+    command="python jobs/train.py --data data/fer2013.csv --preset best",
 )
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (SEED, SMOKE, DEMO, QUICK, FINETUNE, BEST)}

@@ -26,9 +26,17 @@ class RaySession:
 
     show_progress = False
 
-    def __init__(self, run_dir: str, keep_checkpoints: int, vote_every_steps: int = 20, poll_seconds: float = 10.0):
+    def __init__(
+        self,
+        run_dir: str,
+        keep_checkpoints: int,
+        vote_every_steps: int = 20,
+        poll_seconds: float = 10.0,
+        monitor: str = "val_loss",
+    ):
         self.run_dir = run_dir
         self.keep = keep_checkpoints
+        self.monitor = monitor
         self.vote_every_steps = vote_every_steps
         self.poll_seconds = poll_seconds
 
@@ -54,7 +62,7 @@ class RaySession:
 
         if checkpoint_dir:  # only the chief passes a checkpoint
             checkpoint.publish(checkpoint_dir, self.run_dir, metrics["epoch"], metrics.get("step", 0))
-            checkpoint.prune_run(self.run_dir, self.keep)
+            checkpoint.prune_run(self.run_dir, self.keep, self.monitor)
         ray.train.report(metrics)  # metrics only: Ray never uploads a checkpoint
 
     def watcher(self) -> preemption.NoWatcher:
@@ -84,7 +92,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
         trial_runs.record_worker(loop_config["run_name"], worker_rank())
     session = RaySession(
-        loop_config["run_dir"], config.keep_checkpoints, config.vote_every_steps, config.preemption_poll_seconds
+        loop_config["run_dir"],
+        config.keep_checkpoints,
+        config.vote_every_steps,
+        config.preemption_poll_seconds,
+        config.monitor,
     )
     result = train.fit(config, session)
     if result.model is not None:  # the chief

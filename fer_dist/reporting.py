@@ -153,7 +153,7 @@ class Reporter(NullReporter):
             row["val_accuracy"],
             row["learning_rate"],
             row["images_per_second"],
-            " *" if improved else "",
+            f" * best {self.config.monitor}" if improved else "",
         )
         self.write_history(state.history)
         self.write_scalars(row)
@@ -205,7 +205,7 @@ def finish(result, config: TrainConfig, run_dir: str) -> dict:
     matrices, curves and, written last, metrics.json, which marks the run complete. A run that
     trained again loses its old metrics.json first; a run whose export was interrupted (a
     signal there stops at once) is finished by `--resume`."""
-    from fer_dist import evaluate, preemption, runs
+    from fer_dist import evaluate, monitor, preemption, runs
 
     metrics_uri = storage.join(run_dir, METRICS_FILE)
     done = _read_metrics(metrics_uri)
@@ -217,7 +217,12 @@ def finish(result, config: TrainConfig, run_dir: str) -> dict:
         if storage.exists(metrics_uri):
             storage.delete_file(metrics_uri)  # complete again only when the new export is
         start = time.perf_counter()
-        log.info("%sexporting model.keras and saved_model/ (weights of epoch %d) ...", label, result.state.best_epoch)
+        log.info(
+            "%sexporting model.keras and saved_model/: the weights of epoch %d, the best by %s ...",
+            label,
+            result.state.best_epoch,
+            monitor.describe(config.monitor),
+        )
         export_model(result.model, config, run_dir)
         log.info("%sexported model.keras and saved_model/ to %s in %.1f s", label, run_dir, time.perf_counter() - start)
         start = time.perf_counter()

@@ -163,8 +163,9 @@ def export(model, config: TrainConfig, directory: str) -> None:
     import keras
 
     served = Served(model, config)
+    # Not archive.track(model): the endpoints track the variables they use, and tracking the model
+    # as well stores every weight twice (Keras's variable and the tf.Variable under it).
     archive = keras.export.ExportArchive()
-    archive.track(model)
     any_size = [None, None, None, None]
     archive.add_endpoint(
         SIGNATURE_FLOAT, served.faces, input_signature=[tf.TensorSpec(any_size, tf.float32, name=INPUT_NAME)]

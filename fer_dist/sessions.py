@@ -31,9 +31,10 @@ class Session(Protocol):
 class LocalSession:
     """A plain process: checkpoints in `<run_dir>/checkpoints/`, best `keep` plus the latest."""
 
-    def __init__(self, run_dir: str, keep_checkpoints: int = 2, show_progress: bool = True):
+    def __init__(self, run_dir: str, keep_checkpoints: int = 2, show_progress: bool = True, monitor: str = "val_loss"):
         self.run_dir = run_dir
         self.keep = keep_checkpoints
+        self.monitor = monitor  # config.monitor: what retention keeps the best of
         self.show_progress = show_progress and sys.stdout.isatty()  # a bar in a log file is noise
 
     @property
@@ -48,7 +49,7 @@ class LocalSession:
         if checkpoint_dir is None:
             return
         checkpoint.publish(checkpoint_dir, self.run_dir, metrics["epoch"], metrics.get("step", 0))
-        checkpoint.prune_run(self.run_dir, self.keep)
+        checkpoint.prune_run(self.run_dir, self.keep, self.monitor)
 
     def watcher(self) -> preemption.NoWatcher:
         return preemption.SignalWatcher()

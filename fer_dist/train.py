@@ -1,6 +1,6 @@
 """The training loop: one function for one process, one GPU, or N Ray workers.
 
-    python jobs/train.py --data ../shared/data/fer2013/fer2013.csv.gz --preset seed
+    python jobs/train.py --data data/fer2013.csv --preset seed
 
 `fit(config, session)` reads top to bottom: set up (`start`), then per epoch enter the phase
 when it changes (`enter_phase`), train (`train_epoch`), PreciseBN, validate, and end the epoch
@@ -20,13 +20,27 @@ modules that own them:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import shutil
+import threading
 import time
 
 import numpy as np
 
-from fer_dist import augment, batchnorm, checkpoint, data, optim, phases, pipeline, preemption, scaling, storage
+from fer_dist import (
+    augment,
+    batchnorm,
+    checkpoint,
+    data,
+    monitor,
+    optim,
+    phases,
+    pipeline,
+    preemption,
+    scaling,
+    storage,
+)
 from fer_dist import inputs as inputs_lib
 from fer_dist import model as model_lib
 from fer_dist import steps as steps_lib
@@ -50,8 +64,9 @@ class LoopState:
     learning_rate: float = 0.0  # the plateau schedule's current rate (cosine: config.learning_rate)
     best_val_loss: float = float("inf")
     best_val_accuracy: float = 0.0
-    best_epoch: int = 0  # epoch (1-based) of the lowest val_loss: the weights early stopping restores
-    plateau_wait: int = 0  # epochs since val_loss last improved, for LR decay
+    best_monitored: float | None = None  # the best value of config.monitor so far
+    best_epoch: int = 0  # epoch (1-based) of the best config.monitor: the weights restored and exported
+    plateau_wait: int = 0  # epochs since config.monitor last improved, for LR decay
     stop_wait: int = 0  # the same, for early stopping
     stopped_early: bool = False
     loop_seconds: float = 0.0  # wall time spent in training steps and validation so far (train_minutes)
@@ -66,7 +81,10 @@ class LoopState:
     @classmethod
     def from_dict(cls, fields: dict) -> LoopState:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in fields.items() if k in known})
+        state = cls(**{k: v for k, v in fields.items() if k in known})
+        if "best_monitored" not in fields and state.best_epoch:  # saved before `monitor`: val_loss
+            state.best_monitored = state.best_val_loss
+        return state
 
     def update(self, row: dict, config: TrainConfig) -> tuple[bool, bool]:
         """Applies one epoch's metrics: (improved, stop)."""
@@ -74,9 +92,10 @@ class LoopState:
         self.history.append(row)
         self.metrics = row
         self.best_val_accuracy = max(self.best_val_accuracy, row["val_accuracy"])
-        improved = row["val_loss"] < self.best_val_loss
+        self.best_val_loss = min(self.best_val_loss, row["val_loss"])
+        improved = monitor.better(row[config.monitor], self.best_monitored, config.monitor)
         if improved:
-            self.best_val_loss, self.best_epoch = row["val_loss"], row["epoch"]
+            self.best_monitored, self.best_epoch = row[config.monitor], row["epoch"]
             self.plateau_wait = self.stop_wait = 0
         else:
             self.plateau_wait += 1
@@ -187,6 +206,7 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
     try:
         for epoch in range(run.first_epoch + 1, config.epochs + 1):
             if phase is None or phases.phase_of(config, epoch) != phase.number:
+                release_inputs(run, phase)
                 phase = enter_phase(run, epoch)
                 measure_communication(run)
             totals = train_epoch(run, phase, epoch)
@@ -199,6 +219,7 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
     finally:
         run.watcher.close()
         run.reporter.close()
+    release_inputs(run, phase)
     if run.state.communication.get("step_s"):
         run.reporter.info("%s", scaling.CommunicationShare.from_dict(run.state.communication).end_line())
     return result(run)
@@ -481,7 +502,8 @@ def end_epoch(run: Run, row: dict) -> bool:
         )
     elif stop:
         run.reporter.info(
-            "early stop: val_loss has not improved for %d epochs; restoring epoch %d",
+            "early stop: %s has not improved for %d epochs; restoring epoch %d",
+            config.monitor,
             config.early_stop_patience,
             state.best_epoch,
         )
@@ -517,6 +539,25 @@ def save_and_report(run: Run, metrics: dict) -> None:
         run.session.report(metrics, directory)
     finally:
         run.reporter.done_with(directory)
+
+
+def release_inputs(run: Run, phase: Phase | None) -> None:
+    """Drops the phase's input iterators, and says so when that is slow: an iterator's destructor
+    waits for tf.data's autotuning thread, which sleeps for its optimization period (it doubles
+    up to a minute on a long run) before it sees the cancellation."""
+    if phase is None:
+        return
+    slow = threading.Timer(
+        2.0, run.reporter.info, ("stopping the input pipeline (tf.data's autotuner can take up to a minute) ...",)
+    )
+    slow.daemon = True
+    slow.start()
+    start = time.perf_counter()
+    phase.train_batches = phase.val_batches = None
+    gc.collect()
+    slow.cancel()
+    if time.perf_counter() - start > 2.0:
+        run.reporter.info("input pipeline stopped in %.0f s", time.perf_counter() - start)
 
 
 def report_nothing_left(run: Run) -> None:

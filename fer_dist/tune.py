@@ -24,7 +24,7 @@ import math
 import os
 import time
 
-from fer_dist import storage
+from fer_dist import monitor, storage
 from fer_dist.config import TrainConfig, field_types
 from fer_dist.errors import UserError
 from fer_dist.values import coerce
@@ -117,6 +117,8 @@ def check_space(base: TrainConfig, space: dict[str, Dim], workers_per_trial: int
     from fer_dist.launch import Workers
 
     most = Workers.parse(workers_per_trial, "--workers-per-trial").max
+    if "monitor" in space:
+        raise UserError("--space monitor: trials are ranked by one metric; choose it with --metric")
     for key, dim in space.items():
         for value in dim.values:
             try:
@@ -275,7 +277,7 @@ class SearchSpec:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 0.95
     max_concurrent: int = 2
-    metric: str = "val_accuracy"
+    metric: str = "val_loss"  # the base config's `monitor`: trials train and are ranked by the same metric
     grace_period: int = 2
     reduction_factor: int = 2
     searcher: str = "random"  # random | optuna
@@ -301,6 +303,8 @@ def search(
 
     # Trials run in Ray's own working directories: every local path must be absolute.
     storage_uri, base = storage.absolute(storage_uri), absolute_paths(base)
+    spec = dataclasses.replace(spec, metric=base.monitor)  # ASHA, the ranking and the export: the trials' own
+    log.info("trials are ranked by %s", monitor.describe(base.monitor))
     search_uri = runs.run_dir(storage_uri, name)  # the name and the bucket checked
     fs, path = storage.filesystem(storage_uri)
     trials_uri = storage.join(search_uri, TRIALS_DIR)
@@ -361,7 +365,7 @@ def _new_tuner(trainable, base: TrainConfig, space: dict[str, Dim], spec: Search
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    mode = "min" if spec.metric.endswith("loss") else "max"
+    mode = monitor.mode(spec.metric)
     storage.write_text(storage.join(search_uri, SPACE_FILE), space_json(space))  # base_config.json: `prepare`
     search_alg = None
     if spec.searcher == "optuna":
@@ -429,7 +433,7 @@ def results_table(grid, base: TrainConfig, spec: SearchSpec, trials_uri: str | N
         params = result.config or {}
         config = base.replace(**params)
         early = bool(history.get("stopped_early", pd.Series([False])).fillna(False).astype(bool).any())
-        best = history[spec.metric].max() if spec.metric in history else math.nan
+        best = monitor.best_of(history[spec.metric], spec.metric) if spec.metric in history else math.nan
         rows.append(
             {
                 "trial": trial_run_name(trial_id),
@@ -447,7 +451,8 @@ def results_table(grid, base: TrainConfig, spec: SearchSpec, trials_uri: str | N
             curves[trial_run_name(trial_id)] = history[["epoch", spec.metric]]
     table = pd.DataFrame(rows)
     if not table.empty:
-        table = table.sort_values(f"best_{spec.metric}", ascending=spec.metric.endswith("loss")).reset_index(drop=True)
+        ascending = monitor.mode(spec.metric) == "min"
+        table = table.sort_values(f"best_{spec.metric}", ascending=ascending).reset_index(drop=True)
     return table, curves
 
 
@@ -485,13 +490,10 @@ def summarize(grid, base: TrainConfig, spec: SearchSpec, search_uri: str, trials
     storage.write_text(storage.join(search_uri, "results.csv"), buf.getvalue())
     write_trial_metrics(table, trials_uri)
     storage.write_bytes(storage.join(search_uri, f"{spec.metric}_curves.png"), _curves_png(curves, spec.metric))
-    mode = "min" if spec.metric.endswith("loss") else "max"
     best_trial = str(table.iloc[0]["trial"])  # the best of results.csv: what the trial directories hold
     best_config = trial_config(trials_uri, best_trial, base, grid)
     storage.write_text(storage.join(search_uri, "best_config.json"), best_config.to_json())
-    export_best(
-        storage.join(trials_uri, best_trial), best_config, spec.metric, mode, storage.join(search_uri, "best_model")
-    )
+    export_best(storage.join(trials_uri, best_trial), best_config, spec.metric, storage.join(search_uri, "best_model"))
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"), flush=True)
     print(
@@ -528,23 +530,21 @@ def trial_config(trials_uri: str, trial: str, base: TrainConfig, grid) -> TrainC
     return base
 
 
-def best_checkpoint(trial_dir: str, metric: str, mode: str):
-    """The trial's best whole checkpoint by `metric` (from its verified listing, the one that
-    resume and retention use); None when it has none."""
+def best_checkpoint(trial_dir: str, metric: str):
+    """The trial's best whole checkpoint by the monitored `metric` (from its verified listing, the
+    one that resume and retention use; the same ranking as retention's); None when it has none."""
     from fer_dist import checkpoint
 
-    def score(i) -> float | None:
-        value = i.metrics.get(metric, i.val_accuracy if metric == "val_accuracy" else None)
-        return None if value is None else float(value)
-
-    scored = [i for i in checkpoint.whole(checkpoint.of_run(trial_dir)) if score(i) is not None]
-    if not scored:
-        return None
-    sign = -1.0 if mode == "min" else 1.0
-    return max(scored, key=lambda i: (sign * score(i), i.epoch, i.step))  # ties: the newer
+    sign = -1.0 if monitor.mode(metric) == "min" else 1.0
+    scored = [
+        (sign * value, i.epoch, i.step, i)
+        for i in checkpoint.whole(checkpoint.of_run(trial_dir))
+        if (value := checkpoint.monitored(i, metric)) is not None
+    ]
+    return max(scored, key=lambda s: s[:3])[3] if scored else None  # ties: the newer
 
 
-def export_best(trial_dir: str, config: TrainConfig, metric: str, mode: str, target_uri: str) -> None:
+def export_best(trial_dir: str, config: TrainConfig, metric: str, target_uri: str) -> None:
     """The best trial's best whole checkpoint as a run directory: config.json, model.keras,
     checkpoint metrics, and the rest of `_finish_best`."""
     import keras
@@ -552,7 +552,7 @@ def export_best(trial_dir: str, config: TrainConfig, metric: str, mode: str, tar
     from fer_dist import checkpoint
     from fer_dist import model as model_lib
 
-    facts = best_checkpoint(trial_dir, metric, mode)
+    facts = best_checkpoint(trial_dir, metric)
     if facts is None:
         log.warning("the best trial %s has no whole checkpoint with %s; nothing exported", trial_dir, metric)
         return

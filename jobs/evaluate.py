@@ -1,6 +1,6 @@
 """Score trained runs on any data: accuracy, macro-F1, per-class table, confusion matrix.
 
-    python jobs/evaluate.py RUN_DIR --data ../shared/data/fer2013/fer2013.csv.gz --split val
+    python jobs/evaluate.py RUN_DIR --data data/fer2013.csv --split val
     python jobs/evaluate.py RUN1 RUN2 RUN3 --data PATH          # ensemble: mean probabilities
     python jobs/evaluate.py RUN_DIR --data PATH --tta tencrop   # test-time augmentation: none | flip | tencrop
 

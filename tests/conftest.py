@@ -88,11 +88,23 @@ def local_cluster(tmp_path_factory):
 
     if shutil.which("ray") is None:  # a dependency of the project: its absence is a failure, not a skip
         pytest.fail("the `ray` command is not installed (pip install -e '.[test]' installs ray[train,tune])")
+    import subprocess
+
     from fer_dist import cluster
 
+    # Through the command line a user runs (README), with the runtime dependencies only.
     state = str(tmp_path_factory.mktemp("local_cluster") / "state.json")
-    started = cluster.up(state_path=state)
+    command = [sys.executable, "-m", "fer_dist.cluster", "local"]
+    up = subprocess.run([*command, "--up", "--state", state], capture_output=True, text=True, timeout=300)
     try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"--down --state {state}`" in up.stdout, up.stdout  # the hint names the state file it was given
+        started = cluster.LocalCluster.load(state)
+        shown = subprocess.run([*command, "--status", "--state", state], capture_output=True, text=True, timeout=120)
+        assert shown.returncode == 0 and f"address {started.address}" in shown.stdout, shown.stdout + shown.stderr
         yield started
     finally:
-        cluster.down(state)
+        if os.path.exists(state):
+            down = subprocess.run([*command, "--down", "--state", state], capture_output=True, text=True, timeout=300)
+            assert down.returncode == 0 and down.stdout.startswith("stopped "), down.stdout + down.stderr
+            assert not os.path.exists(state)

@@ -27,7 +27,12 @@ def _model_and_optimizer(config=SMOKE, seed: int = 0):
 
 
 def _save(directory, model, optimizer, epoch=1, val_accuracy=0.5, best=None):
-    loop = {"epoch": epoch, "step": 0, "metrics": {"val_accuracy": val_accuracy}, "phase": 1}
+    loop = {
+        "epoch": epoch,
+        "step": 0,
+        "metrics": {"val_accuracy": val_accuracy, "val_loss": 1 - val_accuracy},
+        "phase": 1,
+    }
     checkpoint.save(str(directory), model=model, optimizer=optimizer, loop=loop, config_json=SMOKE.to_json(), best=best)
     return str(directory)
 
@@ -102,13 +107,19 @@ def test_positional_checkpoints_of_earlier_versions_are_migrated(tmp_path, caplo
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_retention_keeps_the_best_k_by_val_accuracy_plus_the_latest():
+def test_retention_keeps_the_best_k_by_the_monitored_metric_plus_the_latest():
     infos = [checkpoint.Info(f"e{e}", e, 0, acc) for e, acc in [(1, 0.3), (2, 0.6), (3, 0.5), (4, 0.2)]]
-    assert checkpoint.kept(infos, 1) == {"e2", "e4"}
-    assert checkpoint.kept(infos, 2) == {"e2", "e3", "e4"}
+    assert checkpoint.kept(infos, 1, "val_accuracy") == {"e2", "e4"}
+    assert checkpoint.kept(infos, 2, "val_accuracy") == {"e2", "e3", "e4"}
     step = checkpoint.Info("e4s", 4, 9, None)  # no val_accuracy: never ranked, kept only as the latest
-    assert checkpoint.kept(infos + [step], 1) == {"e2", "e4s"}
+    assert checkpoint.kept(infos + [step], 1, "val_accuracy") == {"e2", "e4s"}
     assert checkpoint.kept([], 2) == set()
+    # val_loss (the default): the lowest; here it disagrees with val_accuracy's best (e2)
+    losses = [(1, 0.3, 1.1), (2, 0.6, 0.9), (3, 0.5, 0.7), (4, 0.2, 1.5)]
+    infos = [checkpoint.Info(f"e{e}", e, 0, acc, {"val_accuracy": acc, "val_loss": loss}) for e, acc, loss in losses]
+    assert checkpoint.kept(infos, 1) == {"e3", "e4"}
+    assert checkpoint.kept(infos, 1, "val_accuracy") == {"e2", "e4"}
+    assert checkpoint.kept(infos, 2) == {"e2", "e3", "e4"}
 
 
 def test_upload_verify_and_prune_on_gcs(tmp_path, gcs_prefix):

@@ -187,3 +187,21 @@ def test_local_paths_are_made_absolute_for_ray_workers(tmp_path, monkeypatch):
     assert kept.data == "gs://b/fer.csv" and kept.weights == "none" and kept.feature_cache_dir == ""
     assert experiment.absolute_paths(C.resolve("seed")).weights == "imagenet"
     assert storage.absolute("runs") == str(tmp_path / "runs") and storage.absolute("gs://b/x") == "gs://b/x"
+
+
+def test_docs_config_md_is_the_generated_table_of_every_key():
+    """docs/config.md lists every key with its default and comment: regenerate it with
+    `python -m fer_dist.config_docs --write` when the config changes."""
+    from fer_dist import config_docs
+
+    with open(config_docs.path()) as f:
+        assert f.read() == config_docs.markdown(), "docs/config.md is stale: python -m fer_dist.config_docs --write"
+    for key in C.field_names():
+        assert f"| `{key}` |" in config_docs.markdown()
+
+
+def test_a_mistyped_key_gets_a_suggestion():
+    with pytest.raises(UserError, match=r"unknown config key 'dropuot'; did you mean dropout\?"):
+        C.resolve("smoke", {"dropuot": "0.3"})
+    with pytest.raises(UserError, match=r"unknown config key 'zzz'; the keys: docs/config.md"):
+        C.resolve("smoke", {"zzz": "1"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -122,3 +123,27 @@ def test_evaluate_refuses_to_overwrite_mixed_ensembles_and_missing_splits(tmp_pa
         "test (PrivateTest rows)",
     )
     assert not (tmp_path / "a" / "evaluations").exists() and not (tmp_path / "b" / "evaluations").exists()
+
+
+@pytest.mark.parametrize("job", ["train", "tune", "evaluate", "predict", "export", "cache", "convert_weights"])
+def test_help_keeps_examples_whole_and_reflows_prose_when_piped(job):
+    """`--help` piped (80 columns): each usage example of the job's docstring is one line, as
+    written; no paragraph is broken mid-sentence; no flag shows a Python type as its value."""
+    import importlib
+    import subprocess
+    import sys
+
+    doc = importlib.import_module(f"fer_dist.cli.{job}").__doc__
+    examples = [line.strip() for line in doc.splitlines() if line.strip().startswith("python ")]
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH")}
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "jobs", f"{job}.py"), "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    ).stdout
+    lines = [line.strip() for line in out.splitlines()]
+    assert examples and all(example in lines for example in examples), (examples, out)
+    assert "<str>" not in out and "<list[str]>" not in out and "<bool>" not in out, out
+    assert "╭" not in out  # no box-drawing panels: plain text that pipes and wraps cleanly

@@ -135,10 +135,10 @@ def test_tunes_best_checkpoint_comes_from_the_verified_listing(tmp_path, model_a
     _publish(trial, model_and_optimizer, 1, 0.3, tmp_path)
     best = _publish(trial, model_and_optimizer, 2, 0.8, tmp_path)
     _publish(trial, model_and_optimizer, 3, 0.5, tmp_path)
-    assert tune.best_checkpoint(trial, "val_accuracy", "max").uri == best
-    assert tune.best_checkpoint(trial, "val_loss", "min").uri == best  # val_loss = 1 - val_accuracy here
+    assert tune.best_checkpoint(trial, "val_accuracy").uri == best
+    assert tune.best_checkpoint(trial, "val_loss").uri == best  # val_loss = 1 - val_accuracy here
     _damage(best)
-    assert tune.best_checkpoint(trial, "val_accuracy", "max").epoch == 3
+    assert tune.best_checkpoint(trial, "val_accuracy").epoch == 3
 
 
 # ---------------------------------------------------------------------------------

@@ -135,6 +135,18 @@ def test_export_model_writes_a_readable_serving_saved_model(exported):
             assert mode & readable == readable, (name, oct(mode))
 
 
+def test_saved_model_stores_each_weight_once(exported):
+    """The SavedModel's variables hold as many values as the model has weights, not twice as many."""
+    import keras
+    import tensorflow as tf
+
+    reader = tf.train.load_checkpoint(os.path.join(exported["run_dir"], "saved_model", "variables", "variables"))
+    shapes = reader.get_variable_to_shape_map()
+    stored = sum(int(np.prod(shape)) for key, shape in shapes.items() if key != "_CHECKPOINTABLE_OBJECT_GRAPH")
+    model = keras.models.load_model(os.path.join(exported["run_dir"], "model.keras"), compile=False)
+    assert stored == model.count_params()
+
+
 @pytest.mark.slow  # over 15 s on a 2-core CPU: exports, then a TensorFlow subprocess
 def test_plain_tensorflow_scores_face_files_as_fer_dist_predict(exported):
     from fer_dist import predict

@@ -193,6 +193,51 @@ def test_plateau_decay_and_early_stop():
     assert s.best_epoch == 1 and s.stopped_early
 
 
+def test_the_monitored_metric_decides_best_plateau_and_stop():
+    # val_loss and val_accuracy disagree: epoch 2 has the lowest loss, epoch 3 the highest accuracy
+    rows = [
+        dict(_row(1, 1.0), val_accuracy=0.5),
+        dict(_row(2, 0.8), val_accuracy=0.6),
+        dict(_row(3, 0.9), val_accuracy=0.7),
+    ]
+    by_loss, by_accuracy = T.LoopState(learning_rate=0.1), T.LoopState(learning_rate=0.1)
+    cfg = C.resolve("seed", {"early_stop_patience": "1"})
+    assert [by_loss.update(r, cfg) for r in rows] == [(True, False), (True, False), (False, True)]
+    assert by_loss.best_epoch == 2 and by_loss.best_monitored == 0.8
+    cfg = C.resolve("seed", {"early_stop_patience": "1", "monitor": "val_accuracy"})
+    assert [by_accuracy.update(r, cfg) for r in rows] == [(True, False)] * 3
+    assert by_accuracy.best_epoch == 3 and by_accuracy.best_monitored == 0.7
+    # a checkpoint written before `monitor` existed went by val_loss
+    old = T.LoopState.from_dict({"epoch": 2, "best_val_loss": 0.8, "best_epoch": 2})
+    assert old.best_monitored == 0.8
+
+
+def test_export_and_retention_use_the_monitored_metric(tmp_path, monkeypatch):
+    """One "best": the weights the run ends with and the checkpoints kept follow config.monitor.
+    The epochs' validation figures are scripted so that the two metrics disagree: val_accuracy is
+    best at epoch 2, val_loss at epoch 3."""
+    scripted = {1: (1.0, 0.5), 2: (0.9, 0.9), 3: (0.5, 0.6), 4: (0.8, 0.7)}  # epoch: (val_loss, val_accuracy)
+    real_row = T.epoch_row
+
+    def epoch_row(run, totals, val_loss, val_correct, epoch):
+        row = real_row(run, totals, val_loss, val_correct, epoch)
+        row["val_loss"], row["val_accuracy"] = scripted[epoch]
+        return row
+
+    monkeypatch.setattr(T, "epoch_row", epoch_row)
+    for metric, best in (("val_accuracy", 2), ("val_loss", 3)):
+        cfg = C.resolve("smoke", dict(SMOKE, epochs="4", monitor=metric, early_stop_patience="0"))
+        run_dir = str(tmp_path / metric)
+        result = T.fit(cfg, LocalSession(run_dir, 1, show_progress=False, monitor=metric), dataset=tiny_dataset())
+        assert result.state.best_epoch == best, metric
+        saved = checkpoint.whole(checkpoint.of_run(run_dir))
+        assert {i.epoch for i in saved} == {best, 4}, metric  # keep_checkpoints=1: the best and the newest
+        reference = T.model_lib.build(cfg)  # the weights the run ends with (exported) are the best epoch's
+        checkpoint.load_model_weights(next(i.uri for i in saved if i.epoch == best), reference)
+        for mine, theirs in zip(result.model.variables, reference.variables):
+            np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+
+
 def test_no_early_stop_when_patience_zero():
     cfg = C.resolve("smoke", {"early_stop_patience": "0"})
     s = T.LoopState(learning_rate=0.1)
@@ -326,4 +371,5 @@ def test_checkpoint_every_steps_writes_step_checkpoints_that_retention_drops(tmp
     want = [(0, 5), (0, 10), (1, 0)] + [(1, s - steps) for s in range(15, 2 * steps, 5)] + [(2, 0)]
     assert session.saved == want
     left = os.listdir(tmp_path / "run" / "checkpoints")
-    assert left == ["epoch_0001", "epoch_0002"], left  # the newest step checkpoint goes at the next epoch
+    # the newest step checkpoint goes at the next epoch; the best by val_loss and the newest stay
+    assert "epoch_0002" in left and not [n for n in left if "_step_" in n], left

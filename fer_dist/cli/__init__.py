@@ -28,12 +28,17 @@ from fer_dist.errors import UserError
 
 EXIT_USER_ERROR = 2
 
+# An argument's help line shows its metavar (RUN_DIR), not also its Python type (`<list[str]>`).
+typer.core.TyperArgument.display_type_rich = lambda self, ctx: None
+
 
 class App(typer.Typer):
     """A Typer app whose command-line parse errors (`--epochs abc`, an unknown flag) end like
     every other bad input: one line `error: ...` naming the flag, exit 2, no usage box."""
 
     def __init__(self, **kwargs):
+        kwargs.setdefault("rich_markup_mode", None)  # click's plain help: reflowed paragraphs, any width, piped too
+        kwargs.setdefault("context_settings", {"max_content_width": 100})
         super().__init__(add_completion=False, pretty_exceptions_enable=False, **kwargs)
 
     def __call__(self, *args, **kwargs):

@@ -1,5 +1,6 @@
 """See and empty the frozen-trunk feature cache (fer_dist/features.py).
 
+\b
     python jobs/cache.py list              # entries, sizes, last use, total vs cap
     python jobs/cache.py clear 3f9a0c1e    # one entry (its key or a unique prefix)
     python jobs/cache.py clear             # every entry
@@ -54,7 +55,7 @@ def _row(e) -> list[str]:
 @app.command("list", help="Each entry: key, size, last used, image size, cut, train/val images, dtype, flip, data.")
 @cli.user_errors_exit
 def list_command(
-    directory: str | None = typer.Option(None, "--dir", help=DIR_HELP),
+    directory: str | None = typer.Option(None, "--dir", metavar="DIR", help=DIR_HELP),
     max_gb: float | None = typer.Option(
         None, "--max-gb", help="The cap to compare with (default: feature_cache_max_gb's default)."
     ),
@@ -82,8 +83,8 @@ def list_command(
 @app.command("clear", help="Delete one entry (KEY, or a unique prefix of it), or every entry.")
 @cli.user_errors_exit
 def clear_command(
-    key: str | None = typer.Argument(None, help="The entry's key (see `list`); omitted: every entry."),
-    directory: str | None = typer.Option(None, "--dir", help=DIR_HELP),
+    key: str | None = typer.Argument(None, metavar="KEY", help="The entry's key (see `list`); omitted: every entry."),
+    directory: str | None = typer.Option(None, "--dir", metavar="DIR", help=DIR_HELP),
 ) -> None:
     from fer_dist import features
 

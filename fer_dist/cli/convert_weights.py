@@ -21,8 +21,8 @@ app = cli.App()
 @app.command(help=__doc__)
 @cli.user_errors_exit
 def main(
-    source: str = typer.Argument(..., help="The VGGFace2 ResNet-50 pickle (name -> array)."),
-    output: str = typer.Argument(..., help="The Keras weights file to write (*.weights.h5)."),
+    source: str = typer.Argument(..., metavar="PICKLE", help="The VGGFace2 ResNet-50 pickle (name -> array)."),
+    output: str = typer.Argument(..., metavar="WEIGHTS_H5", help="The Keras weights file to write (*.weights.h5)."),
 ) -> None:
     logs.setup_logging()
     from fer_dist import weights

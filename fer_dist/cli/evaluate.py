@@ -1,7 +1,7 @@
 """Score trained runs on any data: accuracy, macro-F1, per-class table, confusion matrix.
 
 \b
-    python jobs/evaluate.py RUN_DIR --data ../shared/data/fer2013/fer2013.csv.gz --split val
+    python jobs/evaluate.py RUN_DIR --data data/fer2013.csv --split val
     python jobs/evaluate.py RUN1 RUN2 RUN3 --data PATH          # ensemble: mean probabilities
     python jobs/evaluate.py RUN_DIR --data PATH --tta tencrop   # test-time augmentation: none | flip | tencrop
 
@@ -32,14 +32,19 @@ app = cli.App()
 @app.command(help=__doc__)
 @cli.user_errors_exit
 def main(
-    run_dirs: list[str] = typer.Argument(..., help="One run directory (local or gs://), or several for an ensemble."),
-    data: str | None = typer.Option(None, "--data", help="Data to score on (default: the run's own data)."),
+    run_dirs: list[str] = typer.Argument(
+        ..., metavar="RUN_DIR", help="One run directory (local or gs://), or several for an ensemble."
+    ),
+    data: str | None = typer.Option(
+        None, "--data", metavar="PATH", help="Data to score on (default: the run's own data)."
+    ),
     split: Split | None = typer.Option(
         None, "--split", help="The split to score (default: test if the data has it, else val)."
     ),
     output: str | None = typer.Option(
         None,
         "--output",
+        metavar="DIR",
         help="The directory for metrics.json and the confusion matrix (default: RUN_DIR/evaluations/...).",
     ),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Skip malformed CSV rows / images."),

@@ -27,8 +27,10 @@ SAVED_MODEL = "saved_model"
 @app.command(help=__doc__)
 @cli.user_errors_exit
 def main(
-    run_dir: str = typer.Argument(..., help="The trained run's directory (local or gs://)."),
-    tflite: str = typer.Option(..., "--tflite", help="Where to write the .tflite model (local or gs://)."),
+    run_dir: str = typer.Argument(..., metavar="RUN_DIR", help="The trained run's directory (local or gs://)."),
+    tflite: str = typer.Option(
+        ..., "--tflite", metavar="FILE", help="Where to write the .tflite model (local or gs://)."
+    ),
 ) -> None:
     logs.setup_logging()
     from fer_dist import storage

@@ -24,8 +24,8 @@ app = cli.App()
 @app.command(help=__doc__)
 @cli.user_errors_exit
 def main(
-    image_or_dir: str = typer.Argument(..., help="An image file, or a directory of images."),
-    run: str = typer.Option(..., "--run", help="The trained run's directory (local or gs://)."),
+    image_or_dir: str = typer.Argument(..., metavar="IMAGE_OR_DIR", help="An image file, or a directory of images."),
+    run: str = typer.Option(..., "--run", metavar="RUN_DIR", help="The trained run's directory (local or gs://)."),
     fmt: Format = typer.Option("table", "--format", help="A table for people, or JSON (one object per image)."),
     tta: Tta | None = typer.Option(None, "--tta", help="Test-time augmentation (default: the run's eval_tta)."),
 ) -> None:

@@ -2,10 +2,10 @@
 
 \b
     python jobs/train.py                                  # demo: built-in data, CPU, a few minutes
-    python jobs/train.py --data ../shared/data/fer2013/fer2013.csv.gz --preset seed
+    python jobs/train.py --data data/fer2013.csv --preset seed
     python jobs/train.py --workers 2                      # a private local Ray cluster, 2 CPU workers
-    python jobs/train.py --workers 8 --gpus-per-worker 1 --address auto \\
-        --storage gs://BUCKET/fer/runs                    # the Ray cluster `ray start` made here
+    python jobs/train.py --workers 1 --gpus-per-worker 1 --address auto \\
+        --storage gs://BUCKET/fer/runs                    # one GPU of the cluster `ray start` made here
     python jobs/train.py --resume --name NAME             # continue a run from its last checkpoint
 
 Runs go to <storage>/<name>/: config.json, history.csv, metrics.json, confusion matrices,
@@ -35,7 +35,10 @@ app = cli.App()
 @cli.user_errors_exit
 def main(
     data: str | None = typer.Option(
-        None, "--data", help="'builtin', a FER-2013 CSV (.csv/.csv.gz, path or gs://), or an image folder."
+        None,
+        "--data",
+        metavar="PATH",
+        help="'builtin', a FER-2013 CSV (.csv/.csv.gz, path or gs://), or an image folder.",
     ),
     preset: Preset | None = typer.Option(
         None,
@@ -43,14 +46,23 @@ def main(
         help=f"The recipe (fer_dist/presets.py): seed (the ResNet50 recipe), best, finetune (GPU), "
         f"smoke (seconds), demo, quick. Default {DEFAULT_PRESET}.",
     ),
-    overrides: list[str] | None = typer.Option(None, "--set", help="key=value for any config field; repeatable."),
-    config_file: str | None = typer.Option(None, "--config", help="A config.json (e.g. a search's best_config.json)."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Shorthand for --set epochs=N."),
+    overrides: list[str] | None = typer.Option(
+        None, "--set", metavar="KEY=VALUE", help="key=value for any config field; repeatable."
+    ),
+    config_file: str | None = typer.Option(
+        None, "--config", metavar="FILE", help="A config.json (e.g. a search's best_config.json)."
+    ),
+    epochs: int | None = typer.Option(None, "--epochs", metavar="N", help="Shorthand for --set epochs=N."),
     storage_uri: str = typer.Option(
-        "./runs", "--storage", help="Where runs go: a directory or gs://bucket/prefix (as in jobs/tune.py)."
+        "./runs",
+        "--storage",
+        metavar="DIR",
+        help="Where runs go: a directory or gs://bucket/prefix (as in jobs/tune.py).",
     ),
     output: str | None = typer.Option(None, "--output", hidden=True, help="The old name of --storage."),
-    name: str | None = typer.Option(None, "--name", help="The run's directory name (generated when absent)."),
+    name: str | None = typer.Option(
+        None, "--name", metavar="NAME", help="The run's directory name (generated when absent)."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run --name from its last checkpoint."),
     skip_bad_rows: bool = typer.Option(
         False, "--skip-bad-rows", help="Skip malformed CSV rows / images, and list them."
@@ -58,14 +70,20 @@ def main(
     workers: str = typer.Option(
         "0",
         "--workers",
+        metavar="N|MIN:MAX",
         help="Ray Train workers: N, or MIN:MAX for an elastic run that starts with what the cluster gives "
         "(at least MIN) and survives lost nodes (0: this process, no Ray).",
     ),
-    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", help="GPUs for each Ray worker (0: CPU)."),
-    max_failures: int = typer.Option(
-        DEFAULT_MAX_FAILURES, "--max-failures", help="Ray worker-group restarts before the run fails (-1: unlimited)."
+    gpus_per_worker: float = typer.Option(
+        0.0, "--gpus-per-worker", metavar="N", help="GPUs for each Ray worker (0: CPU)."
     ),
-    address: str | None = typer.Option(None, "--address", help=ADDRESS_HELP),
+    max_failures: int = typer.Option(
+        DEFAULT_MAX_FAILURES,
+        "--max-failures",
+        metavar="N",
+        help="Ray worker-group restarts before the run fails (-1: unlimited).",
+    ),
+    address: str | None = typer.Option(None, "--address", metavar="ADDRESS", help=ADDRESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars (log lines only)."),
 ) -> None:
     logs.setup_logging()
