@@ -23,6 +23,7 @@ import io
 import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 
 import matplotlib
@@ -343,8 +344,9 @@ def predict_probs(model, images: np.ndarray, config, batch_size: int = 256, tta:
     return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
 
 
-def evaluate_run(model, dataset, config, run_dir: str, state) -> dict:
-    """After training: metrics.json, confusion matrices, curves and mistakes, all in `run_dir`."""
+def evaluate_run(model, dataset, config, run_dir: str, state, report_to=None) -> dict:
+    """After training: metrics.json, confusion matrices, curves and mistakes, all in `run_dir`;
+    the per-split reports printed to `report_to` (default stdout: a run's results)."""
     import json
     import logging
 
@@ -377,6 +379,7 @@ def evaluate_run(model, dataset, config, run_dir: str, state) -> dict:
             )
         print(
             format_report(metrics, f"{name} ({len(split)} images, epoch {state.best_epoch}: best {config.monitor})"),
+            file=report_to or sys.stdout,
             flush=True,
         )
     write_history_plot(run_dir)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import sys
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Clust
         raise UserError(f"{_how(choice)}: cannot connect to a Ray cluster: {e}") from None
     finally:
         auth_log.setLevel(level)
+    route_worker_logs()
     where = _gcs_address() or choice.address
     _joined.update(choice=choice, where=where)
     nodes = _alive_nodes()
@@ -293,6 +295,41 @@ def worker_resources(cpus_per_worker: float, gpus_per_worker: float) -> dict:
 def train_flags(workers, gpus_per_worker: float) -> str:
     """The flags of jobs/train.py that ask for these workers, as an error names them."""
     return f"--workers {workers}" + (f" --gpus-per-worker {gpus_per_worker:g}" if gpus_per_worker else "")
+
+
+# Lines of Ray's own processes that tell a user nothing they can act on.
+RAY_NOISE = re.compile(
+    r"PYTHON worker processes have been started on node"  # raylet: startup concurrency (trial actors)
+    r"|Actor with class name: 'PreemptionWatcher' .*max_restarts"  # Train's actor, per trial
+    r"|Requesting resources: \{|Attempting to start training worker group"  # Train's controller
+    r"|^Started training worker group of size|^- \(ip=\S+, pid=\d+\) world_rank="
+)
+
+
+def route_worker_logs() -> None:
+    """What Ray's workers and raylets print reaches this driver's stderr, never its stdout (which
+    carries the job's results: Tune's table), every line as printed (no "[repeated Nx across
+    cluster]" merging: trials' lines differ by name), less RAY_NOISE. Replaces Ray's printer of
+    forwarded lines (`print_to_stdstream`, also its driver handler `ray_print_logs`); a Ray
+    without them keeps its own."""
+    try:
+        from ray._private import worker as ray_worker
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    if not hasattr(ray_worker, "print_to_stdstream") or not hasattr(ray_worker, "print_worker_logs"):
+        return
+
+    def print_lines(data: dict, ignore_prefix: bool) -> None:
+        lines = [line for line in data.get("lines", []) if not RAY_NOISE.search(line)]
+        if lines:
+            ray_worker.print_worker_logs(dict(data, lines=lines), sys.stderr, ignore_prefix)
+
+    ray_worker.print_to_stdstream = print_lines  # raylet and autoscaler messages (listen_error_messages)
+    if any(name == "ray_print_logs" for name, _ in dispatcher.handlers):
+        ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("ray_print_logs", lambda data: print_lines(data, ignore_prefix))
 
 
 def quiet_ray_loggers() -> None:

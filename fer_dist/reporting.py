@@ -75,9 +75,11 @@ class Reporter(NullReporter):
         log.info(message, *args)
 
     def start(self, dataset, replicas: int, per_worker_batch_size: int) -> None:
-        log.info("config: %s", describe(self.config))
+        label = run_label(self.run_dir)  # a Ray run's name: its trial or run, on a shared console
+        log.info("%sconfig: %s", label, describe(self.config))
         log.info(
-            "data %s: train %d, val %d, test %s; %d replica(s), per_worker_batch_size %d",
+            "%sdata %s: train %d, val %d, test %s; %d replica(s), per_worker_batch_size %d",
+            label,
             dataset.source,
             len(dataset.train),
             len(dataset.val),
@@ -86,7 +88,7 @@ class Reporter(NullReporter):
             per_worker_batch_size,
         )
         for note in dataset.notes:
-            log.info("data: %s", note)
+            log.info("%sdata: %s", label, note)
 
     def begin(self, state) -> None:
         """config.json, and the history so far of a resumed run. A run that trains again is not

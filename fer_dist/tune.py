@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 
 from fer_dist import monitor, storage
@@ -303,6 +304,10 @@ def search(
 
     # Trials run in Ray's own working directories: every local path must be absolute.
     storage_uri, base = storage.absolute(storage_uri), absolute_paths(base)
+    # Tune's new console engine prints a configuration box, result paths and a TensorBoard command
+    # into Ray's session directory on stdout whatever `verbose` says; the old one at verbose=0
+    # prints nothing, and this job logs its own lines (stdout: the results table only).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     spec = dataclasses.replace(spec, metric=base.monitor)  # ASHA, the ranking and the export: the trials' own
     log.info("trials are ranked by %s", monitor.describe(base.monitor))
     search_uri = runs.run_dir(storage_uri, name)  # the name and the bucket checked
@@ -581,4 +586,5 @@ def _finish_best(model, config: TrainConfig, trial_dir: str, checkpoint_uri: str
     state.best_epoch = state.epoch  # the exported weights are this checkpoint's own
     dataset = data.load_for(config)
     reporting.export_model(model, config, target_uri)
-    evaluate.evaluate_run(model, dataset, config, target_uri, state)  # metrics.json last: complete
+    # metrics.json last: complete; its reports go to the log (stdout: the search's results table)
+    evaluate.evaluate_run(model, dataset, config, target_uri, state, report_to=sys.stderr)

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,7 +197,18 @@ def test_driver_killed_then_resume(tmp_path, tiny_csv):
     assert list(history(run)["epoch"]) == [1, 2, 3, 4]
 
 
-def test_one_and_two_workers_agree(tmp_path, tiny_csv):
+@pytest.fixture(scope="module")
+def two_worker_run(tmp_path_factory, tiny_csv) -> dict:
+    """One 2-worker run of 3 epochs (keeping 3 checkpoints), shared by the tests below that read
+    it; a test that changes it works on a copy. {"storage", "name", "args", "out"}."""
+    storage_dir = str(tmp_path_factory.mktemp("w2"))
+    args = ["--data", tiny_csv, "--epochs", "3", *SMOKE, "--set", "global_batch_size=32", "--set", "precise_bn=224"]
+    args += ["--set", "keep_checkpoints=3"]
+    out = finish(job(["--workers", "2", "--storage", storage_dir, "--name", "w2", *args]))
+    return {"storage": storage_dir, "name": "w2", "args": args, "out": out}
+
+
+def test_one_and_two_workers_agree(tmp_path, tiny_csv, two_worker_run):
     """Same data and global batch size: final metrics within a stated tolerance.
 
     Tolerance: |val_accuracy| within 0.08 and val_loss within 35% (dropout masks and
@@ -205,11 +217,10 @@ def test_one_and_two_workers_agree(tmp_path, tiny_csv):
     """
     # PreciseBN: after 3 short epochs the moving BatchNorm averages lag the weights, and the
     # comparison measured that lag (1 worker 0.589, 2 workers 0.705 val_accuracy without it).
-    common = ["--data", tiny_csv, "--storage", str(tmp_path), "--epochs", "3", *SMOKE, "--set", "global_batch_size=32"]
-    common += ["--set", "precise_bn=224"]
-    out1 = finish(job(["--workers", "1", "--name", "w1", *common]))
-    out2 = finish(job(["--workers", "2", "--name", "w2", *common]))
-    h1, h2 = history(str(tmp_path / "w1")), history(str(tmp_path / "w2"))
+    out1 = finish(job(["--workers", "1", "--name", "w1", "--storage", str(tmp_path), *two_worker_run["args"]]))
+    out2 = two_worker_run["out"]
+    h1 = history(str(tmp_path / "w1"))
+    h2 = history(os.path.join(two_worker_run["storage"], "w2"))
     assert len(h1) == len(h2) == 3, (out1[-2000:], out2[-2000:])
     a, b = h1.iloc[-1], h2.iloc[-1]
     assert abs(a["val_accuracy"] - b["val_accuracy"]) <= 0.08, (a, b)
@@ -217,22 +228,23 @@ def test_one_and_two_workers_agree(tmp_path, tiny_csv):
     print(f"1 worker: {a['images_per_second']:.0f} img/s, 2 workers: {b['images_per_second']:.0f} img/s")
 
 
-def test_damaged_newest_checkpoint_on_ray_falls_back_to_a_whole_one(tmp_path, tiny_csv):
+def test_damaged_newest_checkpoint_on_ray_falls_back_to_a_whole_one(tmp_path, two_worker_run):
     """The chief verifies manifests, takes the newest whole checkpoint, and every worker resumes
     from it."""
-    args = ["--workers", "2", "--data", tiny_csv, "--storage", str(tmp_path), "--name", "dmg", *SMOKE]
-    out = finish(job([*args, "--epochs", "2", "--set", "keep_checkpoints=2"]))
-    run = str(tmp_path / "dmg")
-    assert checkpoints(run) == ["epoch_0001", "epoch_0002"], out[-3000:]
+    shutil.copytree(os.path.join(two_worker_run["storage"], "w2"), tmp_path / "w2")
+    run = str(tmp_path / "w2")
+    assert checkpoints(run) == ["epoch_0001", "epoch_0002", "epoch_0003"], two_worker_run["out"][-3000:]
     assert not [n for n in os.listdir(run) if n.startswith("checkpoint_")]  # Ray uploaded no checkpoint
-    with open(os.path.join(run, "checkpoints", "epoch_0002", "optimizer.npz"), "r+b") as f:
+    with open(os.path.join(run, "checkpoints", "epoch_0003", "optimizer.npz"), "r+b") as f:
         f.truncate(1000)  # as by an upload cut short
-    resumed = job([*args, "--epochs", "3", "--resume"])
+    args = two_worker_run["args"][:]
+    args[args.index("--epochs") + 1] = "4"
+    resumed = job(["--workers", "2", "--storage", str(tmp_path), "--name", "w2", *args, "--resume"])
     out = finish(resumed)
     assert resumed.returncode == 0, out[-4000:]
     assert "skipping checkpoint" in out and "optimizer.npz does not match its manifest" in out, out[-4000:]
-    assert "resumed from the checkpoint of epoch 1" in out, out[-4000:]
-    assert list(history(run)["epoch"]) == [1, 2, 3]
+    assert "resumed from the checkpoint of epoch 2" in out, out[-4000:]
+    assert list(history(run)["epoch"]) == [1, 2, 3, 4]
 
 
 def test_the_fence_reaches_the_workers_when_the_driver_loses_the_lease(gcs_prefix, tiny_csv):

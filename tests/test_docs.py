@@ -170,3 +170,21 @@ def test_checks_catch_shared_paths_and_inward_words():
     assert shared_path_uses(text) == [1, 3]
     assert [line for line in code_block_lines(text) if "../shared" in line]
     assert inward_words("As the Issue says; issues; tissue") == ["Issue", "issues"]
+
+
+def test_readme_figures_are_those_of_the_committed_results_file(readme):
+    """The preset figures and run sizes the README gives come from benchmarks/presets.json
+    (`python benchmarks/presets.py`), which names the machine that measured them."""
+    import json
+
+    report = json.loads((ROOT / "benchmarks" / "presets.json").read_text())
+    machine = report["machine"]
+    assert machine["cpu"] and machine["cores"] and "avx512" in machine, machine
+    demo, seed = report["presets"]["demo"], report["presets"]["seed"]
+    row = next(line for line in readme.splitlines() if line.startswith("| `demo` (default) |"))
+    assert f"{demo['wall_seconds']:.0f} s" in row, row
+    assert f"{100 * demo['test_accuracy']:.2f}% test, {100 * demo['val_accuracy']:.2f}% val" in row, row
+    assert f"{seed['sizes']['total'] / 1e6:.0f} MB after one epoch" in readme
+    assert f"a checkpoint is {seed['sizes']['checkpoints'] / 1e6:.0f} MB" in readme
+    assert f"`saved_model/` {seed['sizes']['saved_model'] / 1e6:.0f} MB" in readme
+    assert report["date"] in readme

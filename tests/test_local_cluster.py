@@ -278,8 +278,8 @@ def test_a_drained_node_gets_a_checkpoint_at_a_step_and_the_run_resumes_from_it(
     start, deadline_s = time.time(), 10
     args = ["--workers", "2", "--data", "builtin", "--set", "builtin_size=12000", "--storage", gcs_prefix]
     # small batches: an epoch (1200 steps) outlasts the notice's deadline on a fast CPU too, so that
-    # the restart comes mid-epoch, from the step checkpoint
-    args += ["--name", "pre", "--epochs", "2", "--set", "vote_every_steps=5", "--set", "global_batch_size=8", *SMOKE]
+    # the restart comes mid-epoch, from the step checkpoint; one epoch: the resumed run finishes it
+    args += ["--name", "pre", "--epochs", "1", "--set", "vote_every_steps=5", "--set", "global_batch_size=8", *SMOKE]
     placements = Placements(local_cluster)
     job = Job("train.py", args, local_cluster)
     try:
@@ -305,7 +305,7 @@ def test_a_drained_node_gets_a_checkpoint_at_a_step_and_the_run_resumes_from_it(
     step = int(re.search(r"step (\d+)", line).group(1))
     assert f"resumed from the checkpoint of epoch 0 after step {step} of epoch 1" in out, out[-5000:]
     h = history(storage.join(gcs_prefix, "pre"))
-    assert list(h["epoch"]) == [1, 2] and h["restarts"].iloc[-1] >= 1, h
+    assert list(h["epoch"]) == [1] and h["restarts"].iloc[-1] >= 1, h
     written = re.search(r"written in ([\d.]+) s", line).group(1)
     print(
         f"\nnotice seen {noticed_s:.1f} s after the drain, checkpoint at step {step} written in {written} s; "

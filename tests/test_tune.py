@@ -37,13 +37,14 @@ TINY_SEARCH = [
 ]
 
 
-def tune_job(args: list[str], cwd: str = ROOT) -> subprocess.Popen:
+def tune_job(args: list[str], cwd: str = ROOT, log_file=None) -> subprocess.Popen:
+    """The search as a user starts it: stdout piped; stderr (the log) with it, or to `log_file`."""
     return subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "jobs", "tune.py"), *args],
         cwd=cwd,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.STDOUT if log_file is None else log_file,
         text=True,
         start_new_session=True,
     )
@@ -57,10 +58,30 @@ def results(search_uri: str) -> pd.DataFrame:
 
 
 @pytest.mark.ray
-def test_search_with_asha_runs_to_the_end_in_gcs(gcs_emulator, gcs_prefix):
-    proc = tune_job([*TINY_SEARCH, "--storage", gcs_prefix, "--name", "s"])
-    out = finish(proc)
+def test_search_with_asha_runs_to_the_end_in_gcs(gcs_emulator, gcs_prefix, tmp_path):
+    with open(tmp_path / "stderr.log", "w+") as log_file:
+        # --metric: the trials train, and are ranked, by val_accuracy (ASHA stops some of these trials by it)
+        args = [*TINY_SEARCH, "--metric", "val_accuracy", "--storage", gcs_prefix, "--name", "s"]
+        proc = tune_job(args, log_file=log_file)
+        stdout = finish(proc)
+        log_file.seek(0)
+        log = log_file.read()
+    out = log + stdout
     assert proc.returncode == 0, out[-5000:]
+    # stdout carries the results: the table and the summary lines, nothing of Ray's or of the trials
+    lines = stdout.strip().splitlines()
+    assert lines[0].split()[0] == "trial", stdout[-3000:]
+    assert len(lines) == 1 + 4 + 4, stdout[-3000:]  # header, 4 trials, directory/best/retrain/evaluate
+    for noise in (
+        "pid=",
+        "(raylet)",
+        "Configuration for experiment",
+        "View detailed results",
+        "repeated",
+        "tensorboard",
+    ):
+        assert noise not in stdout, (noise, stdout[-3000:])
+    assert "trial-" in log and "epoch 1/3" in log, log[-3000:]  # the trials' lines are in the log
     search = storage.join(gcs_prefix, "s")
     table = results(search)
     assert len(table) == 4, table
@@ -70,7 +91,7 @@ def test_search_with_asha_runs_to_the_end_in_gcs(gcs_emulator, gcs_prefix):
         "dropout",
         "decay_factor",
         "learning_rate",
-        "best_val_loss",
+        "best_val_accuracy",
         "epochs_run",
         "stopped",
         "wall_seconds",
@@ -78,18 +99,18 @@ def test_search_with_asha_runs_to_the_end_in_gcs(gcs_emulator, gcs_prefix):
     # ASHA stopped someone, and the search still ran every trial (ray-project/ray#54305 worked around).
     assert (table["stopped"] == "asha").any(), table
     assert (table["epochs_run"] == 3).any(), table
-    assert table["best_val_loss"].is_monotonic_increasing  # the monitored metric (val_loss): lowest first
+    assert table["best_val_accuracy"].is_monotonic_decreasing  # the monitored metric: highest first
     names = set(storage.listdir(search))
-    assert {"results.csv", "best_config.json", "best_model", "val_loss_curves.png"} <= names, names
+    assert {"results.csv", "best_config.json", "best_model", "val_accuracy_curves.png"} <= names, names
     assert {"model.keras", "config.json"} <= set(storage.listdir(storage.join(search, "best_model")))
     best = storage.read_text(storage.join(search, "best_config.json"))
-    assert '"builtin_size": 700' in best
+    assert '"builtin_size": 700' in best and '"monitor": "val_accuracy"' in best
     # The table follows the trials' own directories; each has metrics.json; best_model/ is a run.
     for row in table.to_dict("records"):
         trial = storage.join(search, "trials", row["trial"])
         on_disk = pd.read_csv(io.StringIO(storage.read_text(storage.join(trial, "history.csv"))))
         assert row["epochs_run"] == on_disk["epoch"].max(), (row, on_disk)
-        assert row["best_val_loss"] == pytest.approx(on_disk["val_loss"].min()), (row, on_disk)
+        assert row["best_val_accuracy"] == pytest.approx(on_disk["val_accuracy"].max()), (row, on_disk)
         assert storage.exists(storage.join(trial, "metrics.json")), trial
     assert {"saved_model", "metrics.json", "history.csv", "val_confusion.csv"} <= set(
         storage.listdir(storage.join(search, "best_model"))
@@ -148,7 +169,8 @@ def test_a_failed_trial_is_retried_by_tune_and_resumes_from_its_checkpoints(tmp_
 def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     # A relative --storage, as users type it: the trials (which Ray runs in directories of its
     # own) must still write under it.
-    args = [*TINY_SEARCH, "--set", "epochs=2", "--max-concurrent", "1", "--storage", "searches", "--name", "r"]
+    args = [*TINY_SEARCH, "--set", "epochs=2", "--samples", "2", "--max-concurrent", "1"]
+    args += ["--storage", "searches", "--name", "r"]
     trials = tmp_path / "searches" / "r" / "trials"
     proc = tune_job(args, cwd=str(tmp_path))
     deadline = time.time() + 400
@@ -165,8 +187,8 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
     resumed = tune_job([*args, "--resume"], cwd=str(tmp_path))
     out = finish(resumed)
     assert resumed.returncode == 0, out[-5000:]
-    assert len(results(str(tmp_path / "searches" / "r"))) == 4
-    assert len(list(trials.glob("trial-*/history.csv"))) == 4
+    assert len(results(str(tmp_path / "searches" / "r"))) == 2
+    assert len(list(trials.glob("trial-*/history.csv"))) == 2
     for p, stamp in stamps.items():
         assert p.stat().st_mtime_ns == stamp, f"{p.parent.name} was run again"
 
