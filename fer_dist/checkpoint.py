@@ -221,6 +221,15 @@ def _manifest(uri: str) -> dict | None:
     return manifest if _well_formed(manifest) else {"damaged": True}
 
 
+def _state_metrics(uri: str) -> dict:
+    """The epoch's metrics from the checkpoint's state.json ({} when unreadable)."""
+    try:
+        metrics = json.loads(storage.read_text(storage.join(uri, STATE_FILE))).get("metrics") or {}
+    except (FileNotFoundError, ValueError, UnicodeDecodeError, AttributeError, IsADirectoryError):
+        return {}
+    return _scalars(metrics) if isinstance(metrics, dict) else {}
+
+
 def _well_formed(manifest) -> bool:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         return False
@@ -284,12 +293,15 @@ def info(uri: str) -> Info | None:
     manifest = _manifest(uri)
     if manifest is not None and not manifest.get("damaged"):
         accuracy = manifest.get("val_accuracy")
+        metrics = manifest.get("metrics")
+        if metrics is None and not int(manifest.get("step", 0)):  # a manifest written before it had them
+            metrics = _state_metrics(uri)
         return Info(
             uri,
             int(manifest["epoch"]),
             int(manifest.get("step", 0)),
             None if accuracy is None else float(accuracy),
-            dict(manifest.get("metrics") or {}),
+            dict(metrics or {}),
         )
     try:  # no manifest, or a damaged one: what state.json says (legacy checkpoints, damaged ones)
         state = json.loads(storage.read_text(storage.join(uri, STATE_FILE)))

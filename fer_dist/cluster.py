@@ -52,9 +52,8 @@ NODE_ID_ENV = "RAY_OVERRIDE_NODE_ID_FOR_TESTING"  # a fake node's id, in its ray
 NODE_TYPE_ENV = "RAY_NODE_TYPE_NAME"
 HEAD_NODE_ID = "f" * 51 + "00000"  # the fake head's node id (Ray's FAKE_HEAD_NODE_ID)
 STATE_ENV = "FER_DIST_CLUSTER_STATE"  # the default state file, e.g. one per terminal or project
-DEFAULT_STATE = os.environ.get(STATE_ENV) or os.path.join(
-    tempfile.gettempdir(), f"fer_dist_local_cluster_{os.getuid()}.json"
-)
+USER_STATE = os.path.join(tempfile.gettempdir(), f"fer_dist_local_cluster_{os.getuid()}.json")
+DEFAULT_STATE = os.environ.get(STATE_ENV) or USER_STATE
 AUTH_OFF = {"RAY_AUTH_MODE": "disabled"}
 OBJECT_STORE_BYTES = 256 * 1024**2  # per node: small, the jobs pass little through it
 # Every key a cluster config has: the autoscaler (monitor) indexes them and dies on a KeyError.
@@ -528,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--print-config", action="store_true", help="print the derived autoscaler config")
     parser.add_argument("--cluster-yaml", default=str(DEFAULT_CLUSTER_YAML))
     parser.add_argument(
-        "--state", default=DEFAULT_STATE, help=f"the state file (default ${STATE_ENV}, else {DEFAULT_STATE})"
+        "--state", default=DEFAULT_STATE, help=f"the state file (default ${STATE_ENV}, else {USER_STATE})"
     )
     parser.add_argument("--cpus-per-node", type=int, default=1, help="cap on every node's CPUs (default 1)")
     parser.add_argument("--max-workers", type=int, default=2, help="cap on each type's max_workers (default 2)")
@@ -555,7 +554,7 @@ def _run(args, derive: dict) -> int:
         print(yaml.safe_dump(local_config(args.cluster_yaml, **derive), sort_keys=False), end="")
     elif args.up:
         cluster = up(args.cluster_yaml, state_path=args.state, **derive)
-        state = "" if args.state == DEFAULT_STATE else f" --state {args.state}"
+        state = "" if args.state == USER_STATE else f" --state {args.state}"  # also one from the env var
         print(f"local cluster up: {cluster.address}; stop it with `python -m fer_dist.cluster local --down{state}`")
         print("export " + " ".join(f"{k}={v}" for k, v in cluster.env().items()))
     elif args.down:

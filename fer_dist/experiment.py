@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 
 from fer_dist import runs, storage
@@ -70,7 +71,8 @@ def check_recipe(run_dir: str, saved: TrainConfig, source: str) -> None:
     facts, text = found
     ours = TrainConfig.from_json(text, source=facts.uri).to_dict()
     theirs = saved.to_dict()
-    changed = [k for k in theirs if k not in RESUMABLE_CHANGES and theirs[k] != ours.get(k)]
+    known = json.loads(text).keys()  # a field newer than the checkpoint takes its value from config.json
+    changed = [k for k in theirs if k in known and k not in RESUMABLE_CHANGES and theirs[k] != ours.get(k)]
     if changed:
         shown = ", ".join(f"{k} ({ours.get(k)!r} in the checkpoint, {theirs[k]!r} in config.json)" for k in changed)
         raise UserError(

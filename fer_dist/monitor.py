@@ -20,8 +20,11 @@ def mode(metric: str) -> str:
 
 
 def better(value: float, best: float | None, metric: str) -> bool:
-    """Whether `value` of `metric` improves on `best` (None or NaN: nothing yet)."""
-    if best is None or (isinstance(best, float) and math.isnan(best)):
+    """Whether `value` of `metric` improves on `best` (None: nothing yet). NaN (a diverged
+    epoch) never improves, so a diverging run decays its rate and stops early."""
+    if value is None or math.isnan(value):
+        return False
+    if best is None or math.isnan(best):
         return True
     return value < best if mode(metric) == "min" else value > best
 

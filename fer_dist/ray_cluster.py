@@ -317,7 +317,8 @@ def route_worker_logs() -> None:
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
     except ImportError:
         return
-    if not hasattr(ray_worker, "print_to_stdstream") or not hasattr(ray_worker, "print_worker_logs"):
+    needed = ("print_to_stdstream", "print_worker_logs", "_should_ignore_worker_log_prefix", "global_worker")
+    if not all(hasattr(ray_worker, name) for name in needed):
         return
 
     def print_lines(data: dict, ignore_prefix: bool) -> None:

@@ -81,10 +81,13 @@ class LoopState:
     @classmethod
     def from_dict(cls, fields: dict) -> LoopState:
         known = {f.name for f in dataclasses.fields(cls)}
-        state = cls(**{k: v for k, v in fields.items() if k in known})
-        if "best_monitored" not in fields and state.best_epoch:  # saved before `monitor`: val_loss
-            state.best_monitored = state.best_val_loss
-        return state
+        return cls(**{k: v for k, v in fields.items() if k in known})
+
+    def monitoring(self, config: TrainConfig) -> LoopState:
+        """A state saved before `monitor` existed: its best so far of `config.monitor`."""
+        if self.best_monitored is None and self.best_epoch:
+            self.best_monitored = self.best_val_accuracy if config.monitor == "val_accuracy" else self.best_val_loss
+        return self
 
     def update(self, row: dict, config: TrainConfig) -> tuple[bool, bool]:
         """Applies one epoch's metrics: (improved, stop)."""
@@ -293,7 +296,7 @@ def restore(config: TrainConfig, session: Session, model, optimizer, dataset, re
         fields, best = checkpoint.load(directory, model=model, optimizer=optimizer)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    state = LoopState.from_dict(fields)
+    state = LoopState.from_dict(fields).monitoring(config)
     state.restarts += 1
     at = f" after step {state.step} of epoch {state.epoch + 1}" if state.step else ""
     reporter.info("resumed from the checkpoint of epoch %d%s; continuing at epoch %d", state.epoch, at, state.epoch + 1)

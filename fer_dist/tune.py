@@ -141,13 +141,21 @@ def space_json(space: dict[str, Dim]) -> str:
     return json.dumps({k: {"kind": d.kind, "values": list(d.values)} for k, d in space.items()}, indent=2) + "\n"
 
 
-def saved_search(storage_uri: str, name: str) -> tuple[TrainConfig, dict[str, Dim]]:
-    """The base config and search space a search was started with (what `--resume` continues)."""
+def saved_search(storage_uri: str, name: str, metric: str | None = None) -> tuple[TrainConfig, dict[str, Dim]]:
+    """The base config and search space a search was started with (what `--resume` continues).
+    A base config saved before `monitor` existed gets the metric its search was ranked by:
+    `metric` (--metric), else val_accuracy, Tune's default then."""
     search_uri = storage.join(storage.absolute(storage_uri), name)
     base_uri, space_uri = storage.join(search_uri, BASE_CONFIG_FILE), storage.join(search_uri, SPACE_FILE)
     if not storage.exists(base_uri) or not storage.exists(space_uri):
         raise UserError(f"--resume: no search to resume at {search_uri} (no {BASE_CONFIG_FILE} / {SPACE_FILE})")
-    base = TrainConfig.from_json(storage.read_text(base_uri), source=base_uri)
+    text = storage.read_text(base_uri)
+    base = TrainConfig.from_json(text, source=base_uri)
+    if "monitor" not in json.loads(text):
+        base = base.replace(monitor=metric or "val_accuracy")
+        log.warning(
+            "%s predates `monitor`: its trials are ranked by %s (--metric to say otherwise)", base_uri, base.monitor
+        )
     try:
         raw = json.loads(storage.read_text(space_uri))
         space = {k: Dim(d["kind"], tuple(d["values"])) for k, d in raw.items()}
@@ -166,7 +174,7 @@ def resolve_search(
 
     if not resume:
         return config_lib.resolve(preset or "quick", sets), parse_space(preset or "quick", space_specs)
-    base, space = saved_search(storage_uri, name)
+    base, space = saved_search(storage_uri, name, sets.get("monitor"))
     wanted = config_lib.resolve(preset, sets) if preset else base.replace(**sets) if sets else base
     refuse_changes(base, absolute_paths(wanted), space, parse_space(preset, space_specs, start=space))
     return base, space
@@ -582,7 +590,8 @@ def _finish_best(model, config: TrainConfig, trial_dir: str, checkpoint_uri: str
         storage.write_text(
             storage.join(target_uri, "history.csv"), storage.read_text(storage.join(trial_dir, "history.csv"))
         )
-    state = LoopState.from_dict(json.loads(storage.read_text(storage.join(checkpoint_uri, checkpoint.STATE_FILE))))
+    saved = json.loads(storage.read_text(storage.join(checkpoint_uri, checkpoint.STATE_FILE)))
+    state = LoopState.from_dict(saved).monitoring(config)
     state.best_epoch = state.epoch  # the exported weights are this checkpoint's own
     dataset = data.load_for(config)
     reporting.export_model(model, config, target_uri)

@@ -24,7 +24,7 @@ def test_a_smoke_run_prints_no_banners_and_one_line_per_epoch(tmp_path):
     assert banners == [], banners
     epochs = [line for line in proc.stderr.splitlines() if re.search(r" I epoch \d+/2: loss", line)]
     assert len(epochs) == 2, proc.stderr[-3000:]
-    assert "exporting model.keras and saved_model/ (weights of epoch" in proc.stderr  # slow phases say what they do
+    assert "exporting model.keras and saved_model/: the weights of epoch" in proc.stderr  # slow phases say what they do
     print(f"\nstderr {len(proc.stderr.splitlines())} lines, stdout {len(proc.stdout.splitlines())} lines")
 
 

@@ -323,7 +323,7 @@ def test_elastic_workers_start_with_what_the_cluster_gives_and_survive_a_lost_no
     autoscaler replaces the node, so 2 or 3), and the history stays continuous. (A MAX above
     the cluster's maximum is Ray's InsufficientClusterResourcesError when a resize reaches for it:
     one `error:` line.)"""
-    args = ["--workers", "2:3", "--data", bucket_csv, "--storage", gcs_prefix, "--name", "el", "--epochs", "6"]
+    args = ["--workers", "2:3", "--data", bucket_csv, "--storage", gcs_prefix, "--name", "el", "--epochs", "4"]
     args += ["--max-failures", "3", "--set", "keep_checkpoints=6", *SMOKE]
     placements = Placements(local_cluster)
     job = Job("train.py", args, local_cluster)
@@ -339,6 +339,6 @@ def test_elastic_workers_start_with_what_the_cluster_gives_and_survive_a_lost_no
     assert job.proc.returncode == 0, out[-5000:]
     assert "Ray Train: 2:3 worker(s) (elastic)" in out, out[-3000:]
     h = history(run)
-    assert list(h["epoch"]) == [1, 2, 3, 4, 5, 6], h
+    assert list(h["epoch"]) == [1, 2, 3, 4], h
     assert h["workers"].between(2, 3).all() and h["restarts"].iloc[-1] >= 1, h[["epoch", "workers", "restarts"]]
     print(f"\nworkers per epoch {list(h['workers'])}, restarts {list(h['restarts'])}")

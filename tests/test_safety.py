@@ -483,3 +483,35 @@ def test_a_checkpoint_cut_short_before_its_manifest_is_no_reason_to_refuse_a_sta
     _damage(uri)
     with pytest.raises(checkpoint.CheckpointError, match="no whole checkpoint"):
         checkpoint.fetch_to_resume(checkpoint.of_run(run_dir), run_dir)
+
+
+def test_runs_and_searches_saved_before_monitor_existed_resume_by_what_they_used(tmp_path, model_and_optimizer):
+    """A checkpoint's config without `monitor` (a field added later) is no recipe change; a
+    manifest without metrics still ranks by the epoch's metrics (state.json); a search's base
+    config without it keeps the metric its search was ranked by (val_accuracy, or --metric)."""
+    import json
+
+    from fer_dist import experiment, tune
+    from fer_dist.errors import UserError
+
+    run_dir = str(tmp_path / "old")
+    model, optimizer = model_and_optimizer
+    old_config = {k: v for k, v in SMOKE.to_dict().items() if k != "monitor"}
+    local = str(tmp_path / "local")
+    loop = {"epoch": 1, "step": 0, "metrics": {"val_accuracy": 0.5, "val_loss": 0.7}}
+    checkpoint.save(local, model=model, optimizer=optimizer, loop=loop, config_json=json.dumps(old_config))
+    manifest = json.loads(open(os.path.join(local, checkpoint.MANIFEST_FILE)).read())
+    del manifest["metrics"]  # as format 1 wrote it before the manifest carried the metrics
+    open(os.path.join(local, checkpoint.MANIFEST_FILE), "w").write(json.dumps(manifest))
+    uri = checkpoint.publish(local, run_dir, 1, 0)
+    assert checkpoint.info(uri).metrics["val_loss"] == 0.7
+    experiment.check_recipe(run_dir, SMOKE.replace(monitor="val_accuracy"), "config.json")  # no error
+    with pytest.raises(UserError, match="dropout"):
+        experiment.check_recipe(run_dir, SMOKE.replace(dropout=0.11), "config.json")
+
+    search = tmp_path / "searches" / "s"
+    search.mkdir(parents=True)
+    (search / tune.BASE_CONFIG_FILE).write_text(json.dumps(old_config))
+    (search / tune.SPACE_FILE).write_text(json.dumps({"dropout": {"kind": "choice", "values": [0.1, 0.2]}}))
+    assert tune.saved_search(str(tmp_path / "searches"), "s")[0].monitor == "val_accuracy"
+    assert tune.saved_search(str(tmp_path / "searches"), "s", "val_loss")[0].monitor == "val_loss"

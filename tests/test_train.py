@@ -207,9 +207,18 @@ def test_the_monitored_metric_decides_best_plateau_and_stop():
     cfg = C.resolve("seed", {"early_stop_patience": "1", "monitor": "val_accuracy"})
     assert [by_accuracy.update(r, cfg) for r in rows] == [(True, False)] * 3
     assert by_accuracy.best_epoch == 3 and by_accuracy.best_monitored == 0.7
-    # a checkpoint written before `monitor` existed went by val_loss
-    old = T.LoopState.from_dict({"epoch": 2, "best_val_loss": 0.8, "best_epoch": 2})
-    assert old.best_monitored == 0.8
+    # a diverged epoch (NaN) never improves: the run decays and stops early
+    diverged = T.LoopState(learning_rate=0.1)
+    cfg = C.resolve("seed", {"early_stop_patience": "2", "decay_patience": "1", "decay_factor": "0.5"})
+    nan = float("nan")
+    steps = [diverged.update(dict(_row(e, v), val_accuracy=0.1), cfg) for e, v in [(1, 1.0), (2, nan), (3, nan)]]
+    assert steps == [(True, False), (False, False), (False, True)] and diverged.best_epoch == 1
+    assert diverged.learning_rate == 0.025
+    # a state saved before `monitor` existed: its best of the run's monitored metric
+    old = {"epoch": 2, "best_val_loss": 0.8, "best_val_accuracy": 0.7, "best_epoch": 2}
+    assert T.LoopState.from_dict(old).monitoring(C.resolve("seed")).best_monitored == 0.8
+    by_accuracy = C.resolve("seed", {"monitor": "val_accuracy"})
+    assert T.LoopState.from_dict(old).monitoring(by_accuracy).best_monitored == 0.7
 
 
 def test_export_and_retention_use_the_monitored_metric(tmp_path, monkeypatch):
@@ -372,4 +381,28 @@ def test_checkpoint_every_steps_writes_step_checkpoints_that_retention_drops(tmp
     assert session.saved == want
     left = os.listdir(tmp_path / "run" / "checkpoints")
     # the newest step checkpoint goes at the next epoch; the best by val_loss and the newest stay
-    assert "epoch_0002" in left and not [n for n in left if "_step_" in n], left
+    assert "epoch_0002" in left and len(left) <= 2 and not [n for n in left if "_step_" in n], left
+
+
+def test_a_job_keeps_and_exports_by_its_configs_monitor(tmp_path, monkeypatch):
+    """The same through the job's own path (`experiment.train`): the session it makes retains by
+    the config's monitor."""
+    from fer_dist import experiment
+
+    scripted = {1: (1.0, 0.5), 2: (0.9, 0.9), 3: (0.5, 0.6)}  # val_accuracy best at 2, val_loss at 3
+    real_row = T.epoch_row
+
+    def epoch_row(run, totals, val_loss, val_correct, epoch):
+        return dict(
+            real_row(run, totals, val_loss, val_correct, epoch),
+            val_loss=scripted[epoch][0],
+            val_accuracy=scripted[epoch][1],
+        )
+
+    monkeypatch.setattr(T, "epoch_row", epoch_row)
+    sets = dict(SMOKE, epochs="3", monitor="val_accuracy", keep_checkpoints="1", early_stop_patience="0")
+    experiment.train(preset="smoke", overrides=sets, output=str(tmp_path), name="r", progress=False)
+    run_dir = str(tmp_path / "r")
+    assert {i.epoch for i in checkpoint.whole(checkpoint.of_run(run_dir))} == {2, 3}
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    assert metrics["monitor"] == "val_accuracy" and metrics["best_epoch"] == 2

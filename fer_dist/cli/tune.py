@@ -75,7 +75,7 @@ def main(
         2, "--reduction-factor", metavar="N", help="ASHA: keep 1/N of trials at each rung."
     ),
     searcher: Searcher = typer.Option(
-        "random", "--searcher", help='random search, or optuna (model-based; pip install -e ".\\[tune]").'
+        "random", "--searcher", help='random search, or optuna (model-based; pip install -e ".[tune]").'
     ),
     storage_uri: str = typer.Option(
         "./runs/tune",
@@ -125,6 +125,8 @@ def main(
     if data is not None:
         sets["data"] = data
     if metric is not None:
+        if sets.get("monitor", metric) != metric:
+            raise cli.UserError(f"--metric {metric} and --set monitor={sets['monitor']}: give one of them")
         sets["monitor"] = metric
     base, search_space = tune_lib.resolve_search(preset, sets, space, storage_uri, name, resume)
     tune_lib.check_space(base, search_space, workers_per_trial)
