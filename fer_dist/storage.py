@@ -420,7 +420,10 @@ def _read_object(fs: pafs.FileSystem, path: str, uri: str) -> bytes:
     if info.type == pafs.FileType.Directory:
         raise IsADirectoryError(uri)
     with fs.open_input_file(path) as f:
-        return f.read()
+        try:
+            return f.read()
+        except ValueError as e:  # pyarrow, mid-outage: "I/O operation on closed file" from a failed open
+            raise ConnectionError(f"{uri}: read failed ({e})") from e
 
 
 def read_bytes(uri: str) -> bytes:
