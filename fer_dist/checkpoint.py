@@ -500,16 +500,23 @@ def monitored(facts: Info, metric: str) -> float | None:
     return None if math.isnan(value) else value
 
 
+def ranked(checkpoints: list[Info], metric: str) -> list[Info]:
+    """The checkpoints that have a value of the monitored `metric` (fer_dist/monitor.py), best
+    first (ties: the newer first): the one ranking of retention and of Tune's best."""
+    sign = -1.0 if monitor.mode(metric) == "min" else 1.0
+    scored = [
+        (sign * v, i.epoch, i.step, n) for n, i in enumerate(checkpoints) if (v := monitored(i, metric)) is not None
+    ]
+    return [checkpoints[n] for *_, n in sorted(scored, reverse=True)]
+
+
 def kept(checkpoints: list[Info], keep: int, metric: str = "val_loss") -> set[str]:
     """The URIs to keep of the whole `checkpoints`: the best `keep` by the monitored `metric`
-    (fer_dist/monitor.py; ties: the newer), plus the newest."""
+    (`ranked`), plus the newest."""
     if not checkpoints:
         return set()
     newest = max(checkpoints, key=lambda i: (i.epoch, i.step))
-    sign = -1.0 if monitor.mode(metric) == "min" else 1.0
-    scored = [(sign * v, i.epoch, i.step, i.uri) for i in checkpoints if (v := monitored(i, metric)) is not None]
-    best = sorted(scored, reverse=True)[:keep]
-    return {uri for *_, uri in best} | {newest.uri}
+    return {i.uri for i in ranked(checkpoints, metric)[:keep]} | {newest.uri}
 
 
 _NAME = re.compile(r"^(?:checkpoint_)?epoch_(\d+)(?:_step_(\d+))?$")

@@ -548,13 +548,8 @@ def best_checkpoint(trial_dir: str, metric: str):
     one that resume and retention use; the same ranking as retention's); None when it has none."""
     from fer_dist import checkpoint
 
-    sign = -1.0 if monitor.mode(metric) == "min" else 1.0
-    scored = [
-        (sign * value, i.epoch, i.step, i)
-        for i in checkpoint.whole(checkpoint.of_run(trial_dir))
-        if (value := checkpoint.monitored(i, metric)) is not None
-    ]
-    return max(scored, key=lambda s: s[:3])[3] if scored else None  # ties: the newer
+    best = checkpoint.ranked(checkpoint.whole(checkpoint.of_run(trial_dir)), metric)
+    return best[0] if best else None
 
 
 def export_best(trial_dir: str, config: TrainConfig, metric: str, target_uri: str) -> None:
