@@ -513,20 +513,38 @@ def _emotion_label(uri: str, rel: str, name: str) -> int:
     )
 
 
-def decode_image(uri: str) -> np.ndarray | str:
-    """A uint8 [48, 48] grayscale face, or what is wrong with the file."""
+def open_image(uri: str) -> Image.Image | str:
+    """The decoded image (any size, mode as stored), or what is wrong with the file."""
     if not uri.lower().endswith(IMAGE_SUFFIXES):
         return f"not an image file (expected {', '.join(IMAGE_SUFFIXES)})"
     try:
         with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
-            gray = image.convert("L")
+            image.load()
+            return image
     except UnidentifiedImageError:
         return "not a readable image (unknown format or corrupt data)"
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return f"not a readable image ({_one_line(e)})"
+
+
+def face_pixels(image: Image.Image, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The model's input spec, shared by training folders, predict and (in TensorFlow) the
+    SavedModel: the box (x, y, width, height; pixels outside the image are black) or the whole
+    image, converted to 8-bit gray (ITU-R 601-2 luma, PIL's "L"), resized to 48x48 with PIL's
+    bilinear filter when it is another size: uint8 [48, 48]."""
+    if box is not None:
+        x, y, w, h = box
+        image = image.crop((x, y, x + w, y + h))
+    gray = image.convert("L")
     if gray.size != (IMAGE_PIXELS, IMAGE_PIXELS):
         gray = gray.resize((IMAGE_PIXELS, IMAGE_PIXELS), Image.Resampling.BILINEAR)
     return np.asarray(gray, dtype=np.uint8)
+
+
+def decode_image(uri: str) -> np.ndarray | str:
+    """A uint8 [48, 48] grayscale face (`face_pixels` of the whole image), or what is wrong with the file."""
+    image = open_image(uri)
+    return image if isinstance(image, str) else face_pixels(image)
 
 
 def _one_line(e: BaseException) -> str:

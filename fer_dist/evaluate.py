@@ -5,7 +5,6 @@
 This part is model-independent (numpy, pandas and matplotlib only): it turns true labels
 and predicted class probabilities into a JSON-able metrics dict (`compute_metrics`), a
 terminal report (`format_report`), a confusion-matrix CSV + PNG (`write_confusion`),
-test-time augmentation of a model's predictions (`predict_probs(..., tta=...)`),
 training curves from a run's `history.csv` (`write_history_plot`), an ensemble of several
 models' probabilities (`average_probs`) and a grid of the most confident mistakes
 (`mistakes_grid`). Every file goes through `fer_dist.storage`, so `RUN_DIR` may be a
@@ -38,6 +37,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from fer_dist import EMOTIONS, NUM_CLASSES, storage  # noqa: E402
 from fer_dist.config import TTA_MODES  # noqa: E402
 from fer_dist.errors import UserError  # noqa: E402
+from fer_dist.inference import check_tta, load_config, load_run, predict_probs  # noqa: E402
 from fer_dist.reporting import METRICS_FILE  # noqa: E402  (written last: marks a run complete)
 
 HISTORY_FILE = "history.csv"
@@ -307,41 +307,7 @@ def mistakes_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, k: 
 
 # --- trained models (TensorFlow from here on, imported lazily) -------------------------
 
-MODEL_FILE = "model.keras"
 SPLIT_NAMES = ("train", "val", "test")
-
-
-def check_tta(tta: str, what: str = "--tta") -> str:
-    """`tta` if it is a test-time augmentation mode, else a UserError naming `what`."""
-    if tta not in TTA_MODES:
-        raise UserError(f"{what} {tta!r}: expected one of {', '.join(TTA_MODES)}")
-    return tta
-
-
-def predict_probs(model, images: np.ndarray, config, batch_size: int = 256, tta: str = "none") -> np.ndarray:
-    """Class probabilities [N, 7] of uint8 gray faces [N, H, W], in order.
-
-    tta: "none"; "flip", the mean of the probabilities of each face and its mirror image;
-    "tencrop", the mean over 10 views: the model input resized to ~1.1x its side, its four
-    corner crops and centre crop, and their mirror images (`augment.tta_views`). Rows sum to 1,
-    so ensembles (`average_probs`) average TTA-averaged models."""
-    import tensorflow as tf
-
-    from fer_dist import augment
-    from fer_dist.pipeline import predict_dataset
-
-    check_tta(tta, "tta")
-
-    @tf.function
-    def probs_of(x):
-        views = augment.tta_views(x, tta)
-        total = 0.0
-        for view in views:
-            total += tf.nn.softmax(tf.cast(model(view, training=False), tf.float32), axis=-1)
-        return total / float(len(views))
-
-    out = [probs_of(batch).numpy() for batch in predict_dataset(images, config, batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
 
 
 def evaluate_run(model, dataset, config, run_dir: str, state, report_to=None) -> dict:
@@ -414,49 +380,6 @@ def write_tensorboard_images(run_dir: str) -> list[str]:
         storage.upload_dir(tmp, storage.join(run_dir, "tensorboard", "eval"))
         shutil.rmtree(tmp, ignore_errors=True)
     return names
-
-
-def load_config(run_dir: str):
-    """The TrainConfig of a run directory (its config.json), local or gs://; no model loaded."""
-    from fer_dist.config import TrainConfig
-
-    config_uri = storage.join(run_dir, "config.json")
-    if not storage.exists(config_uri):
-        raise UserError(f"{run_dir}: not a run directory (no config.json)")
-    return TrainConfig.from_json(storage.read_text(config_uri), source=config_uri)
-
-
-def load_run(run_dir: str):
-    """(config, Keras model) of a finished run, local or gs://."""
-    import tempfile
-
-    import keras
-
-    config = load_config(run_dir)
-    model_uri = storage.join(run_dir, MODEL_FILE)
-    from fer_dist import runs
-
-    if storage.exists(storage.join(run_dir, runs.MARKER_FILE)) and not storage.exists(
-        storage.join(run_dir, METRICS_FILE)
-    ):
-        raise UserError(
-            f"{run_dir}: the run is not complete (no {METRICS_FILE}: it is training or finishing, or it was stopped); "
-            f"`{runs.resume_command(run_dir)}` finishes a stopped one"
-        )
-    if not storage.exists(model_uri):
-        raise UserError(
-            f"{run_dir}: no {MODEL_FILE} (is the run still training, or was it stopped? continue a stopped one "
-            "with --resume)"
-        )
-    with tempfile.TemporaryDirectory(prefix="fer_dist_model_") as tmp:
-        path = f"{tmp}/{MODEL_FILE}"
-        with open(path, "wb") as f:
-            f.write(storage.read_bytes(model_uri))
-        try:
-            model = keras.models.load_model(path, compile=False)
-        except Exception as e:  # a truncated or damaged file: zipfile, h5py and JSON errors alike
-            raise UserError(f"{model_uri}: not a readable Keras model ({type(e).__name__}: {e})") from None
-    return config, model
 
 
 def check_same_data(run_dirs: list[str], configs: list) -> None:

@@ -313,3 +313,69 @@ def _blur(faces: np.ndarray) -> np.ndarray:
     padded = np.pad(faces, ((0, 0), (1, 1), (1, 1)), mode="edge")
     rows = (padded[:, :-2] + 2 * padded[:, 1:-1] + padded[:, 2:]) / 4
     return (rows[:, :, :-2] + 2 * rows[:, :, 1:-1] + rows[:, :, 2:]) / 4
+
+
+# --- photos with faces at known places (face detection tests and benchmarks) ---------------
+
+SAMPLE_FACE_BOX = (148, 108, 232, 232)  # x, y, side: Grace Hopper's face in matplotlib's sample photo
+
+
+def sample_face() -> np.ndarray:
+    """A real face that ships with matplotlib (Grace Hopper, US Navy photo, public domain):
+    uint8 RGB [232, 232], cropped loosely as FER-2013's faces are."""
+    import os
+
+    import matplotlib
+
+    path = os.path.join(matplotlib.get_data_path(), "sample_data", "grace_hopper.jpg")
+    x, y, side, _ = SAMPLE_FACE_BOX
+    with Image.open(path) as photo:
+        return np.asarray(photo.convert("RGB").crop((x, y, x + side, y + side)))
+
+
+def textured_background(width: int, height: int, rng: np.random.Generator) -> Image.Image:
+    """An RGB background: a colour gradient, stripes, blobs and noise (no faces)."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = rng.uniform(40, 200, 3)
+    tilt = rng.uniform(-0.3, 0.3, (2, 3))
+    image = base + xx[..., None] * tilt[0] + yy[..., None] * tilt[1]
+    period, angle = rng.uniform(12, 40), rng.uniform(0, math.pi)
+    image += 25 * np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period)[..., None]
+    canvas = Image.fromarray(np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(12):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(8, 60)
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        draw.rectangle((cx - r, cy - r / 2, cx + r, cy + r / 2), fill=fill) if rng.random() < 0.5 else draw.ellipse(
+            (cx - r, cy - r, cx + r, cy + r), fill=fill
+        )
+    return canvas
+
+
+def photo_with_faces(
+    faces: list[np.ndarray], size: tuple[int, int] = (640, 480), sides: tuple[int, int] = (100, 180), seed: int = 0
+) -> tuple[Image.Image, list[tuple[int, int, int, int]]]:
+    """`faces` (uint8 gray [H, W] or RGB [H, W, 3], square) enlarged to a side in `sides` and
+    pasted, apart, on a textured background of `size`: (the RGB photo, the pasted squares as
+    (x, y, side, side), in the order of `faces`). ValueError if they do not fit."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    canvas = textured_background(width, height, rng)
+    placed: list[tuple[int, int, int, int]] = []
+    for face in faces:
+        side = int(rng.integers(sides[0], sides[1] + 1))
+        for _ in range(500):
+            x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+            gap = side // 8
+            if all(
+                x + side + gap <= px or px + ps + gap <= x or y + side + gap <= py or py + ps + gap <= y
+                for px, py, ps, _ in placed
+            ):
+                break
+        else:
+            raise ValueError(f"{len(faces)} faces of {sides} px do not fit in {size}")
+        mode = "L" if face.ndim == 2 else "RGB"
+        pasted = Image.fromarray(face, mode).convert("RGB").resize((side, side), Image.Resampling.BICUBIC)
+        canvas.paste(pasted, (x, y))
+        placed.append((x, y, side, side))
+    return canvas, placed

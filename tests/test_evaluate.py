@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fer_dist import EMOTIONS, NUM_CLASSES, evaluate
+from fer_dist import EMOTIONS, NUM_CLASSES, evaluate, inference
 from fer_dist.errors import UserError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -269,17 +269,17 @@ def test_tta_flip_of_a_symmetric_face_equals_no_tta(tta_model):
     config, model = tta_model
     half = faces(5)[:, :, :24]
     symmetric = np.concatenate([half, half[:, :, ::-1]], axis=2)
-    plain = evaluate.predict_probs(model, symmetric, config)
-    flipped = evaluate.predict_probs(model, symmetric, config, tta="flip")
+    plain = inference.predict_probs(model, symmetric, config)
+    flipped = inference.predict_probs(model, symmetric, config, tta="flip")
     np.testing.assert_allclose(flipped, plain, atol=1e-6)
 
 
 def test_tta_flip_is_the_mean_over_the_face_and_its_mirror(tta_model):
     config, model = tta_model
     x = faces(6, seed=1)
-    plain = evaluate.predict_probs(model, x, config)
-    mirrored = evaluate.predict_probs(model, x[:, :, ::-1], config)
-    flipped = evaluate.predict_probs(model, x, config, tta="flip")
+    plain = inference.predict_probs(model, x, config)
+    mirrored = inference.predict_probs(model, x[:, :, ::-1], config)
+    flipped = inference.predict_probs(model, x, config, tta="flip")
     assert not np.allclose(plain, mirrored, atol=1e-4)  # the model is not symmetric
     np.testing.assert_allclose(flipped, (plain + mirrored) / 2, atol=1e-6)
 
@@ -291,15 +291,15 @@ def test_tta_tencrop_rows_sum_to_one_and_views_are_crops_and_mirrors(tta_model):
 
     config, model = tta_model
     x = faces(7, seed=2)
-    probs = evaluate.predict_probs(model, x, config, tta="tencrop", batch_size=4)
+    probs = inference.predict_probs(model, x, config, tta="tencrop", batch_size=4)
     assert probs.shape == (7, NUM_CLASSES)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    assert not np.allclose(probs, evaluate.predict_probs(model, x, config), atol=1e-4)
+    assert not np.allclose(probs, inference.predict_probs(model, x, config), atol=1e-4)
     # A constant face looks the same in every view: tencrop == none.
     flat = np.full((2, 48, 48), 90, np.uint8)
     np.testing.assert_allclose(
-        evaluate.predict_probs(model, flat, config, tta="tencrop"),
-        evaluate.predict_probs(model, flat, config),
+        inference.predict_probs(model, flat, config, tta="tencrop"),
+        inference.predict_probs(model, flat, config),
         atol=1e-5,
     )
     views = augment.tta_views(tf.random.uniform([2, 48, 48, 3]), "tencrop")
@@ -312,7 +312,7 @@ def test_tta_tencrop_rows_sum_to_one_and_views_are_crops_and_mirrors(tta_model):
 def test_bad_tta_is_a_user_error(tta_model):
     config, model = tta_model
     with pytest.raises(UserError, match="tta 'fivecrop': expected one of none, flip, tencrop"):
-        evaluate.predict_probs(model, faces(1), config, tta="fivecrop")
+        inference.predict_probs(model, faces(1), config, tta="fivecrop")
 
 
 def test_tta_composes_with_ensembles(tmp_path):
@@ -324,11 +324,11 @@ def test_tta_composes_with_ensembles(tmp_path):
     a = save_untrained_run(tmp_path / "a", data=csv, seed=1)
     b = save_untrained_run(tmp_path / "b", data=csv, seed=2, eval_tta="flip")
     val = data_lib.load(csv).val
-    (ca, ma), (cb, mb) = evaluate.load_run(a), evaluate.load_run(b)
+    (ca, ma), (cb, mb) = inference.load_run(a), inference.load_run(b)
     want = evaluate.average_probs(
         [
-            evaluate.predict_probs(ma, val.images, ca, tta="tencrop"),
-            evaluate.predict_probs(mb, val.images, cb, tta="tencrop"),
+            inference.predict_probs(ma, val.images, ca, tta="tencrop"),
+            inference.predict_probs(mb, val.images, cb, tta="tencrop"),
         ]
     )
     metrics, split = evaluate.evaluate_data([a, b], csv, "val", tta="tencrop")
@@ -338,7 +338,7 @@ def test_tta_composes_with_ensembles(tmp_path):
     metrics, _ = evaluate.evaluate_data([a, b], csv, "val")
     assert metrics["tta"] == ["none", "flip"]
     want = evaluate.average_probs(
-        [evaluate.predict_probs(ma, val.images, ca), evaluate.predict_probs(mb, val.images, cb, tta="flip")]
+        [inference.predict_probs(ma, val.images, ca), inference.predict_probs(mb, val.images, cb, tta="flip")]
     )
     assert metrics["confusion_matrix"] == evaluate.compute_metrics(val.labels, want)["confusion_matrix"]
 

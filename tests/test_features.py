@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from fer_dist import checkpoint
+from fer_dist import checkpoint, inference
 from fer_dist import config as C
 from fer_dist import features as F
 from fer_dist import train as T
@@ -122,7 +122,6 @@ def test_same_seed_same_prefix_weights():
 @pytest.mark.slow  # over 15 s on a 2-core CPU
 def test_training_on_cached_features(tmp_path, caplog):
     """Learns on tiny data through the cache; checkpoint and returned model are the full model."""
-    from fer_dist import evaluate
     from fer_dist import model as M
 
     caplog.set_level(logging.INFO, logger="fer_dist")
@@ -144,7 +143,7 @@ def test_training_on_cached_features(tmp_path, caplog):
     assert final.name == "fer_resnet50" and final.input_shape[1:] == (48, 48, 3)
     split, _ = F.split_model(final, cfg)
     images = data.val.images[:40]
-    probs = evaluate.predict_probs(final, images, cfg)
+    probs = inference.predict_probs(final, images, cfg)
     feats = F.compute_features(split.prefix, images, cfg.replace(feature_dtype="float32"))
     logits = split.remainder(feats, training=False).numpy()
     expected = np.exp(logits - logits.max(-1, keepdims=True))
@@ -154,7 +153,7 @@ def test_training_on_cached_features(tmp_path, caplog):
     ckpt = os.path.join(run_dir, "checkpoints", "epoch_0003")
     fresh = M.build(cfg)
     checkpoint.load_model_weights(ckpt, fresh)
-    np.testing.assert_allclose(evaluate.predict_probs(fresh, images, cfg), probs, atol=1e-6)
+    np.testing.assert_allclose(inference.predict_probs(fresh, images, cfg), probs, atol=1e-6)
 
     # A second run with the same config and data loads the entry instead of computing it.
     caplog.clear()

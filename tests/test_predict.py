@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer_dist import EMOTIONS, NUM_CLASSES
+from fer_dist import EMOTIONS, NUM_CLASSES, inference
 from tests import jobs_helpers
 from tests.saved_run import save_untrained_run
 from tests.tiny import write_tiny_csv
@@ -55,18 +55,30 @@ def test_predict_table_on_one_file_with_tta(run_dir, faces_dir):
     proc = run("predict.py", str(faces_dir / "b_rgb100x80.png"), "--run", run_dir, "--tta", "tencrop")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
-    assert lines[0].split() == ["image", "emotion", "probability", *EMOTIONS]
-    assert len(lines) == 2 and "b_rgb100x80.png" in lines[1]
+    # auto: no face detected in a square-ish 100x80 image: read whole, and the row says so
+    assert lines[0].split() == [
+        "image",
+        "face",
+        "x",
+        "y",
+        "width",
+        "height",
+        "note",
+        "emotion",
+        "probability",
+        *EMOTIONS,
+    ]
+    assert len(lines) == 2 and "b_rgb100x80.png" in lines[1] and "no face detected: read whole" in lines[1]
 
 
 def test_predict_matches_evaluate_on_the_decoded_faces(run_dir, faces_dir):
-    from fer_dist import evaluate, predict
+    from fer_dist import predict
 
-    frame = predict.predict(str(faces_dir), run_dir, tta="flip")
-    config, model = evaluate.load_run(run_dir)
+    frame = predict.predict(str(faces_dir), run_dir, predict.Options(tta="flip", faces="whole"))
+    config, model = inference.load_run(run_dir)
     faces = predict.read_faces(predict.image_paths(str(faces_dir)))
     assert faces.shape == (3, 48, 48) and faces.dtype == np.uint8
-    want = evaluate.predict_probs(model, faces, config, tta="flip")
+    want = inference.predict_probs(model, faces, config, tta="flip")
     np.testing.assert_allclose(frame[list(EMOTIONS)].to_numpy(), want, atol=1e-6)
     assert list(frame["emotion"]) == [EMOTIONS[i] for i in want.argmax(axis=1)]
     # The RGB face is read as its gray conversion, resized like the training images.

@@ -164,7 +164,8 @@ def test_plain_tensorflow_scores_face_files_as_fer_dist_predict(exported):
     assert served["labels"] == list(EMOTIONS)
     assert served["signatures"] == ["serving_default", "serving_gray48", "serving_uint8"]
 
-    frame = predict.predict(exported["faces_dir"], exported["run_dir"])  # the run's TTA: tencrop
+    # face crops, read whole as the SavedModel reads its images; the run's TTA: tencrop
+    frame = predict.predict(exported["faces_dir"], exported["run_dir"], predict.Options(faces="whole"))
     assert frame.attrs["tta"] == "tencrop"
     names = [os.path.basename(p) for p in frame["image"]]
     assert names == sorted(served["images"]) and len(names) == 5

@@ -1,0 +1,136 @@
+"""`jobs/predict.py DIR --run RUN --workers N --output OUT` (fer_dist/batch.py): Ray Data over
+10,000 files, a worker lost mid-run, a stopped job resumed without redoing finished shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+from PIL import Image
+
+from fer_dist import EMOTIONS
+from tests import jobs_helpers
+from tests.saved_run import save_untrained_run
+
+run, assert_user_error = jobs_helpers.run, jobs_helpers.assert_user_error
+FILES, SHARD = 10_000, 400
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return save_untrained_run(tmp_path_factory.mktemp("runs") / "r")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> str:
+    """10,000 face-sized PNGs and one damaged file."""
+    d = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(FILES - 1):
+        Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8), "L").save(d / f"img_{i:05d}.png")
+    (d / "img_09999.png").write_bytes(b"\x89PNG damaged")
+    return str(d)
+
+
+def start(images: str, run_dir: str, output: str) -> subprocess.Popen:
+    """The batch job in its own session (its private Ray cluster with it), stderr into stdout."""
+    args = [images, "--run", run_dir, "--workers", "2", "--output", output, "--shard-files", str(SHARD)]
+    return subprocess.Popen(
+        [sys.executable, os.path.join(jobs_helpers.ROOT, "jobs", "predict.py"), *args],
+        cwd=jobs_helpers.ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        start_new_session=True,
+    )
+
+
+def parts(output: str) -> list[str]:
+    return sorted(n for n in os.listdir(output) if n.startswith("part-")) if os.path.isdir(output) else []
+
+
+def wait_for_parts(output: str, proc, n: int, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while len(parts(output)) < n:
+        assert proc.poll() is None, jobs_helpers.finish(proc)[-4000:]
+        assert time.time() < deadline, f"fewer than {n} parts after {timeout} s"
+        time.sleep(0.2)
+
+
+def scorers(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The Ray Data workers (actors) of this job's private cluster (in the job's session)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "MapWorker" in " ".join(p.info["cmdline"] or []) and os.getsid(p.pid) == proc.pid:
+                found.append(p)
+        except (psutil.Error, ProcessLookupError):
+            continue
+    return found
+
+
+def check_output(output: str) -> pd.DataFrame:
+    frame = pd.read_parquet(output)
+    assert len(frame) == FILES and frame["image"].is_unique, (len(frame), frame["image"].duplicated().sum())
+    ok = frame[frame["face"].notna()]
+    assert len(ok) == FILES - 1
+    np.testing.assert_allclose(ok[list(EMOTIONS)].sum(axis=1), 1.0, atol=1e-9)
+    (bad,) = frame[frame["face"].isna()].itertuples()
+    assert bad.image.endswith("img_09999.png") and bad.note.startswith("unreadable: not a readable image"), bad
+    assert len(parts(output)) == FILES // SHARD
+    assert json.load(open(os.path.join(output, "_batch.json")))["complete"] is True
+    return frame
+
+
+@pytest.mark.ray
+def test_batch_survives_a_lost_worker_and_resumes_without_redoing_finished_shards(images, run_dir, tmp_path):
+    # (a) a worker SIGKILLed mid-run: Ray Data restarts it and its shard is scored again; every file once
+    output = str(tmp_path / "out")
+    proc = start(images, run_dir, output)
+    wait_for_parts(output, proc, 2)
+    victims = scorers(proc)
+    assert victims, "no ShardScorer process found"
+    victims[0].kill()
+    killed_with = len(parts(output))
+    out = jobs_helpers.finish(proc, timeout=400)
+    assert proc.returncode == 0, out[-5000:]
+    assert killed_with < FILES // SHARD, "the job ended before the worker was killed: nothing was tested"
+    check_output(output)
+    assert "images/s" in out and f"{FILES} files in {FILES // SHARD} shards" in out, out[-3000:]
+
+    # (b) the driver killed mid-run; the same command again scores only the missing shards
+    second = str(tmp_path / "second")
+    proc = start(images, run_dir, second)
+    wait_for_parts(second, proc, 3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    jobs_helpers.finish(proc, timeout=60)
+    before = {n: os.stat(os.path.join(second, n)).st_mtime_ns for n in parts(second)}
+    proc = start(images, run_dir, second)
+    out = jobs_helpers.finish(proc, timeout=400)
+    assert proc.returncode == 0, out[-5000:]
+    assert f"{len(before)} of {FILES // SHARD} shards done already" in out, out[-3000:]
+    assert all(os.stat(os.path.join(second, n)).st_mtime_ns == t for n, t in before.items())  # not redone
+    pd.testing.assert_frame_equal(
+        check_output(second).sort_values("image").reset_index(drop=True),
+        check_output(output).sort_values("image").reset_index(drop=True),
+    )
+
+    # (c) done: the same command again starts nothing; another job's output is refused
+    again = run(
+        "predict.py", images, "--run", run_dir, "--workers", "2", "--output", second, "--shard-files", str(SHARD)
+    )
+    assert again.returncode == 0 and f"{FILES // SHARD} of {FILES // SHARD} shards done already" in again.stderr
+    assert "Ray:" not in again.stderr
+    other = run("predict.py", images, "--run", run_dir, "--workers", "2", "--output", second, "--faces", "whole")
+    assert_user_error(other, f"--output {second}: holds the predictions of another job", "faces")
+    lone = run("predict.py", images, "--run", run_dir, "--output", second)
+    assert_user_error(lone, "--workers and --output go together")
