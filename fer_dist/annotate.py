@@ -1,8 +1,8 @@
 """Pictures of predictions: images with their faces' boxes and top emotions drawn
 (`predict --annotate DIR`), and a video's emotions over time (`predict --plot FILE.png`).
 
-Nothing is overwritten: `Writer` refuses, before anything is read, an output file (or a
-video's frame directory) that exists.
+Nothing is overwritten: `Writer` refuses, before the model loads, an output file (or a video's
+frame directory) that exists.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ class Writer:
     def __init__(self, directory: str, paths: list[str]):
         from fer_dist.video import is_video
 
+        if storage.exists(directory) and not storage.is_dir(directory):
+            raise UserError(f"--annotate {directory}: a file, not a directory")
         self.directory = directory
         self.targets = {}
         for path in paths:

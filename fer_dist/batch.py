@@ -77,7 +77,14 @@ def plan(path: str, run_dir: str, options, output: str, shard_files: int = SHARD
 
     if shard_files < 1:
         raise UserError(f"--shard-files {shard_files}: expected 1 or more")
+    if storage.exists(output) and not storage.is_dir(output):
+        raise UserError(f"--output {output}: a file, not a directory")
+    inputs = predict.input_paths(path)
     files = predict.image_paths(path)
+    if not files:
+        raise UserError(f"{path}: no images (the batch path reads images; score videos without --workers)")
+    if len(inputs) > len(files):
+        log.warning("batch: %d video(s) in %s left out (the batch path reads images)", len(inputs) - len(files), path)
     job = _job(path, run_dir, options, files, shard_files)
     shards = [files[i : i + shard_files] for i in range(0, len(files), shard_files)]
     record = storage.join(output, JOB_FILE)
@@ -132,12 +139,25 @@ def score_shard(paths: list[str], predictor, detector, options) -> pd.DataFrame:
     for path in paths:
         image = predict.open_photo(path)
         (broken if isinstance(image, str) else readable).append((path, image))
-    frame = predict.score([predict.Source(p, i) for p, i in readable], predictor, detector, options)
+    frame = predict.score([predict.Source(p, i) for p, i in readable], predictor, detector, options, files=len(paths))
     if broken:
         notes = pd.DataFrame({"image": [p for p, _ in broken], "note": [f"unreadable: {e}" for _, e in broken]})
-        frame = pd.concat([frame, notes.reindex(columns=frame.columns)], ignore_index=True)
+        notes = notes.reindex(columns=frame.columns).assign(emotion="", top="")
+        frame = pd.concat([frame.astype({"emotion": object, "top": object}), notes], ignore_index=True)
         frame = frame.set_index("image").loc[paths].reset_index()  # the shard's file order
+        frame = frame.astype({c: "Int64" for c in ("frame", "face", "x", "y", "width", "height")})
     return frame
+
+
+def schema():
+    """One Arrow schema for every part, whatever rows it holds (all unreadable, none detected)."""
+    import pyarrow as pa
+
+    from fer_dist import EMOTIONS, predict
+
+    types = {"image": pa.string(), "note": pa.string(), "emotion": pa.string(), "top": pa.string()}
+    types.update({c: pa.float64() for c in ("time_s", "score", "probability", *EMOTIONS)})
+    return pa.schema([(c, types.get(c, pa.int64())) for c in (*predict.ROW_COLUMNS, *EMOTIONS)])
 
 
 def write_part(uri: str, frame: pd.DataFrame) -> None:
@@ -145,16 +165,8 @@ def write_part(uri: str, frame: pd.DataFrame) -> None:
     import pyarrow.parquet as pq
 
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer)
+    pq.write_table(pa.Table.from_pandas(frame, schema=schema(), preserve_index=False), buffer)
     storage.write_bytes(uri, buffer.getvalue())
-
-
-def _resources(workers: int) -> dict:
-    """One worker per GPU where the cluster has GPUs, else one CPU each."""
-    import ray
-
-    gpus = ray.cluster_resources().get("GPU", 0)
-    return {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 1}
 
 
 def run(
@@ -165,14 +177,19 @@ def run(
     workers: int,
     address: str | None = None,
     shard_files: int = SHARD_FILES,
+    gpus_per_worker: float = 0,
 ) -> dict:
     """Scores every image of `path` on `workers` Ray workers into `output`; returns a summary."""
     from fer_dist import inference, predict, ray_cluster
 
     predict.check_options(options)
+    if options.annotate or options.plot:
+        raise UserError("--annotate and --plot are for the single-process path: leave out --workers")
     if workers < 1:
         raise UserError(f"--workers {workers}: expected 1 or more")
-    inference.load_config(run_dir)  # a bad --run fails before Ray starts
+    if gpus_per_worker < 0:
+        raise UserError(f"--gpus-per-worker {gpus_per_worker}: expected 0 or more")
+    inference.load_run(run_dir)  # a bad --run or a damaged model fails here, not in every worker
     work = plan(path, run_dir, options, output, shard_files)
     done = len(work.shards) - len(work.todo)
     if done:
@@ -185,12 +202,32 @@ def run(
         )
     if work.todo:
         ray_cluster.ensure_ray(address, num_cpus=max(workers, 1) + 1)
-        _score_on_ray(work, run_dir, options, workers)
+        try:
+            _score_on_ray(work, run_dir, options, workers, gpus_per_worker)
+        except Exception as e:  # a UserError in a worker (a damaged model, a full disk): one error line here
+            cause = _user_error_in(e)
+            if cause is None:
+                raise
+            raise UserError(str(cause)) from None
     storage.write_text(storage.join(output, JOB_FILE), json.dumps(dict(work.job, complete=True), indent=2) + "\n")
     return {"files": work.files, "shards": len(work.shards), "scored_now": len(work.todo), "output": output}
 
 
-def _score_on_ray(work: Plan, run_dir: str, options, workers: int) -> None:
+def _user_error_in(exc: BaseException | None) -> UserError | None:
+    """The UserError a Ray error carries (Ray keeps a worker's exception as its `cause`)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, UserError):
+            return cause
+        if type(exc) is UserError:
+            return exc
+        exc = exc.__cause__ or exc.__context__ or (cause if isinstance(cause, BaseException) else None)
+    return None
+
+
+def _score_on_ray(work: Plan, run_dir: str, options, workers: int, gpus_per_worker: float) -> None:
     import ray.data
 
     context = ray.data.DataContext.get_current()
@@ -202,8 +239,8 @@ def _score_on_ray(work: Plan, run_dir: str, options, workers: int) -> None:
         ShardScorer,
         fn_constructor_kwargs={"run_dir": run_dir, "options": dataclasses.asdict(options), "output": work.output},
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=workers),
-        **_resources(workers),
+        compute=ray.data.ActorPoolStrategy(size=workers),  # a dead worker restarts (Ray Data's default)
+        **({"num_gpus": gpus_per_worker} if gpus_per_worker > 0 else {"num_cpus": 1}),
     )
     todo_files = sum(len(work.shards[i]) for i in work.todo)
     start, last, files, faces, shards = time.monotonic(), 0.0, 0, 0, 0

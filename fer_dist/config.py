@@ -132,6 +132,11 @@ class TrainConfig:
     preemption_poll_seconds: float = 10.0
     allreduce_dtype: str = "float32"  # gradients cross the network as float32, bfloat16 or float16
     allreduce_pack_mb: float = 0.0  # MWMS bytes_per_pack in MiB (0: all gradients in one pack)
+    # Several workers: PowerSGD sends each gradient matrix as two rank-R factors, with error
+    # feedback (fer_dist/compression.py); the other gradients go whole, in allreduce_dtype.
+    gradient_compression: str = "none"  # none | powersgd
+    powersgd_rank: int = 4  # R: values sent per matrix (n + m) * R instead of n * m
+    powersgd_start_step: int = 200  # optimizer steps all-reduced uncompressed first (a warm-up)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -224,6 +229,12 @@ def validate(c: TrainConfig) -> TrainConfig:
         f"allreduce_dtype={c.allreduce_dtype!r}: expected one of {', '.join(ALLREDUCE_DTYPES)}",
     )
     need(c.allreduce_pack_mb >= 0, f"allreduce_pack_mb={c.allreduce_pack_mb}: must be >= 0")
+    need(
+        c.gradient_compression in ("none", "powersgd"),
+        f"gradient_compression={c.gradient_compression!r}: expected one of none, powersgd",
+    )
+    need(c.powersgd_rank >= 1, f"powersgd_rank={c.powersgd_rank}: must be >= 1")
+    need(c.powersgd_start_step >= 0, f"powersgd_start_step={c.powersgd_start_step}: must be >= 0")
     need(c.freeze_layers >= 0, f"freeze_layers={c.freeze_layers}: must be >= 0")
     need(c.unfreeze_epoch >= 0, f"unfreeze_epoch={c.unfreeze_epoch}: must be >= 0 (0 = one phase)")
     if c.unfreeze_epoch:

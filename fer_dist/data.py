@@ -534,6 +534,8 @@ def face_pixels(image: Image.Image, box: tuple[int, int, int, int] | None = None
     bilinear filter when it is another size: uint8 [48, 48]."""
     if box is not None:
         x, y, w, h = box
+        if image.mode not in ("L", "RGB", "RGBA"):  # outside the image is 0: black only in these modes
+            image = image.convert("RGB")
         image = image.crop((x, y, x + w, y + h))
     gray = image.convert("L")
     if gray.size != (IMAGE_PIXELS, IMAGE_PIXELS):

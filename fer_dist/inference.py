@@ -85,16 +85,12 @@ def load_config(run_dir: str):
     return TrainConfig.from_json(storage.read_text(config_uri), source=config_uri)
 
 
-def load_run(run_dir: str):
-    """(config, Keras model) of a finished run, local or gs://."""
-    import tempfile
-
-    import keras
-
-    config = load_config(run_dir)
-    model_uri = storage.join(run_dir, MODEL_FILE)
+def check_run(run_dir: str):
+    """The config of a finished run (local or gs://); UserError when it is not one: no
+    config.json, not complete, no model.keras. Loads no model."""
     from fer_dist import runs
 
+    config = load_config(run_dir)
     if storage.exists(storage.join(run_dir, runs.MARKER_FILE)) and not storage.exists(
         storage.join(run_dir, METRICS_FILE)
     ):
@@ -102,11 +98,22 @@ def load_run(run_dir: str):
             f"{run_dir}: the run is not complete (no {METRICS_FILE}: it is training or finishing, or it was stopped); "
             f"`{runs.resume_command(run_dir)}` finishes a stopped one"
         )
-    if not storage.exists(model_uri):
+    if not storage.exists(storage.join(run_dir, MODEL_FILE)):
         raise UserError(
             f"{run_dir}: no {MODEL_FILE} (is the run still training, or was it stopped? continue a stopped one "
             "with --resume)"
         )
+    return config
+
+
+def load_run(run_dir: str):
+    """(config, Keras model) of a finished run, local or gs://."""
+    import tempfile
+
+    import keras
+
+    config = check_run(run_dir)
+    model_uri = storage.join(run_dir, MODEL_FILE)
     with tempfile.TemporaryDirectory(prefix="fer_dist_model_") as tmp:
         path = f"{tmp}/{MODEL_FILE}"
         with open(path, "wb") as f:
@@ -140,7 +147,18 @@ class Predictor:
         if self._fn is None:
             self._fn = probability_fn(self.model, self.tta)
         probs = predict_probs(self.model, faces, self.config, tta=self.tta, fn=self._fn).astype(np.float64)
+        if not np.isfinite(probs).all():
+            raise UserError(f"{self.run_dir}: the model gives non-finite probabilities (did its training diverge?)")
         return probs / probs.sum(axis=1, keepdims=True) if len(probs) else probs
 
 
-__all__ = ["MODEL_FILE", "Predictor", "check_tta", "load_config", "load_run", "predict_probs", "probability_fn"]
+__all__ = [
+    "MODEL_FILE",
+    "Predictor",
+    "check_run",
+    "check_tta",
+    "load_config",
+    "load_run",
+    "predict_probs",
+    "probability_fn",
+]

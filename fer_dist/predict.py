@@ -14,9 +14,9 @@ face's model input (`data.face_pixels`) and the run's probabilities (`inference.
 It returns one row per face (`ROW_COLUMNS`, then one column per emotion; each row's
 probabilities sum to 1); an image or frame without a face gets one row saying so, with empty
 probabilities. `--annotate DIR` writes each image (and each sampled video frame, as
-DIR/<video>/frame_<n>.jpg) with the boxes and top emotions drawn; `--plot FILE.png` draws a
-video's emotions over time. Neither overwrites a file: one that exists is refused before
-anything is read.
+DIR/<video name>_frames/frame_<n>.jpg) with the boxes and top emotions drawn; `--plot FILE.png`
+draws a video's emotions over time. Neither overwrites a file: one that exists is refused
+before the model loads.
 
 `render(frame, fmt)` gives a table, JSON, JSON lines or CSV. A missing path, an unreadable or
 non-image file, or a directory without images or videos is a `UserError` naming the path.
@@ -24,6 +24,7 @@ non-image file, or a directory without images or videos is a `UserError` naming 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -143,8 +144,9 @@ def _sources(paths: list[str], images: dict[str, Image.Image], fps: float):
 
     for path in paths:
         if video.is_video(path):
-            for f in video.frames(path, fps):
-                yield Source(path, Image.fromarray(f.rgb), f.index, f.time_s)
+            with contextlib.closing(video.frames(path, fps)) as frames:  # its temporary copy goes at once
+                for f in frames:
+                    yield Source(path, Image.fromarray(f.rgb), f.index, f.time_s)
         else:
             yield Source(path, images[path])
 
@@ -161,12 +163,15 @@ def _rows_of(source: Source, found) -> list[dict]:
 
 def predict(path: str, run_dir: str, options: Options | None = None, tta: str | None = None) -> pd.DataFrame:
     """One row per face (see the module docstring)."""
-    from fer_dist import annotate, faces, inference
+    from fer_dist import annotate, faces, inference, video
 
     options = options or Options(tta=tta)
     check_options(options)
     paths = input_paths(path)
     images = open_images(paths)  # before the model loads: bad input fails fast
+    for p in paths:
+        if video.is_video(p):
+            video.check(p)
     writer = annotate.Writer(options.annotate, paths) if options.annotate else None  # refuses what exists
     if options.plot and not any(p not in images for p in paths):
         raise UserError(f"--plot {options.plot}: draws a video's emotions over time; {path} holds no video")
@@ -326,6 +331,23 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
     return renderers[fmt](frame)
 
 
+def run_job(path: str, run_dir: str, options: Options, fmt: str, batch_args: dict | None = None) -> str:
+    """What `jobs/predict.py` prints: the rows in `fmt` (the summary logged), or with
+    `batch_args` (workers, output, shard_files, address, gpus_per_worker) the batch path's line."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if batch_args and (batch_args.get("workers") is not None or batch_args.get("output") is not None):
+        from fer_dist import batch
+
+        if batch_args.get("workers") is None or batch_args.get("output") is None:
+            raise UserError("--workers and --output go together: the batch path writes Parquet parts to --output")
+        done = batch.run(path, run_dir, options, **batch_args)
+        return f"{done['files']} files in {done['shards']} shards: {done['output']}"
+    frame = predict(path, run_dir, options)
+    log.info(summary(frame))
+    return render(frame, fmt)
+
+
 def summary(frame: pd.DataFrame) -> str:
     """One line for the log: files, faces found, notes."""
     faces_found = int(frame["face"].notna().sum())
@@ -351,5 +373,6 @@ __all__ = [
     "Source",
     "read_faces",
     "render",
+    "run_job",
     "summary",
 ]

@@ -29,7 +29,7 @@ DOMINATES = 0.5  # communication over half of the step time
 class CommunicationShare:
     workers: int
     values: int  # gradient values all-reduced per step
-    wire_bytes: int  # their size in allreduce_dtype
+    wire_bytes: int  # their size on the wire (allreduce_dtype; PowerSGD's factors in float32)
     dtype: str
     allreduce_s: float  # one all-reduce of the real gradient buffer, alone (median of a few)
     vote_s: float = 0.0  # one cross-worker vote (a one-value all-reduce), alone
@@ -58,8 +58,8 @@ class CommunicationShare:
         if self.dominates:
             line += (
                 ": communication dominates, so fewer workers would train this recipe about as fast "
-                "(or use a larger global_batch_size, allreduce_dtype=bfloat16, or one worker per "
-                "Tune trial; README 'Scaling')"
+                "(or use a larger global_batch_size, gradient_compression=powersgd, allreduce_dtype=bfloat16, "
+                "or one worker per Tune trial; README 'Scaling')"
             )
         return line
 

@@ -23,9 +23,10 @@ import json
 import os
 from collections.abc import Callable
 
+import numpy as np
 import tensorflow as tf
 
-from fer_dist import augment
+from fer_dist import augment, compression
 from fer_dist.config import TrainConfig
 from fer_dist.rank import is_chief, worker_rank
 
@@ -115,23 +116,26 @@ class Distributed:
         return self._sum_fn
 
     def time_all_reduce(self, variables: list, config: TrainConfig, repeats: int = 5) -> tuple[float, float]:
-        """(seconds of one all-reduce of a buffer shaped like `variables` (the step's gradients),
-        sent as `allreduce_dtype` with the run's options, alone; seconds of a vote (a one-value
-        `sum_over_workers`)): medians of `repeats` after a warm-up. Collectives: every worker
-        calls this at the same point. One process: (0, 0)."""
+        """(seconds of one step's gradient collectives alone (`wire_groups`: the gradients in
+        `allreduce_dtype`, or PowerSGD's P's, Q's and the rest), with the run's options; seconds
+        of a vote (a one-value `sum_over_workers`)): medians of `repeats` after a warm-up.
+        Collectives: every worker calls this at the same point. One process: (0, 0)."""
         if self.replicas == self.local_replicas:
             return 0.0, 0.0
         import time
 
         strategy, options = self.strategy, communication_options(config)
-        wire = ALLREDUCE_DTYPES[config.allreduce_dtype]
+        groups = wire_groups([v.shape for v in variables], config)
 
         @tf.function
         def reduce_once():
             def replica():
                 context = tf.distribute.get_replica_context()
-                reduced = context.all_reduce("SUM", [tf.zeros(v.shape, wire) for v in variables], options=options)
-                return tf.add_n([tf.cast(tf.reshape(r, [-1])[0], tf.float32) for r in reduced])
+                firsts = []
+                for group in groups:  # one collective each, as in the step
+                    reduced = context.all_reduce("SUM", [tf.zeros(s.shape, s.dtype) for s in group], options=options)
+                    firsts += [tf.cast(tf.reshape(r, [-1])[0], tf.float32) for r in reduced]
+                return tf.add_n(firsts)
 
             return strategy.experimental_local_results(strategy.run(replica))[0]
 
@@ -150,29 +154,141 @@ class Distributed:
         """Runs `fn(batch)` on every replica (its share of the distributed batch)."""
         self.strategy.run(fn, args=(batch,))
 
-    def build_steps(self, net, trainable, optimizer, config: TrainConfig, *, class_weights, in_graph: bool) -> Steps:
-        """The train and eval steps of `net`, updating `trainable`, compiled."""
-        replica_train, replica_eval = _replica_steps(net, trainable, optimizer, config, class_weights, in_graph)
+    def build_steps(
+        self, net, trainable, optimizer, config: TrainConfig, *, class_weights, in_graph: bool, factors=None
+    ) -> Steps:
+        """The train and eval steps of `net`, updating `trainable`, compiled. `factors`: the
+        PowerSGD plan (default: `compression.plan` at `powersgd_rank` when compressing)."""
+        reducer = self.gradient_reducer(trainable, config, factors)
+        replica_train, replica_eval = _replica_steps(
+            net, trainable, optimizer, config, class_weights, in_graph, reducer
+        )
+        train_step = self._train_step(replica_train, config)
+        eval_step = self._eval_step(replica_eval)
+        if reducer.state is None or config.powersgd_start_step <= 0:
+            return Steps(train_step, eval_step)
+        plain = GradientReducer(config.allreduce_dtype, reducer.options)
+        warm_up, _ = _replica_steps(net, trainable, optimizer, config, class_weights, in_graph, plain)
+        first = int(optimizer.iterations.numpy())  # once, at build: the steps count from here on the host
+        train = CompressFrom(self._train_step(warm_up, config), train_step, config.powersgd_start_step, first)
+        return Steps(train, eval_step)
+
+    def _train_step(self, replica_train, config: TrainConfig):
         strategy = self.strategy
         step_fn = tf.function(replica_train, jit_compile=True) if config.jit_compile else replica_train
-
-        def local_sum(per_replica):
-            return tf.add_n(strategy.experimental_local_results(per_replica))
 
         @tf.function
         def train_step(iterator):
             loss, correct = strategy.run(step_fn, args=next(iterator))
-            return local_sum(loss), local_sum(correct)
+            return _local_sum(strategy, loss), _local_sum(strategy, correct)
+
+        return train_step
+
+    def _eval_step(self, replica_eval):
+        strategy = self.strategy
 
         @tf.function
         def eval_step(iterator):
             loss, correct = strategy.run(replica_eval, args=next(iterator))
-            return local_sum(loss), local_sum(correct)
+            return _local_sum(strategy, loss), _local_sum(strategy, correct)
 
-        return Steps(train_step, eval_step)
+        return eval_step
+
+    def gradient_reducer(self, trainable, config: TrainConfig, factors=None) -> GradientReducer:
+        """How the step's gradients cross the network: as they are, or PowerSGD-compressed (its
+        Q and error buffers made here, one copy per replica). One replica: nothing crosses."""
+        options = communication_options(config)
+        if config.gradient_compression != "powersgd" or self.replicas == 1:
+            return GradientReducer(config.allreduce_dtype, options)
+        shapes = [v.shape for v in trainable]
+        factors = compression.plan(shapes, config.powersgd_rank) if factors is None else factors
+        on_read = {"synchronization": tf.VariableSynchronization.ON_READ, "aggregation": tf.VariableAggregation.NONE}
+        with self.strategy.scope():
+            q = [
+                tf.Variable(
+                    compression.initial_q(f, config.seed), trainable=False, name=f"powersgd_q{f.index}", **on_read
+                )
+                for f in factors
+            ]
+            error = [
+                tf.Variable(tf.zeros([f.n, f.m]), trainable=False, name=f"powersgd_error{f.index}", **on_read)
+                for f in factors
+            ]
+        return GradientReducer(config.allreduce_dtype, options, compression.State(factors, q, error))
+
+
+def _local_sum(strategy, per_replica):
+    return tf.add_n(strategy.experimental_local_results(per_replica))
+
+
+@dataclasses.dataclass
+class GradientReducer:
+    """Sums a replica's gradients over every replica, in replica context: whole, in `dtype`; or,
+    with a PowerSGD `state`, the matrices compressed (P's and Q's in one collective each) and
+    the other tensors whole."""
+
+    dtype: str
+    options: object
+    state: compression.State | None = None
+
+    def __call__(self, grads: list) -> list:
+        context = tf.distribute.get_replica_context()
+        if self.state is None or context is None or context.num_replicas_in_sync == 1:
+            return all_reduce_gradients(grads, self.dtype, self.options)
+
+        def sum_vector(x):
+            return context.all_reduce("SUM", x, options=self.options)
+
+        done = compression.reduce(grads, self.state, sum_vector, context.num_replicas_in_sync)
+        rest = all_reduce_gradients([None if i in done else g for i, g in enumerate(grads)], self.dtype, self.options)
+        return [done.get(i, r) for i, r in enumerate(rest)]
+
+
+@dataclasses.dataclass
+class CompressFrom:
+    """The train step: uncompressed for the first `start` optimizer steps, then compressed. The
+    step count is kept on the host (no read of the optimizer's counter per step)."""
+
+    warm_up: Callable
+    compressed: Callable
+    start: int
+    step: int
+
+    def __call__(self, iterator):
+        self.step += 1
+        return (self.warm_up if self.step <= self.start else self.compressed)(iterator)
 
 
 ALLREDUCE_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
+
+
+def wire_groups(shapes: list, config: TrainConfig) -> list[list[tf.TensorSpec]]:
+    """What one step's gradient collectives send, one list per collective: every gradient in
+    `allreduce_dtype`; with PowerSGD, the other gradients so, then every P and every Q as one
+    float32 vector each."""
+    wire = ALLREDUCE_DTYPES[config.allreduce_dtype]
+    if config.gradient_compression != "powersgd":
+        return [[tf.TensorSpec(s, wire) for s in shapes]]
+    factors = compression.plan(shapes, config.powersgd_rank)
+    compressed = {f.index for f in factors}
+    rest = [tf.TensorSpec(s, wire) for i, s in enumerate(shapes) if i not in compressed]
+    p = sum(f.n * f.rank for f in factors)
+    q = sum(f.m * f.rank for f in factors)
+    return [group for group in (rest, [tf.TensorSpec([p], tf.float32)], [tf.TensorSpec([q], tf.float32)]) if group]
+
+
+def wire_bytes(shapes: list, config: TrainConfig) -> tuple[int, int]:
+    """(values, bytes) one step's gradient collectives send (`wire_groups`)."""
+    specs = [s for group in wire_groups(shapes, config) for s in group]
+    values = [int(np.prod(s.shape)) for s in specs]
+    return sum(values), sum(v * s.dtype.size for v, s in zip(values, specs))
+
+
+def wire_name(config: TrainConfig) -> str:
+    """The gradients' wire format in words: `float32`, or `powersgd rank 4 (float32 rest)`."""
+    if config.gradient_compression == "powersgd":
+        return f"powersgd rank {config.powersgd_rank} ({config.allreduce_dtype} rest)"
+    return config.allreduce_dtype
 
 
 def communication_options(config: TrainConfig | None):
@@ -212,12 +328,12 @@ def per_example_loss_fn(config: TrainConfig) -> Callable:
     return smoothed
 
 
-def _replica_steps(net, trainable, optimizer, config: TrainConfig, class_weights, in_graph: bool):
+def _replica_steps(net, trainable, optimizer, config: TrainConfig, class_weights, in_graph: bool, reducer):
     """(train, eval) step functions of one replica. `in_graph`: augment images / mix up in the
-    step (fer_dist/augment.py); on cached features the only augmentation is the cached flip."""
+    step (fer_dist/augment.py); on cached features the only augmentation is the cached flip.
+    `reducer` (a `GradientReducer`) sums the gradients over the replicas."""
     per_example_loss = per_example_loss_fn(config)
     mixing = in_graph and config.mixup_alpha > 0
-    options = communication_options(config)
 
     def replica_train_step(images, labels):
         mix = None
@@ -234,7 +350,7 @@ def _replica_steps(net, trainable, optimizer, config: TrainConfig, class_weights
             loss = tf.nn.compute_average_loss(example_loss, global_batch_size=config.global_batch_size)
             if net.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(net.losses))
-        grads = all_reduce_gradients(tape.gradient(loss, trainable), config.allreduce_dtype, options)
+        grads = reducer(tape.gradient(loss, trainable))
         optimizer.apply_gradients(zip(grads, trainable))
         return loss, tf.reduce_sum(augment.train_hits(labels, logits, mix))
 

@@ -354,9 +354,8 @@ def measure_communication(run: Run) -> None:
         return
     variables = run.model.trainable_variables
     seconds, vote = dist.time_all_reduce(variables, run.config)
-    values = sum(int(np.prod(v.shape)) for v in variables)
-    wire = steps_lib.ALLREDUCE_DTYPES[run.config.allreduce_dtype].size
-    share = scaling.CommunicationShare(workers, values, values * wire, run.config.allreduce_dtype, seconds, vote)
+    values, sent = steps_lib.wire_bytes([v.shape for v in variables], run.config)
+    share = scaling.CommunicationShare(workers, values, sent, steps_lib.wire_name(run.config), seconds, vote)
     state.communication = share.as_metrics()
     run.reporter.info("%s", share.start_line())
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -111,8 +112,12 @@ def test_batch_survives_a_lost_worker_and_resumes_without_redoing_finished_shard
     second = str(tmp_path / "second")
     proc = start(images, run_dir, second)
     wait_for_parts(second, proc, 3)
+    workers = scorers(proc)
     os.killpg(proc.pid, signal.SIGKILL)
     jobs_helpers.finish(proc, timeout=60)
+    for p in workers:  # the workers notice the cluster gone; one may finish the part it is writing
+        p.kill()
+    psutil.wait_procs(workers, timeout=60)
     before = {n: os.stat(os.path.join(second, n)).st_mtime_ns for n in parts(second)}
     proc = start(images, run_dir, second)
     out = jobs_helpers.finish(proc, timeout=400)
@@ -134,3 +139,77 @@ def test_batch_survives_a_lost_worker_and_resumes_without_redoing_finished_shard
     assert_user_error(other, f"--output {second}: holds the predictions of another job", "faces")
     lone = run("predict.py", images, "--run", run_dir, "--output", second)
     assert_user_error(lone, "--workers and --output go together")
+
+
+@pytest.mark.ray
+def test_batch_reads_and_writes_gs_through_the_emulator(run_dir, gcs_prefix, tmp_path):
+    """Images in a bucket, Parquet parts to a bucket: the workers reach storage as the driver does."""
+    from fer_dist import storage
+
+    rng = np.random.default_rng(1)
+    source = storage.join(gcs_prefix, "images")
+    for i in range(60):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8), "L").save(buffer, format="PNG")
+        storage.write_bytes(storage.join(source, f"face_{i:03d}.png"), buffer.getvalue())
+    output = storage.join(gcs_prefix, "emotions")
+    proc = run("predict.py", source, "--run", run_dir, "--workers", "1", "--output", output, "--shard-files", "25")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert sorted(storage.listdir(output)) == ["_batch.json", *(f"part-{i:05d}.parquet" for i in range(3))]
+    frames = [
+        pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(output, f"part-{i:05d}.parquet")))) for i in range(3)
+    ]
+    frame = pd.concat(frames, ignore_index=True)
+    assert list(frame["image"]) == [storage.join(source, f"face_{i:03d}.png") for i in range(60)]
+    np.testing.assert_allclose(frame[list(EMOTIONS)].sum(axis=1), 1.0, atol=1e-9)
+
+
+def test_parts_share_one_schema_whatever_rows_they_hold(run_dir, tmp_path):
+    """A shard of damaged files only and a shard of crops read whole (no detector score): both
+    parts read back together, with the columns' types of the docs."""
+    from fer_dist import batch, inference, predict
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir()
+    bad.mkdir()
+    Image.fromarray(np.zeros((48, 48), np.uint8), "L").save(good / "a.png")
+    (bad / "b.png").write_bytes(b"not a png")
+    predictor, options = inference.Predictor.load(run_dir), predict.Options()
+    out = tmp_path / "out"
+    out.mkdir()
+    batch.write_part(str(out / "part-00000.parquet"), batch.score_shard([str(bad / "b.png")], predictor, None, options))
+    batch.write_part(
+        str(out / "part-00001.parquet"), batch.score_shard([str(good / "a.png")], predictor, None, options)
+    )
+    frame = pd.read_parquet(out)
+    assert list(frame["note"]) == ["unreadable: not a readable image (unknown format or corrupt data)", ""]
+    assert list(frame["emotion"].iloc[:1]) == [""] and frame["emotion"].iloc[1] in EMOTIONS
+    assert str(frame["face"].dtype) == "Int64" and frame["face"].iloc[1] == 0 and pd.isna(frame["face"].iloc[0])
+
+
+def test_batch_inputs_that_cannot_work_are_refused_before_ray(run_dir, tmp_path):
+    from fer_dist import batch, predict
+    from fer_dist.errors import UserError
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "clip.mp4").write_bytes(b"x")
+    with pytest.raises(UserError, match="no images .the batch path reads images"):
+        batch.plan(str(videos), run_dir, predict.Options(), str(tmp_path / "out"))
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(UserError, match="a file, not a directory"):
+        batch.plan(str(videos), run_dir, predict.Options(), str(tmp_path / "file.txt"))
+    with pytest.raises(UserError, match="--annotate and --plot are for the single-process path"):
+        batch.run(str(videos), run_dir, predict.Options(annotate=str(tmp_path / "a")), str(tmp_path / "o"), 1)
+
+
+@pytest.mark.ray
+def test_a_damaged_model_met_by_the_workers_is_one_error_line(run_dir, images, tmp_path):
+    import shutil
+
+    damaged = tmp_path / "run"
+    shutil.copytree(run_dir, damaged)
+    model = damaged / "model.keras"
+    model.write_bytes(model.read_bytes()[:1000])
+    proc = run("predict.py", images, "--run", str(damaged), "--workers", "1", "--output", str(tmp_path / "o"))
+    assert_user_error(proc, "model.keras: not a readable Keras model")

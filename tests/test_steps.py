@@ -27,6 +27,9 @@ def test_two_replicas_equal_one_and_gradients_are_summed_once():
     # 4 Adam steps at lr 1e-3 move weights by ~4e-3; a 16-bit all-reduce stays within 1e-3 of float32.
     assert diff["bfloat16"] < 1e-3 and diff["float16"] < 1e-3, diff
     assert diff["sgd_keras_sums_again"] > 1e-2, diff  # what pre_reduced prevents: a double sum
+    # PowerSGD at full rank: P spans each gradient's columns, so the compressed sum is the sum
+    assert diff["powersgd_full_sgd"] < 1e-5 and diff["powersgd_full_adam"] < 1e-5, diff
+    assert diff["powersgd_rank1_sgd"] > 1e-4 and diff["powersgd_rank1_finite"], diff  # rank 1 is lossy
 
 
 def test_the_keras_hook_that_pre_reduced_replaces_still_exists():

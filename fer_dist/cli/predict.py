@@ -65,29 +65,20 @@ def main(
     address: str | None = typer.Option(
         None, "--address", metavar="ADDR", help="The Ray cluster for --workers (default: RAY_ADDRESS, else a new one)."
     ),
+    gpus_per_worker: float = typer.Option(
+        0, "--gpus-per-worker", metavar="G", help="GPUs per --workers worker (0: one CPU each)."
+    ),
 ) -> None:
     logs.setup_logging()
-    import logging
-
     from fer_dist import predict
 
-    fmt, tta, faces = cli.value(fmt), cli.value(tta), cli.value(faces)
-    if fmt not in predict.FORMATS:
-        raise cli.UserError(f"--format {fmt!r}: expected one of {', '.join(predict.FORMATS)}")
-    options = predict.Options(tta=tta, faces=faces, top_k=top_k, fps=fps, annotate=annotate, plot=plot)
-    if workers is not None or output is not None:
-        from fer_dist import batch
-
-        if workers is None or output is None:
-            raise cli.UserError("--workers and --output go together: the batch path writes Parquet parts to --output")
-        if annotate or plot:
-            raise cli.UserError("--annotate and --plot are for the single-process path: leave out --workers")
-        done = batch.run(image_or_dir, run, options, output, workers, address, shard_files)
-        print(f"{done['files']} files in {done['shards']} shards: {done['output']}", flush=True)
-        return
-    frame = predict.predict(image_or_dir, run, options)
-    print(predict.render(frame, fmt), flush=True)
-    logging.getLogger("fer_dist.predict").info(predict.summary(frame))
+    options = predict.Options(
+        tta=cli.value(tta), faces=cli.value(faces), top_k=top_k, fps=fps, annotate=annotate, plot=plot
+    )
+    batch_args = dict(
+        workers=workers, output=output, shard_files=shard_files, address=address, gpus_per_worker=gpus_per_worker
+    )
+    print(predict.run_job(image_or_dir, run, options, cli.value(fmt), batch_args), flush=True)
 
 
 if __name__ == "__main__":
