@@ -1,13 +1,16 @@
 """python benchmarks/scaling_model.py [--output benchmarks/scaling_model.png]
 
-The scaling model of README "Scaling" (`fer_dist.scaling.predicted_efficiency`): predicted
-data-parallel efficiency at 1, 2, 4 and 8 workers for cluster.yaml's GPU node types and the
+The scaling model of README "Scaling" (`fer_dist.scaling.predicted_speedup_per_worker`): predicted
+speed-up per worker at 1, 2, 4 and 8 workers for cluster.yaml's GPU node types and the
 `seed` and `finetune` recipes, at global batch 64 and 512, as a table (printed) and a plot.
 
 Inputs, and where each comes from:
 - gradient values per step: counted from the built models (`weights=none`; the trainable
   variables of the recipe's training phase: the seed recipe's conv5 + head, every layer for
-  finetune's phase 2), times 4 bytes (float32) or 2 (`allreduce_dtype=bfloat16`);
+  finetune's phase 2), times 4 bytes (float32) or 2 (`allreduce_dtype=bfloat16`); with PowerSGD
+  at rank R (`gradient_compression=powersgd`), the factors of every matrix worth compressing
+  (`compression.plan`) and the other gradients, in float32, in 3 collectives instead of 1;
+- latency: 2 (N-1) ring hops per collective of `scaling.LATENCY_S` (100 us, assumed) each;
 - network bandwidth per VM: Compute Engine's documented maximum egress of the machine types of
   cluster.yaml (n1-standard-8: 16 Gbit/s; a2-highgpu-1g: 24 Gbit/s), of which a ring all-reduce
   gets about 70% in practice (`EFFECTIVE`);
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -39,8 +43,22 @@ WORKERS = (1, 2, 4, 8)
 BATCHES = (64, 512)
 
 
+MODES = ("float32", "bfloat16", "powersgd1", "powersgd4")
+
+
+def wire(shapes: list, mode: str) -> tuple[int, int]:
+    """(bytes, collectives) one step sends in `mode`."""
+    from fer_dist import compression
+
+    values = sum(int(math.prod(s)) for s in shapes)
+    if mode.startswith("powersgd"):
+        sent = compression.values_sent(shapes, compression.plan(shapes, int(mode.removeprefix("powersgd"))))
+        return sent * 4, 3
+    return values * (2 if mode == "bfloat16" else 4), 1
+
+
 def recipe_facts() -> dict:
-    """{recipe: (trainable values, training GFLOPs per image)}."""
+    """{recipe: (trainable shapes, training GFLOPs per image)}."""
     import tensorflow as tf
 
     from fer_dist import config as C
@@ -51,7 +69,7 @@ def recipe_facts() -> dict:
         config = C.resolve(recipe, sets)
         model = model_lib.build(config)
         model_lib.set_phase(model, config, phase)
-        values = sum(int(tf.size(v)) for v in model.trainable_variables)
+        shapes = [tuple(int(d) for d in v.shape) for v in model.trainable_variables]
         side = config.image_size
         forward = tf.function(lambda x, m=model: m(x, training=False)).get_concrete_function(
             tf.TensorSpec([1, side, side, 3], tf.float32)
@@ -70,23 +88,26 @@ def recipe_facts() -> dict:
                 tf.TensorSpec([1, side, side, 3], tf.float32)
             )
             frozen = model_analyzer.profile(pre.graph, options=quiet).total_float_ops
-        facts[recipe] = (values, 3 * (flops - frozen) / 1e9)
+        facts[recipe] = (shapes, 3 * (flops - frozen) / 1e9)
     return facts
 
 
 def rows(facts: dict) -> list[dict]:
     out = []
-    for recipe, (values, gflops) in facts.items():
+    for recipe, (shapes, gflops) in facts.items():
         for node, (gpu, gbit, tflops) in NODE_TYPES.items():
             for batch in BATCHES:
-                for dtype, size in (("float32", 4), ("bfloat16", 2)):
+                for mode in MODES:
                     compute = batch * gflops / (tflops * 1e3)
-                    wire = values * size
-                    row = {"recipe": recipe, "node_type": node, "gpu": gpu, "global_batch": batch, "dtype": dtype}
-                    row.update(compute_ms=round(compute * 1e3, 1), allreduce_mb=round(wire / 1e6, 1))
+                    sent, calls = wire(shapes, mode)
+                    row = {"recipe": recipe, "node_type": node, "gpu": gpu, "global_batch": batch, "dtype": mode}
+                    row.update(compute_ms=round(compute * 1e3, 1), allreduce_mb=round(sent / 1e6, 2))
                     for n in WORKERS:
-                        row[f"eff_{n}"] = round(scaling.predicted_efficiency(n, compute, wire, gbit * EFFECTIVE), 2)
-                        row[f"comm_{n}"] = round(scaling.communication_share(n, compute, wire, gbit * EFFECTIVE), 2)
+                        speed = scaling.predicted_speedup_per_worker(n, compute, sent, gbit * EFFECTIVE, calls)
+                        row[f"eff_{n}"] = round(speed, 2)
+                        row[f"comm_{n}"] = round(
+                            scaling.communication_share(n, compute, sent, gbit * EFFECTIVE, calls), 2
+                        )
                     out.append(row)
     return out
 
@@ -124,14 +145,21 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     facts = recipe_facts()
     table = rows(facts)
-    print(json.dumps({k: {"values": v, "train_gflops_per_image": round(g, 2)} for k, (v, g) in facts.items()}))
+    print(
+        json.dumps(
+            {
+                k: {"values": sum(math.prod(x) for x in v), "train_gflops_per_image": round(g, 2)}
+                for k, (v, g) in facts.items()
+            }
+        )
+    )
     print(
         "| recipe | node type | batch | all-reduce | compute ms | efficiency at 2 / 4 / 8 workers | comm share at 8 |"
     )
     print("|---|---|---|---|---|---|---|")
     for r in table:
         print(
-            f"| {r['recipe']} | {r['node_type']} | {r['global_batch']} | {r['allreduce_mb']:.0f} MB {r['dtype']} "
+            f"| {r['recipe']} | {r['node_type']} | {r['global_batch']} | {r['allreduce_mb']:.1f} MB {r['dtype']} "
             f"| {r['compute_ms']:.0f} | {r['eff_2']:.2f} / {r['eff_4']:.2f} / {r['eff_8']:.2f} | {r['comm_8']:.0%} |"
         )
     plot(table, args.output)

@@ -72,24 +72,43 @@ class CommunicationShare:
         return dict(dataclasses.asdict(self), share=round(self.share, 4), dominates=self.dominates)
 
 
-def ring_allreduce_seconds(wire_bytes: float, workers: int, gbit_per_s: float) -> float:
-    """Bandwidth term of a ring all-reduce: each worker sends and receives 2 (N-1)/N of the buffer."""
+LATENCY_S = 100e-6  # one hop of a ring all-reduce between VMs of one zone (an assumption, not a measurement)
+
+
+def ring_allreduce_seconds(
+    wire_bytes: float, workers: int, gbit_per_s: float, collectives: int = 1, latency_s: float = LATENCY_S
+) -> float:
+    """A ring all-reduce of `wire_bytes` in `collectives` calls: the bandwidth term (each worker
+    sends and receives 2 (N-1)/N of the buffer) plus 2 (N-1) hops of latency per call (what makes
+    PowerSGD's small all-reduces latency-bound)."""
     if workers <= 1:
         return 0.0
-    return 2 * (workers - 1) / workers * wire_bytes * 8 / (gbit_per_s * 1e9)
+    bandwidth = 2 * (workers - 1) / workers * wire_bytes * 8 / (gbit_per_s * 1e9)
+    return bandwidth + collectives * 2 * (workers - 1) * latency_s
 
 
-def predicted_step_seconds(workers: int, compute_s: float, wire_bytes: float, gbit_per_s: float) -> float:
+def predicted_step_seconds(
+    workers: int, compute_s: float, wire_bytes: float, gbit_per_s: float, collectives: int = 1
+) -> float:
     """A data-parallel step at a fixed global batch: compute split N ways plus the all-reduce
     (no overlap: the step all-reduces after the backward pass)."""
-    return compute_s / workers + ring_allreduce_seconds(wire_bytes, workers, gbit_per_s)
+    return compute_s / workers + ring_allreduce_seconds(wire_bytes, workers, gbit_per_s, collectives)
 
 
-def predicted_efficiency(workers: int, compute_s: float, wire_bytes: float, gbit_per_s: float) -> float:
-    """Speed-up over one worker divided by N (1.0: perfect scaling)."""
-    return compute_s / (workers * predicted_step_seconds(workers, compute_s, wire_bytes, gbit_per_s))
+def predicted_speedup_per_worker(
+    workers: int, compute_s: float, wire_bytes: float, gbit_per_s: float, collectives: int = 1
+) -> float:
+    """The model's speed-up over one worker divided by N (1.0: perfect scaling). Measured runs
+    call theirs "efficiency" (images/s of N workers over one process's)."""
+    step = predicted_step_seconds(workers, compute_s, wire_bytes, gbit_per_s, collectives)
+    return compute_s / (workers * step)
 
 
-def communication_share(workers: int, compute_s: float, wire_bytes: float, gbit_per_s: float) -> float:
-    step = predicted_step_seconds(workers, compute_s, wire_bytes, gbit_per_s)
-    return ring_allreduce_seconds(wire_bytes, workers, gbit_per_s) / step
+predicted_efficiency = predicted_speedup_per_worker  # the name the README's table was made with
+
+
+def communication_share(
+    workers: int, compute_s: float, wire_bytes: float, gbit_per_s: float, collectives: int = 1
+) -> float:
+    step = predicted_step_seconds(workers, compute_s, wire_bytes, gbit_per_s, collectives)
+    return ring_allreduce_seconds(wire_bytes, workers, gbit_per_s, collectives) / step
