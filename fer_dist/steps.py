@@ -9,9 +9,11 @@ a custom loop of `GradientTape` + `strategy.run` + `tf.nn.compute_average_loss`;
 cross-worker sums, and a forward pass on every replica (PreciseBN).
 
 What crosses the network in a step is the gradient all-reduce and nothing else: the step
-all-reduces the gradients itself, cast to `allreduce_dtype` (float32, bfloat16 or float16: half
-the bytes) with the strategy's `CommunicationOptions` (`allreduce_pack_mb`), and the optimizer
-(`optim.make_optimizer`) does not aggregate them again. Losses and hits stay on each worker
+all-reduces the gradients itself (`GradientReducer`), cast to `allreduce_dtype` (float32,
+bfloat16 or float16: half the bytes) with the strategy's `CommunicationOptions`
+(`allreduce_pack_mb`), or with `gradient_compression=powersgd` as rank-R factors with error
+feedback (`fer_dist/compression.py`; its state made here, in the scope, one copy per replica),
+and the optimizer (`optim.make_optimizer`) does not aggregate them again. Losses and hits stay on each worker
 (`Steps.train` returns this worker's sums, without a host sync) until `sum_over_workers` adds
 them up once per epoch; the time-budget vote runs every `vote_every_steps` steps.
 """
