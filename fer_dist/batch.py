@@ -252,9 +252,9 @@ def _score_on_ray(work: Plan, run_dir: str, options, workers: int, gpus_per_work
         first = first or (now, files)
         if now - last >= PROGRESS_EVERY_S or shards == len(items):
             last = now
-            steady = (files - first[1]) / (now - first[0]) if now > first[0] else float("nan")
+            steady = f" ({(files - first[1]) / (now - first[0]):.1f} after the first shard)" if now > first[0] else ""
             log.info(
-                "batch: %d/%d shards, %d/%d files, %d faces, %.1f images/s (%.1f after the first shard)",
+                "batch: %d/%d shards, %d/%d files, %d faces, %.1f images/s%s",
                 shards,
                 len(items),
                 files,
