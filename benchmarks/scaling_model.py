@@ -47,14 +47,16 @@ MODES = ("float32", "bfloat16", "powersgd1", "powersgd4")
 
 
 def wire(shapes: list, mode: str) -> tuple[int, int]:
-    """(bytes, collectives) one step sends in `mode`."""
-    from fer_dist import compression
+    """(bytes, collectives) one step sends in `mode`: what a run of it logs (`steps.wire_groups`)."""
+    from fer_dist import config as C
+    from fer_dist import steps
 
-    values = sum(int(math.prod(s)) for s in shapes)
     if mode.startswith("powersgd"):
-        sent = compression.values_sent(shapes, compression.plan(shapes, int(mode.removeprefix("powersgd"))))
-        return sent * 4, 3
-    return values * (2 if mode == "bfloat16" else 4), 1
+        sets = {"gradient_compression": "powersgd", "powersgd_rank": mode.removeprefix("powersgd")}
+    else:
+        sets = {"allreduce_dtype": mode}
+    config = C.resolve("seed", sets)
+    return steps.wire_bytes(shapes, config)[1], len(steps.wire_groups(shapes, config))
 
 
 def recipe_facts() -> dict:

@@ -78,13 +78,6 @@ def full_rank_plan(shapes: list) -> list[Factor]:
     return [Factor(i, *nm, min(nm)) for i, s in enumerate(shapes) if (nm := matrix_shape(s))]
 
 
-def values_sent(shapes: list, factors: list[Factor]) -> int:
-    """Values one step all-reduces: the factors' P and Q, plus every other gradient whole."""
-    compressed = {f.index for f in factors}
-    rest = sum(math.prod(int(d) for d in s) for i, s in enumerate(shapes) if i not in compressed)
-    return rest + sum((f.n + f.m) * f.rank for f in factors)
-
-
 def initial_q(factor: Factor, seed: int) -> tf.Tensor:
     """A seeded random Q [m, r]: the same on every worker."""
     return tf.random.stateless_normal([factor.m, factor.rank], seed=[seed, factor.index], dtype=tf.float32)
@@ -139,5 +132,4 @@ __all__ = [
     "matrix_shape",
     "plan",
     "reduce",
-    "values_sent",
 ]
