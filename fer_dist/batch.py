@@ -79,8 +79,10 @@ def plan(path: str, run_dir: str, options, output: str, shard_files: int = SHARD
         raise UserError(f"--shard-files {shard_files}: expected 1 or more")
     if storage.exists(output) and not storage.is_dir(output):
         raise UserError(f"--output {output}: a file, not a directory")
-    inputs = predict.input_paths(path)
-    files = predict.image_paths(path)
+    from fer_dist.video import is_video
+
+    inputs = predict.input_paths(path)  # one listing (a gs:// listing is a request)
+    files = [p for p in inputs if not is_video(p)]
     if not files:
         raise UserError(f"{path}: no images (the batch path reads images; score videos without --workers)")
     if len(inputs) > len(files):
