@@ -116,6 +116,22 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Clust
     return choice
 
 
+def leave() -> None:
+    """Leaves the Ray cluster this process joined (and stops it when it was the job's own) now,
+    not at exit: Ray's exit hook waits for its workers' last forwarded lines and prints them, so
+    a job that ends with `error: ...` calls this first and its error stays the last line."""
+    if "ray" not in sys.modules:
+        return
+    import ray
+
+    if ray.is_initialized():
+        try:
+            ray.shutdown()
+        except Exception as e:  # leaving is best effort: the job's own error matters more
+            log.debug("Ray: leaving the cluster failed: %s", e)
+        _joined.clear()
+
+
 def _how(choice: ClusterChoice) -> str:
     return f"RAY_ADDRESS={choice.address}" if choice.source == "RAY_ADDRESS" else f"--address {choice.address}"
 

@@ -77,3 +77,50 @@ def test_address_without_workers_and_bad_worker_counts_are_one_line_errors(tmp_p
     jobs_helpers.assert_user_error(
         jobs_helpers.run("train.py", "--workers", "4:2", "--storage", str(tmp_path)), "--workers 4:2"
     )
+
+
+# A job on a private Ray cluster whose worker keeps printing, then fails with a UserError.
+CHATTY_JOB = """
+import sys, time
+import ray
+from fer_dist import ray_cluster
+from fer_dist.cli import user_errors_exit
+from fer_dist.errors import UserError
+
+@ray.remote(num_cpus=0)
+def chatter():
+    for i in range(1000):
+        print(f"worker line {i}", file=sys.stderr, flush=True)
+        time.sleep(0.02)
+
+@user_errors_exit
+def main():
+    ray_cluster.ensure_ray(num_cpus=1)
+    chatter.remote()
+    time.sleep(1.5)  # its lines reach the driver
+    raise UserError("the job failed")
+
+main()
+"""
+
+
+@pytest.mark.slow  # starts a private Ray cluster
+def test_the_error_line_stays_last_while_ray_workers_still_print():
+    """Ray's exit hook prints its workers' last forwarded lines: the job leaves Ray before its
+    `error:` line (seen in CI: a Train controller's traceback printed after it)."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ray", dir="/tmp") as short:  # Ray's socket paths are short
+        proc = subprocess.run(
+            [sys.executable, "-c", CHATTY_JOB],
+            cwd=jobs_helpers.ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, PYTHONUNBUFFERED="1", RAY_TMPDIR=short),
+        )
+    assert "worker line 1" in proc.stderr, proc.stderr[-3000:]  # the worker's lines did reach the driver
+    jobs_helpers.assert_user_error(proc, "the job failed")

@@ -45,6 +45,9 @@ class App(typer.Typer):
         try:
             code = super().__call__(*args, standalone_mode=False, **kwargs)
         except typer.Abort:
+            from fer_dist import ray_cluster
+
+            ray_cluster.leave()
             print("error: aborted", file=sys.stderr, flush=True)
             raise SystemExit(130) from None
         except TyperException as e:  # click's UsageError and its kin: a bad or missing flag
@@ -88,6 +91,9 @@ def user_errors_exit(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except UserError as e:
+            from fer_dist import ray_cluster
+
+            ray_cluster.leave()  # what Ray's workers print after this would bury the error line
             print(f"error: {e}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_USER_ERROR) from None
 
