@@ -19,6 +19,14 @@ from fer_dist.errors import UserError
 
 # One colour per emotion (matplotlib's tab10), so that a picture reads at a glance.
 COLOURS = dict(zip(EMOTIONS, ("#d62728", "#8c564b", "#9467bd", "#2ca02c", "#1f77b4", "#ff7f0e", "#7f7f7f")))
+_OTHER_COLOURS = ("#17becf", "#bcbd22", "#e377c2", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd")
+
+
+def colour_of(name: str, classes: tuple[str, ...] = EMOTIONS) -> str:
+    """A class's colour: FER-2013's emotions keep theirs; other classes take a palette's, by position."""
+    if name in COLOURS:
+        return COLOURS[name]
+    return _OTHER_COLOURS[classes.index(name) % len(_OTHER_COLOURS)] if name in classes else "#ffffff"
 
 
 class Writer:
@@ -41,7 +49,7 @@ class Writer:
     def write(self, sources: list, frame: pd.DataFrame) -> None:
         for source in sources:
             mine = frame[(frame["image"] == source.path) & _same_frame(frame["frame"], source.frame)]
-            picture = draw(source.image, mine)
+            picture = draw(source.image, mine, classes_of(frame))
             if source.frame is None:
                 uri, fmt = self.targets[source.path], _format_of(source.path)
             else:
@@ -59,7 +67,12 @@ def _format_of(path: str) -> str:
     return "PNG" if path.lower().endswith(".png") else "JPEG"
 
 
-def draw(image: Image.Image, rows: pd.DataFrame) -> Image.Image:
+def classes_of(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The class names of predict's rows (`predict` keeps them in the frame's attrs)."""
+    return tuple(frame.attrs.get("class_names") or EMOTIONS)
+
+
+def draw(image: Image.Image, rows: pd.DataFrame, classes: tuple[str, ...] = EMOTIONS) -> Image.Image:
     """A copy of `image` (RGB) with each face's box and "emotion p" above it; a note in the corner
     when the image has a row without a face."""
     picture = image.convert("RGB")
@@ -72,7 +85,7 @@ def draw(image: Image.Image, rows: pd.DataFrame) -> Image.Image:
             pen.text((4, 4), row["note"] or "no face", fill="#ff0000", font=font, stroke_width=2, stroke_fill="#ffffff")
             continue
         x, y, w, h = (int(row[k]) for k in ("x", "y", "width", "height"))
-        colour = COLOURS.get(row["emotion"], "#ffffff")
+        colour = colour_of(row["emotion"], classes)
         pen.rectangle((x, y, x + w - 1, y + h - 1), outline=colour, width=width)
         label = f"{row['emotion']} {row['probability']:.2f}"
         left, top, right, bottom = pen.textbbox((0, 0), label, font=font)
@@ -95,8 +108,10 @@ def plot_over_time(frame: pd.DataFrame, path: str) -> None:
         rows = frame[(frame["image"] == video) & frame["face"].notna()].copy()
         rows["area"] = rows["width"].astype(float) * rows["height"].astype(float)
         largest = rows.sort_values("area", ascending=False).drop_duplicates("frame").sort_values("time_s")
-        for name in EMOTIONS:
-            ax.plot(largest["time_s"], largest[name], label=name, color=COLOURS[name], marker=".", linewidth=1.5)
+        classes = classes_of(frame)
+        for name in classes:
+            colour = colour_of(name, classes)
+            ax.plot(largest["time_s"], largest[name], label=name, color=colour, marker=".", linewidth=1.5)
         missing = sorted(set(frame.loc[frame["image"] == video, "time_s"]) - set(largest["time_s"]))
         if missing:
             ax.plot(missing, np.zeros(len(missing)), "x", color="black", label="no face")
@@ -112,4 +127,4 @@ def plot_over_time(frame: pd.DataFrame, path: str) -> None:
     storage.write_bytes(path, buffer.getvalue())
 
 
-__all__ = ["COLOURS", "Writer", "draw", "plot_over_time"]
+__all__ = ["COLOURS", "Writer", "colour_of", "draw", "plot_over_time"]

@@ -198,8 +198,8 @@ def mixup(images: tf.Tensor, labels: tf.Tensor, alpha: float, seed):
     return mixed, tf.gather(labels, perm), lam
 
 
-def class_weights(labels: np.ndarray, mode: str) -> np.ndarray | None:
-    """Per-class loss weights [NUM_CLASSES] (float32) for `mode` "balanced", None for "none".
+def class_weights(labels: np.ndarray, mode: str, num_classes: int = NUM_CLASSES) -> np.ndarray | None:
+    """Per-class loss weights [num_classes] (float32) for `mode` "balanced", None for "none".
 
     w_c = N / (K * n_c) for the K classes present in `labels` (N of them): the mean of
     w[labels] is exactly 1. Classes absent from `labels` get weight 1 (never used in training).
@@ -208,16 +208,16 @@ def class_weights(labels: np.ndarray, mode: str) -> np.ndarray | None:
         return None
     if mode != "balanced":
         raise ValueError(f"class_weighting={mode!r}")
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=NUM_CLASSES).astype(np.float64)
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
     present = counts > 0
-    weights = np.ones(NUM_CLASSES, np.float64)
+    weights = np.ones(num_classes, np.float64)
     weights[present] = counts.sum() / (present.sum() * counts[present])
     return weights.astype(np.float32)
 
 
 def train_loss(per_example_loss, labels, logits, mix=None, weights=None) -> tf.Tensor:
     """Per-example training loss [B]: per_example_loss(labels, logits), times the class weight
-    of each label when `weights` [NUM_CLASSES] is given; with `mix` = (labels_b, lam) the
+    of each label when `weights` [classes] is given; with `mix` = (labels_b, lam) the
     mixup loss lam * L(y_a) + (1 - lam) * L(y_b), each term with its own label's weight."""
 
     def term(y):

@@ -125,7 +125,7 @@ class ShardScorer:
         for shard, paths in zip(batch["shard"], batch["paths"]):
             start = time.perf_counter()
             frame = score_shard(json.loads(paths), self.predictor, self.detector, self.options)
-            write_part(storage.join(self.output, part_name(int(shard))), frame)
+            write_part(storage.join(self.output, part_name(int(shard))), frame, self.predictor.config.classes)
             out["shard"].append(int(shard))
             out["files"].append(int(frame["image"].nunique()))
             out["faces"].append(int(frame["face"].notna().sum()))
@@ -151,23 +151,24 @@ def score_shard(paths: list[str], predictor, detector, options) -> pd.DataFrame:
     return frame
 
 
-def schema():
-    """One Arrow schema for every part, whatever rows it holds (all unreadable, none detected)."""
+def schema(classes: tuple[str, ...]):
+    """One Arrow schema for every part, whatever rows it holds (all unreadable, none detected):
+    predict's row columns, then one probability column per class of the run."""
     import pyarrow as pa
 
-    from fer_dist import EMOTIONS, predict
+    from fer_dist import predict
 
     types = {"image": pa.string(), "note": pa.string(), "emotion": pa.string(), "top": pa.string()}
-    types.update({c: pa.float64() for c in ("time_s", "score", "probability", *EMOTIONS)})
-    return pa.schema([(c, types.get(c, pa.int64())) for c in (*predict.ROW_COLUMNS, *EMOTIONS)])
+    types.update({c: pa.float64() for c in ("time_s", "score", "probability", *classes)})
+    return pa.schema([(c, types.get(c, pa.int64())) for c in (*predict.ROW_COLUMNS, *classes)])
 
 
-def write_part(uri: str, frame: pd.DataFrame) -> None:
+def write_part(uri: str, frame: pd.DataFrame, classes: tuple[str, ...]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, schema=schema(), preserve_index=False), buffer)
+    pq.write_table(pa.Table.from_pandas(frame, schema=schema(classes), preserve_index=False), buffer)
     storage.write_bytes(uri, buffer.getvalue())
 
 

@@ -43,6 +43,9 @@ class TrainConfig:
     builtin_size: int = 12000  # images of the built-in synthetic set (train+val+test)
     val_fraction: float = 0.1  # carved from train (stratified) when the data has no PublicTest
     skip_bad_rows: bool = False  # skip malformed CSV rows / unreadable images instead of failing
+    # The classes, label i = class_names[i]: filled from the data when a run starts (saved in its
+    # config.json); a run refuses data whose classes differ. () = whatever the data has.
+    class_names: tuple[str, ...] = ()
 
     # --- model ----------------------------------------------------------------
     backbone: str = "resnet50"  # "resnet50" (the ResNet50 transfer recipes) or "compact" (small CNN for CPU demos)
@@ -141,6 +144,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["head_units"] = list(self.head_units)
+        d["class_names"] = list(self.class_names)
         return d
 
     def to_json(self) -> str:
@@ -158,6 +162,14 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return validate(replace(self, changes))
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The run's class names: its data's, or FER-2013's seven for a config that names none
+        (runs from before `class_names` was saved)."""
+        from fer_dist import EMOTIONS
+
+        return self.class_names or EMOTIONS
 
 
 def field_names() -> list[str]:
@@ -248,6 +260,10 @@ def validate(c: TrainConfig) -> TrainConfig:
         )
     need(0.0 < c.unfreeze_lr_factor <= 1.0, f"unfreeze_lr_factor={c.unfreeze_lr_factor}: must be in (0, 1]")
     need(all(u >= 1 for u in c.head_units), f"head_units={list(c.head_units)}: every width must be >= 1")
+    need(
+        not c.class_names or (len(c.class_names) >= 2 and len(set(c.class_names)) == len(c.class_names)),
+        f"class_names={','.join(c.class_names)}: at least 2 names, each once",
+    )
     min_size = 32 if c.backbone == "resnet50" else 16
     need(
         min_size <= c.image_size <= 512,

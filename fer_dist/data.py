@@ -1,14 +1,24 @@
-"""Data loaders: FER-2013 CSV files, image folders and the built-in set -> uint8 face arrays.
+"""Data loaders: FER-2013 CSV files, image folders, manifests and the built-in set -> uint8 face
+arrays and the class names they are labelled with.
 
     python jobs/train.py --data data/fer2013.csv --preset seed
+    python jobs/train.py --data my_faces/            # my_faces/train/<class>/*.jpg, any class names
+    python jobs/train.py --data manifest.csv         # path,label[,split] rows, paths local or gs://
 
 `load(uri)` accepts "builtin", a FER-2013 CSV (`emotion,pixels,Usage`; plain or gzip,
-local path or `gs://`) or an image folder (`<root>/train/<emotion>/*.jpg`, as the data set
-is downloaded from Kaggle). Usage `Training`/`PublicTest`/`PrivateTest` (folders
-`train`/`val`/`test`) become the train/val/test splits. Without a validation split one is
-carved from train (stratified, seeded); without a test split `test` is None. `load` needs
-a training split; `load_splits` (for evaluation) does not: a file of PrivateTest rows only,
-or a folder with only `test/`, gives just its test split.
+local path or `gs://`), an image folder (`<root>/train/<class>/*.jpg`, as FER-2013 is
+downloaded from Kaggle, or any classes of your own) or a manifest CSV (`path,label[,split]`).
+Usage `Training`/`PublicTest`/`PrivateTest` (folders `train`/`val`/`test`) become the
+train/val/test splits. Without a validation split one is carved from train (stratified,
+seeded); without a test split `test` is None. `load` needs a training split; `load_splits`
+(for evaluation) does not: a file of PrivateTest rows only, or a folder with only `test/`,
+gives just its test split.
+
+Every reader returns its class names (`Dataset.class_names`, label i is class_names[i]):
+FER-2013's seven emotions for its CSV, the built-in set, and folders whose class folders are
+all FER-2013 emotion names (or their numbers 0-6); otherwise the order a `classes.txt` beside
+the data gives (one name per line; the folder's root, or the manifest's directory), else the
+names sorted.
 
 Every problem with the input raises `UserError` with one line that names the file, the
 1-based physical line for a CSV (header = line 1) and what is wrong. With
@@ -36,6 +46,8 @@ PIXELS = IMAGE_PIXELS * IMAGE_PIXELS
 CSV_USAGES = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 FOLDER_SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+CLASSES_FILE = "classes.txt"  # the class order of a folder or manifest: one name per line
+SPLIT_NAMES = {**FOLDER_SPLITS, **{k.lower(): v for k, v in CSV_USAGES.items()}}  # a manifest's split column
 MAX_LISTED = 10  # skipped rows/images named in a note before "…"
 _CHUNK_ROWS = 512  # CSV rows whose pixels are parsed in one vectorised pass
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -60,6 +72,7 @@ class Dataset:
     test: Split | None  # None when the data has no test split
     source: str  # the uri/path, or "builtin"
     notes: tuple[str, ...]  # human-readable lines for the log
+    class_names: tuple[str, ...] = EMOTIONS  # label i is class_names[i]
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,7 @@ class _Layout:
 
 _CSV_LAYOUT = _Layout("Training", "PublicTest", "PrivateTest", "rows")
 _FOLDER_LAYOUT = _Layout("train/", "val/", "test/", "images")
+_MANIFEST_LAYOUT = _Layout("train", "val", "test", "rows")
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,7 @@ class Splits:
     source: str
     notes: tuple[str, ...]
     names: dict[str, str]  # each split as the source names it, for messages: {"test": "PrivateTest rows"}
+    class_names: tuple[str, ...] = EMOTIONS
 
 
 # ------------------------------------------------------------------------------
@@ -103,8 +118,8 @@ def load(
     """The train/val/test splits of "builtin", a FER-2013 CSV (.csv/.csv.gz) or an image folder."""
     if uri == "builtin":
         return _load_builtin(builtin_size, seed)
-    splits, skipped, layout = _read(uri, skip_bad_rows, require_train=True)
-    return _assemble(uri, splits, skipped, layout, val_fraction, seed)
+    splits, skipped, layout, classes = _read(uri, skip_bad_rows, require_train=True)
+    return _assemble(uri, splits, skipped, layout, val_fraction, seed, classes)
 
 
 def load_for(config) -> Dataset:
@@ -119,7 +134,7 @@ def load_for(config) -> Dataset:
 
 
 def _read(uri: str, skip_bad_rows: bool, require_train: bool):
-    """(splits found, skipped rows, layout) of a CSV file or an image folder."""
+    """(splits found, skipped rows, layout, class names) of a CSV file, a manifest or an image folder."""
     try:
         is_dir, exists = storage.is_dir(uri), storage.exists(uri)
     except OSError as e:
@@ -127,10 +142,14 @@ def _read(uri: str, skip_bad_rows: bool, require_train: bool):
     if not exists:
         raise UserError(f"{uri}: no such file or directory")
     if is_dir:
-        splits, skipped = _read_image_folder(uri, skip_bad_rows, require_train=require_train)
-        return splits, skipped, _FOLDER_LAYOUT
-    splits, skipped = _read_csv(uri, skip_bad_rows)
-    return splits, skipped, _CSV_LAYOUT
+        splits, skipped, classes = _read_image_folder(uri, skip_bad_rows, require_train=require_train)
+        return splits, skipped, _FOLDER_LAYOUT, classes
+    text = _read_text_bytes(uri)
+    if _is_manifest(text.split(b"\n", 1)[0]):
+        splits, skipped, classes = _read_manifest(uri, text, skip_bad_rows)
+        return splits, skipped, _MANIFEST_LAYOUT, classes
+    splits, skipped = _read_csv(uri, skip_bad_rows, text)
+    return splits, skipped, _CSV_LAYOUT, EMOTIONS
 
 
 def load_splits(
@@ -143,10 +162,10 @@ def load_splits(
     if uri == "builtin":
         dataset = _load_builtin(builtin_size, seed)
         found = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
-        return Splits(found, "builtin", dataset.notes, {s: f"built-in {s}" for s in found})
-    splits, skipped, layout = _read(uri, skip_bad_rows, require_train=False)
+        return Splits(found, "builtin", dataset.notes, {s: f"built-in {s}" for s in found}, dataset.class_names)
+    splits, skipped, layout, classes = _read(uri, skip_bad_rows, require_train=False)
     if "train" in splits:
-        dataset = _assemble(uri, splits, skipped, layout, val_fraction, seed)
+        dataset = _assemble(uri, splits, skipped, layout, val_fraction, seed, classes)
         found = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
         notes = dataset.notes
     else:
@@ -154,7 +173,7 @@ def load_splits(
         notes = (_skipped_note(skipped, layout.unit),) if skipped else ()
     found = {name: found[name] for name in ("train", "val", "test") if found.get(name) is not None}
     names = {name: f"{getattr(layout, name)} {layout.unit}" for name in found}
-    return Splits(found, uri, notes, names)
+    return Splits(found, uri, notes, names, classes)
 
 
 def _load_builtin(size: int, seed: int) -> Dataset:
@@ -168,7 +187,13 @@ def _load_builtin(size: int, seed: int) -> Dataset:
 
 
 def _assemble(
-    uri: str, splits: dict[str, Split], skipped: list[_Skipped], layout: _Layout, val_fraction: float, seed: int
+    uri: str,
+    splits: dict[str, Split],
+    skipped: list[_Skipped],
+    layout: _Layout,
+    val_fraction: float,
+    seed: int,
+    class_names: tuple[str, ...] = EMOTIONS,
 ) -> Dataset:
     """Checks the splits found, carves a validation split if needed and writes the notes."""
     if "train" not in splits:
@@ -191,7 +216,18 @@ def _assemble(
         notes.append(f"no {layout.test}: no test split, no test metrics")
     if skipped:
         notes.append(_skipped_note(skipped, layout.unit))
-    return Dataset(train=train, val=val, test=test, source=uri, notes=tuple(notes))
+    return Dataset(train=train, val=val, test=test, source=uri, notes=tuple(notes), class_names=class_names)
+
+
+def check_classes(class_names: tuple[str, ...], dataset: Dataset | Splits, what: str = "the run") -> tuple[str, ...]:
+    """The data's class names, when `class_names` (a run's, or () for any) agrees with them by
+    name and order; else a UserError naming both lists."""
+    if class_names and tuple(class_names) != tuple(dataset.class_names):
+        raise UserError(
+            f"{dataset.source}: its classes ({', '.join(dataset.class_names)}) differ from those of {what} "
+            f"({', '.join(class_names)})"
+        )
+    return tuple(dataset.class_names)
 
 
 def _skipped_note(skipped: list[_Skipped], unit: str) -> str:
@@ -213,7 +249,7 @@ def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, S
         raise ValueError(f"fraction={fraction}: must be in (0, 1)")
     n = len(split)
     total = min(max(round(fraction * n), 1), n - 1) if n >= 2 else 0
-    counts = np.asarray(class_counts(split))
+    counts = np.bincount(split.labels) if n else np.zeros(0, np.int64)
     exact = fraction * counts
     take = np.floor(exact).astype(np.int64)
     by_remainder = np.argsort(-(exact - take), kind="stable")
@@ -230,9 +266,9 @@ def _subset(split: Split, mask: np.ndarray) -> Split:
     return Split(split.images[mask], split.labels[mask])
 
 
-def class_counts(split: Split) -> list[int]:
-    """Rows per class, in EMOTIONS order."""
-    return np.bincount(split.labels, minlength=NUM_CLASSES).tolist()
+def class_counts(split: Split, num_classes: int = NUM_CLASSES) -> list[int]:
+    """Rows per class, in class order (FER-2013's seven unless `num_classes` says otherwise)."""
+    return np.bincount(split.labels, minlength=num_classes).tolist()
 
 
 # ------------------------------------------------------------------------------
@@ -248,8 +284,8 @@ def read_csv(uri: str, *, skip_bad_rows: bool = False) -> tuple[dict[str, Split]
     return splits, [s.message for s in skipped]
 
 
-def _read_csv(uri: str, skip_bad_rows: bool) -> tuple[dict[str, Split], list[_Skipped]]:
-    lines = _read_text_bytes(uri).split(b"\n")
+def _read_csv(uri: str, skip_bad_rows: bool, text: bytes | None = None) -> tuple[dict[str, Split], list[_Skipped]]:
+    lines = (text if text is not None else _read_text_bytes(uri)).split(b"\n")
     columns = _header_columns(uri, lines[0])
     rows = [(lineno, line) for lineno, line in enumerate(lines[1:], start=2) if line and not line.isspace()]
     if not rows:
@@ -438,39 +474,168 @@ def _parse_pixels_slow(field: bytes) -> np.ndarray:
 # image folders
 # ------------------------------------------------------------------------------
 def read_image_folder(uri: str, *, skip_bad_rows: bool = False) -> tuple[dict[str, Split], list[str]]:
-    """`<root>/{train,val|validation,test}/<emotion>/*.jpg|jpeg|png` -> ({split: Split}, skipped messages)."""
-    splits, skipped = _read_image_folder(uri, skip_bad_rows)
+    """`<root>/{train,val|validation,test}/<class>/*.jpg|jpeg|png` -> ({split: Split}, skipped messages)."""
+    splits, skipped, _ = _read_image_folder(uri, skip_bad_rows)
     return splits, [s.message for s in skipped]
 
 
 def _read_image_folder(
     uri: str, skip_bad_rows: bool, require_train: bool = True
-) -> tuple[dict[str, Split], list[_Skipped]]:
+) -> tuple[dict[str, Split], list[_Skipped], tuple[str, ...]]:
     split_dirs = _split_dirs(uri, require_train)
+    folders = {name: _visible(storage.listdir(storage.join(uri, name))) for name in split_dirs.values()}
+    classes, label_of = _folder_classes(uri, folders)
     files: list[tuple[str, str, int]] = []  # (split, relative path, label)
     for split, name in split_dirs.items():
-        for emotion in _visible(storage.listdir(storage.join(uri, name))):
-            label = _emotion_label(uri, f"{name}/{emotion}", emotion)
-            entries = _visible(storage.listdir(storage.join(uri, name, emotion)))
-            files += [(split, f"{name}/{emotion}/{f}", label) for f in entries]
+        for folder in folders[name]:
+            entries = _visible(storage.listdir(storage.join(uri, name, folder)))
+            files += [(split, f"{name}/{folder}/{f}", label_of[folder]) for f in entries]
+    splits, skipped = _decode_files(uri, files, skip_bad_rows, lambda rel: storage.join(uri, rel))
+    return splits, skipped, classes
+
+
+def _decode_files(uri: str, files: list[tuple[str, str, int]], skip_bad_rows: bool, locate, name=None) -> tuple:
+    """({split: Split}, skipped) of (split, where, label) image files, decoded in parallel threads;
+    `locate(where)` is the file's URI, `name(where)` how messages name it (default: its URI)."""
+    name = name or locate
     with ThreadPoolExecutor(max_workers=8) as pool:
-        decoded = list(pool.map(lambda rel: decode_image(storage.join(uri, rel)), [f[1] for f in files]))
+        decoded = list(pool.map(lambda f: decode_image(locate(f[1])), files))
     per_split: dict[str, tuple[list[np.ndarray], list[int]]] = {}
     skipped: list[_Skipped] = []
-    for (split, rel, label), image in zip(files, decoded):
+    for (split, where, label), image in zip(files, decoded):
         if isinstance(image, str):
-            message = f"{storage.join(uri, rel)}: {image}"
+            message = f"{name(where)}: {image}"
             if not skip_bad_rows:
                 raise UserError(message)
-            skipped.append(_Skipped(rel, message))
+            skipped.append(_Skipped(where, message))
             continue
         images, labels = per_split.setdefault(split, ([], []))
         images.append(image)
         labels.append(label)
-    if not per_split and skipped:
-        raise UserError(f"{uri}: every image is bad ({len(skipped)} images; first: {skipped[0].message})")
+    if not per_split:
+        if skipped:
+            raise UserError(f"{uri}: every image is bad ({len(skipped)} images; first: {skipped[0].message})")
+        raise UserError(f"{uri}: no images")
     splits = {s: Split(np.stack(images), np.array(labels, dtype=np.int64)) for s, (images, labels) in per_split.items()}
     return splits, skipped
+
+
+def _folder_classes(uri: str, folders: dict[str, list[str]]) -> tuple[tuple[str, ...], dict[str, int]]:
+    """(class names, {class folder: label}) of the class folders under each split folder."""
+    names = sorted({name for names in folders.values() for name in names})
+    listed = read_class_list(storage.join(uri, CLASSES_FILE))
+    if listed is not None:
+        index = {name: i for i, name in enumerate(listed)}
+        for split, found in folders.items():
+            for name in found:
+                if name not in index:
+                    raise UserError(
+                        f"{storage.join(uri, split, name)}: class folder {name!r} is not listed in "
+                        f"{storage.join(uri, CLASSES_FILE)} ({_listing(listed)})"
+                    )
+        return listed, {name: index[name] for name in names}
+    if names and all(_fer_label(name) is not None for name in names):  # FER-2013 as Kaggle ships it
+        return EMOTIONS, {name: _fer_label(name) for name in names}
+    _check_classes(uri, names)
+    return tuple(names), {name: i for i, name in enumerate(names)}
+
+
+def _fer_label(name: str) -> int | None:
+    """FER-2013's label of a class folder named after its emotion (any case) or its number 0-6."""
+    key = name.lower()
+    if key in EMOTIONS:
+        return EMOTIONS.index(key)
+    return int(key) if key.isdigit() and int(key) < NUM_CLASSES else None
+
+
+def _check_classes(where: str, names: list[str] | tuple[str, ...]) -> None:
+    if len(names) < 2:
+        raise UserError(f"{where}: {len(names)} class(es) ({_listing(names)}); a classifier needs at least 2")
+
+
+def _listing(names) -> str:
+    names = list(names)
+    return ", ".join(names[:MAX_LISTED]) + (f", … ({len(names)} in all)" if len(names) > MAX_LISTED else "")
+
+
+def read_class_list(uri: str) -> tuple[str, ...] | None:
+    """The class names of a `classes.txt` (one per line; blank lines and `#` comments ignored),
+    None when there is none; UserError naming the line of a repeated name."""
+    try:
+        if not storage.exists(uri):
+            return None
+        text = storage.read_text(uri)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{uri}: cannot read ({_one_line(e)})") from None
+    names: list[str] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        if name in names:
+            raise UserError(f"{uri} line {lineno}: class {name!r} is listed twice")
+        if "," in name:
+            raise UserError(f"{uri} line {lineno}: class {name!r}: a class name holds no comma")
+        names.append(name)
+    _check_classes(uri, names)
+    return tuple(names)
+
+
+# ------------------------------------------------------------------------------
+# manifests: path,label[,split]
+# ------------------------------------------------------------------------------
+def _is_manifest(header: bytes) -> bool:
+    names = {_show(f).strip().lower() for f in _fields(header.rstrip(b"\r"))}
+    return {"path", "label"} <= names and "pixels" not in names
+
+
+def _read_manifest(uri: str, text: bytes, skip_bad_rows: bool) -> tuple:
+    """A manifest CSV (`path,label[,split]`; paths absolute, gs://, or relative to the manifest)
+    -> (splits, skipped, class names). Splits are train/val/test (or FER-2013's Usage names);
+    without a split column every row is train."""
+    rows = list(csv.reader(io.StringIO(text.decode("utf-8"))))
+    header = [name.strip().lower() for name in rows[0]]
+    column = {name: i for i, name in reversed(list(enumerate(header)))}
+    base = uri.rsplit("/", 1)[0] if "/" in uri else "."
+    entries: list[tuple[int, str, str, str]] = []  # (line, split, path, label)
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != len(header):
+            raise UserError(f"{uri} line {lineno}: expected {len(header)} comma-separated fields, got {len(row)}")
+        path, label = row[column["path"]].strip(), row[column["label"]].strip()
+        split = row[column["split"]].strip() if "split" in column else "train"
+        if not path or not label:
+            raise UserError(f"{uri} line {lineno}: empty {'path' if not path else 'label'}")
+        if split.lower() not in SPLIT_NAMES:
+            raise UserError(f"{uri} line {lineno}: split {split!r} is not one of train, val, test")
+        located = path if "://" in path or path.startswith("/") else storage.join(base, path)
+        entries.append((lineno, SPLIT_NAMES[split.lower()], located, label))
+    if not entries:
+        raise UserError(f"{uri}: no data rows (only a header)")
+    classes = _manifest_classes(uri, base, entries)
+    index = {name: i for i, name in enumerate(classes)}
+    files = [(split, str(lineno), index[label]) for lineno, split, _, label in entries]
+    where = {str(lineno): path for lineno, _, path, _ in entries}
+    splits, skipped = _decode_files(
+        uri, files, skip_bad_rows, lambda line: where[line], lambda line: f"{uri} line {line}: {where[line]}"
+    )
+    return splits, skipped, classes
+
+
+def _manifest_classes(uri: str, base: str, entries: list) -> tuple[str, ...]:
+    labels = sorted({label for *_, label in entries})
+    listed = read_class_list(storage.join(base, CLASSES_FILE))
+    if listed is None:
+        _check_classes(uri, labels)
+        return tuple(labels)
+    for lineno, _, _, label in entries:
+        if label not in listed:
+            raise UserError(
+                f"{uri} line {lineno}: label {label!r} is not listed in {storage.join(base, CLASSES_FILE)} "
+                f"({_listing(listed)})"
+            )
+    return listed
 
 
 def _visible(names: list[str]) -> list[str]:
@@ -491,26 +656,14 @@ def _split_dirs(uri: str, require_train: bool = True) -> dict[str, str]:
     if not found and not require_train:
         raise UserError(
             f"{uri}: no train/, val/ or test/ folder (has: {', '.join(names[:MAX_LISTED]) or 'nothing'}); "
-            f"expected {uri}/test/<emotion>/*.jpg"
+            f"expected {uri}/test/<class>/*.jpg"
         )
     if "train" not in found and require_train:
         raise UserError(
             f"{uri}: no train/ folder (has: {', '.join(names[:MAX_LISTED]) or 'nothing'}); "
-            f"expected {uri}/train/<emotion>/*.jpg"
+            f"expected {uri}/train/<class>/*.jpg"
         )
     return found
-
-
-def _emotion_label(uri: str, rel: str, name: str) -> int:
-    key = name.lower()
-    if key in EMOTIONS:
-        return EMOTIONS.index(key)
-    if key.isdigit() and int(key) < NUM_CLASSES:
-        return int(key)
-    raise UserError(
-        f"{storage.join(uri, rel)}: unknown emotion folder {name!r} "
-        f"(known: {', '.join(EMOTIONS)}, or 0-{NUM_CLASSES - 1})"
-    )
 
 
 def open_image(uri: str) -> Image.Image | str:

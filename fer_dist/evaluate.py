@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from fer_dist import EMOTIONS, NUM_CLASSES, storage  # noqa: E402
+from fer_dist import EMOTIONS, storage  # noqa: E402
 from fer_dist.config import TTA_MODES  # noqa: E402
 from fer_dist.errors import UserError  # noqa: E402
 from fer_dist.inference import check_tta, load_config, load_run, predict_probs  # noqa: E402
@@ -49,29 +49,29 @@ _MACRO_ROW = "macro avg"
 # --- metrics -------------------------------------------------------------------------
 
 
-def _check_predictions(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(labels as int64 [N], probs as float64 [N, NUM_CLASSES]); UserError if they do not fit."""
+def _check_predictions(labels: np.ndarray, probs: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels as int64 [N], probs as float64 [N, classes]); UserError if they do not fit."""
     labels = np.asarray(labels)
     probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or probs.shape[1] != NUM_CLASSES:
-        raise UserError(f"probabilities must have shape [N, {NUM_CLASSES}], got {list(probs.shape)}")
+    if probs.ndim != 2 or probs.shape[1] != classes:
+        raise UserError(f"probabilities must have shape [N, {classes}], got {list(probs.shape)}")
     if labels.ndim != 1 or len(labels) != len(probs):
         raise UserError(f"labels must have shape [{len(probs)}] to match the probabilities, got {list(labels.shape)}")
     if len(labels) == 0:
         raise UserError("no examples to evaluate")
     if not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
-        raise UserError(f"labels must lie in 0..{NUM_CLASSES - 1}, got {labels.min()}..{labels.max()}")
+    if labels.min() < 0 or labels.max() >= classes:
+        raise UserError(f"labels must lie in 0..{classes - 1}, got {labels.min()}..{labels.max()}")
     if not np.isfinite(probs).all():
         raise UserError("probabilities contain NaN or infinity")
     return labels.astype(np.int64), probs
 
 
-def _confusion(labels: np.ndarray, preds: np.ndarray) -> np.ndarray:
-    """[NUM_CLASSES, NUM_CLASSES] counts, rows = true class, columns = predicted class."""
-    flat = np.bincount(labels * NUM_CLASSES + preds, minlength=NUM_CLASSES * NUM_CLASSES)
-    return flat.reshape(NUM_CLASSES, NUM_CLASSES)
+def _confusion(labels: np.ndarray, preds: np.ndarray, classes: int) -> np.ndarray:
+    """[classes, classes] counts, rows = true class, columns = predicted class."""
+    flat = np.bincount(labels * classes + preds, minlength=classes * classes)
+    return flat.reshape(classes, classes)
 
 
 def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -81,16 +81,16 @@ def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num), where=den != 0)
 
 
-def compute_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
+def compute_metrics(labels: np.ndarray, probs: np.ndarray, class_names: tuple[str, ...] = EMOTIONS) -> dict:
     """Accuracy, macro scores, per-class scores and the confusion matrix, as plain Python types.
 
-    labels: int [N] in 0..6; probs: float [N, 7] (only the argmax of each row matters).
-    Keys: accuracy, macro_f1, macro_precision, macro_recall, n, per_class
-    ({emotion: {precision, recall, f1, support}}, in EMOTIONS order) and confusion_matrix
-    (7x7 list of ints, rows = true, columns = predicted).
+    labels: int [N] in 0..K-1 of the K `class_names` (FER-2013's seven by default); probs:
+    float [N, K] (only the argmax of each row matters). Keys: accuracy, macro_f1,
+    macro_precision, macro_recall, n, per_class ({class: {precision, recall, f1, support}},
+    in class order) and confusion_matrix (KxK list of ints, rows = true, columns = predicted).
     """
-    labels, probs = _check_predictions(labels, probs)
-    cm = _confusion(labels, probs.argmax(axis=1))
+    labels, probs = _check_predictions(labels, probs, len(class_names))
+    cm = _confusion(labels, probs.argmax(axis=1), len(class_names))
     true_pos = np.diag(cm)
     support = cm.sum(axis=1)
     predicted = cm.sum(axis=0)
@@ -111,14 +111,19 @@ def compute_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
                 "f1": float(f1[i]),
                 "support": int(support[i]),
             }
-            for i, name in enumerate(EMOTIONS)
+            for i, name in enumerate(class_names)
         },
         "confusion_matrix": cm.astype(int).tolist(),
     }
 
 
+def class_names_of(metrics: dict) -> list[str]:
+    """The class names of `compute_metrics`' output, in class order."""
+    return list(metrics["per_class"])
+
+
 def per_class_table(metrics: dict) -> pd.DataFrame:
-    """One row per emotion plus a "macro avg" row; columns precision, recall, f1, support."""
+    """One row per class plus a "macro avg" row; columns precision, recall, f1, support."""
     table = pd.DataFrame.from_dict(metrics["per_class"], orient="index").reindex(columns=list(_TABLE_COLUMNS))
     table.loc[_MACRO_ROW] = [metrics["macro_precision"], metrics["macro_recall"], metrics["macro_f1"], metrics["n"]]
     table["support"] = table["support"].astype(int)
@@ -149,7 +154,8 @@ def _png(fig: plt.Figure) -> bytes:
 
 
 def _confusion_frame(metrics: dict) -> pd.DataFrame:
-    frame = pd.DataFrame(metrics["confusion_matrix"], index=list(EMOTIONS), columns=list(EMOTIONS))
+    names = class_names_of(metrics)
+    frame = pd.DataFrame(metrics["confusion_matrix"], index=names, columns=names)
     frame.index.name = "true"
     return frame
 
@@ -164,9 +170,10 @@ def _confusion_png(metrics: dict, prefix: str) -> bytes:
     for (row, col), count in np.ndenumerate(cm):
         colour = "white" if shares[row, col] > 0.5 else "black"
         ax.text(col, row, str(count), ha="center", va="center", color=colour, fontsize=9)
-    recalls = [metrics["per_class"][name]["recall"] for name in EMOTIONS]
-    ax.set_xticks(range(NUM_CLASSES), EMOTIONS, rotation=45, ha="right")
-    ax.set_yticks(range(NUM_CLASSES), [f"{name} ({r:.2f})" for name, r in zip(EMOTIONS, recalls)])
+    names = class_names_of(metrics)
+    recalls = [metrics["per_class"][name]["recall"] for name in names]
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), [f"{name} ({r:.2f})" for name, r in zip(names, recalls)])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true (recall)")
     ax.set_title(f"{prefix}: accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, n {metrics['n']}")
@@ -250,15 +257,15 @@ def write_history_plot(run_dir: str) -> str | None:
 
 
 def average_probs(prob_list: list[np.ndarray]) -> np.ndarray:
-    """The ensemble's probabilities: the elementwise mean of each model's [N, 7] array."""
+    """The ensemble's probabilities: the elementwise mean of each model's [N, classes] array."""
     if not prob_list:
         raise UserError("no models' probabilities to average")
     arrays = [np.asarray(p, dtype=np.float64) for p in prob_list]
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise UserError(f"models' probabilities differ in shape: {sorted(map(list, shapes))}")
-    if arrays[0].ndim != 2 or arrays[0].shape[1] != NUM_CLASSES:
-        raise UserError(f"probabilities must have shape [N, {NUM_CLASSES}], got {list(arrays[0].shape)}")
+    if arrays[0].ndim != 2:
+        raise UserError(f"probabilities must have shape [N, classes], got {list(arrays[0].shape)}")
     return np.mean(np.stack(arrays), axis=0)
 
 
@@ -280,15 +287,17 @@ def _gray_images(images: np.ndarray, n: int) -> np.ndarray:
     return images
 
 
-def mistakes_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, k: int = 25) -> bytes:
+def mistakes_grid(
+    images: np.ndarray, labels: np.ndarray, probs: np.ndarray, k: int = 25, class_names: tuple[str, ...] = EMOTIONS
+) -> bytes:
     """PNG bytes: the k most confident wrong predictions, each titled "true→pred p=0.93".
 
-    images: uint8 gray [N, H, W] (or [N, H, W, 1]), aligned with labels [N] and probs [N, 7].
+    images: uint8 gray [N, H, W] (or [N, H, W, 1]), aligned with labels [N] and probs [N, classes].
     With no mistakes the PNG says so.
     """
     if k < 1:
         raise UserError(f"k must be at least 1, got {k}")
-    labels, probs = _check_predictions(labels, probs)
+    labels, probs = _check_predictions(labels, probs, len(class_names))
     images = _gray_images(images, len(labels))
     picked = _most_confident_mistakes(labels, probs, k)
     cols = max(1, math.ceil(math.sqrt(len(picked))))
@@ -299,7 +308,7 @@ def mistakes_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, k: 
     for ax, i in zip(axes.flat, picked):
         pred = int(probs[i].argmax())
         ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{EMOTIONS[labels[i]]}→{EMOTIONS[pred]} p={probs[i, pred]:.2f}", fontsize=8)
+        ax.set_title(f"{class_names[labels[i]]}→{class_names[pred]} p={probs[i, pred]:.2f}", fontsize=8)
     if len(picked) == 0:
         axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
     return _png(fig)
@@ -325,6 +334,7 @@ def evaluate_run(model, dataset, config, run_dir: str, state, report_to=None) ->
         "best_monitored": getattr(state, "best_monitored", None),
         "best_val_loss": state.best_val_loss,
         "tta": config.eval_tta,
+        "class_names": list(config.classes),
     }
     if getattr(state, "communication", None):  # several workers: scaling.CommunicationShare
         summary["communication"] = state.communication
@@ -334,14 +344,15 @@ def evaluate_run(model, dataset, config, run_dir: str, state, report_to=None) ->
             log.info("no test split in %s: no test metrics", dataset.source)
             continue
         probs = predict_probs(model, split.images, config, tta=config.eval_tta)
-        metrics = compute_metrics(split.labels, probs)
+        metrics = compute_metrics(split.labels, probs, config.classes)
         summary[f"{name}_accuracy"] = metrics["accuracy"]
         summary[f"{name}_macro_f1"] = metrics["macro_f1"]
         summary[name] = metrics
         write_confusion(run_dir, metrics, name)
         if name == "val":
             storage.write_bytes(
-                storage.join(run_dir, "val_mistakes.png"), mistakes_grid(split.images, split.labels, probs)
+                storage.join(run_dir, "val_mistakes.png"),
+                mistakes_grid(split.images, split.labels, probs, class_names=config.classes),
             )
         print(
             format_report(metrics, f"{name} ({len(split)} images, epoch {state.best_epoch}: best {config.monitor})"),
@@ -392,17 +403,21 @@ def check_same_data(run_dirs: list[str], configs: list) -> None:
             )
 
 
-def check_same_classes(run_dirs: list[str], models: list) -> None:
-    """UserError naming two runs of an ensemble whose models have different output widths (class counts)."""
-    widths = [model.output_shape[-1] for model in models]
-    for run_dir, width in zip(run_dirs[1:], widths[1:]):
-        if width != widths[0]:
+def check_same_classes(run_dirs: list[str], configs: list, models: list | None = None) -> None:
+    """UserError naming two runs of an ensemble whose classes differ (by name and order, both
+    lists shown), or a run whose model's outputs are not one per class."""
+    for run_dir, config in zip(run_dirs[1:], configs[1:]):
+        if config.classes != configs[0].classes:
             raise UserError(
-                f"cannot ensemble {run_dirs[0]} and {run_dir}: different class counts "
-                f"({widths[0]} vs {width} model outputs)"
+                f"cannot ensemble {run_dirs[0]} and {run_dir}: different classes "
+                f"({', '.join(configs[0].classes)} vs {', '.join(config.classes)})"
             )
-    if widths[0] != NUM_CLASSES:
-        raise UserError(f"{run_dirs[0]}: the model has {widths[0]} outputs, expected {NUM_CLASSES} classes")
+    for run_dir, config, model in zip(run_dirs, configs, models or []):
+        if model.output_shape[-1] != len(config.classes):
+            raise UserError(
+                f"{run_dir}: the model has {model.output_shape[-1]} outputs, expected {len(config.classes)} classes "
+                f"({', '.join(config.classes)})"
+            )
 
 
 def choose_split(available, split: str | None) -> str:
@@ -500,7 +515,7 @@ class Evaluation:
                 for config, model, t in zip(self.configs, self.models, self.used)
             ]
         )
-        metrics = compute_metrics(self.chosen.labels, probs)
+        metrics = compute_metrics(self.chosen.labels, probs, self.configs[0].classes)
         metrics["tta"] = self.tta
         log.info("scored in %.1f s", time.perf_counter() - start)
         return metrics
@@ -524,6 +539,7 @@ def prepare_evaluation(
         check_tta(tta)
     configs = [load_config(r) for r in run_dirs]
     check_same_data(run_dirs, configs)
+    check_same_classes(run_dirs, configs)
     first = configs[0]
     available = data_lib.load_splits(
         data,
@@ -534,9 +550,10 @@ def prepare_evaluation(
     )
     for note in available.notes:
         logging.getLogger(__name__).info("%s", note)
+    data_lib.check_classes(first.classes, available, f"the run {run_dirs[0]}")
     split = choose_split(available, split)
     models = [load_run(r)[1] for r in run_dirs]
-    check_same_classes(run_dirs, models)
+    check_same_classes(run_dirs, configs, models)
     used = [tta or config.eval_tta for config in configs]
     return Evaluation(run_dirs, data, configs, models, split, available.splits[split], used)
 

@@ -177,6 +177,7 @@ def check_inputs(config: TrainConfig):
     from fer_dist import data, weights
 
     dataset = data.load_for(config)
+    data.check_classes(config.class_names, dataset)
     weights.check(config.backbone, config.weights)
     return dataset
 
@@ -189,7 +190,7 @@ def train_here(config: TrainConfig, run_dir: str, dataset, progress: bool) -> di
 
     session = LocalSession(run_dir, config.keep_checkpoints, show_progress=progress, monitor=config.monitor)
     result = train_lib.fit(config, session, dataset=dataset)
-    return reporting.finish(result, config, run_dir)
+    return reporting.finish(result, result.config, run_dir)
 
 
 def print_summary(run_dir: str, metrics: dict, config: TrainConfig) -> None:

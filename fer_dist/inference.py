@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fer_dist import NUM_CLASSES, storage
+from fer_dist import storage
 from fer_dist.config import TTA_MODES
 from fer_dist.errors import UserError
 from fer_dist.reporting import METRICS_FILE
@@ -61,7 +61,7 @@ def probability_fn(model, tta: str):
 
 
 def predict_probs(model, images: np.ndarray, config, batch_size: int = 256, tta: str = "none", fn=None) -> np.ndarray:
-    """Class probabilities [N, 7] of uint8 gray faces [N, H, W], in order.
+    """Class probabilities [N, classes] of uint8 gray faces [N, H, W], in order.
 
     tta: "none"; "flip", the mean of the probabilities of each face and its mirror image;
     "tencrop", the mean over 10 views: the model input resized to ~1.1x its side, its four
@@ -72,7 +72,7 @@ def predict_probs(model, images: np.ndarray, config, batch_size: int = 256, tta:
 
     fn = fn or probability_fn(model, tta)
     out = [fn(batch).numpy() for batch in predict_dataset(images, config, batch_size)]
-    return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 def load_config(run_dir: str):

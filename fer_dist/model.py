@@ -25,7 +25,6 @@ import os
 import keras
 import tensorflow as tf
 
-from fer_dist import NUM_CLASSES
 from fer_dist.config import TrainConfig
 from fer_dist.errors import UserError
 from fer_dist.weights import NO_IMAGENET_HINT
@@ -145,7 +144,7 @@ def build_head(features: keras.KerasTensor, config: TrainConfig) -> keras.KerasT
         x = keras.layers.BatchNormalization(name=f"head_bn{i}")(x)
         x = keras.layers.ReLU(name=f"head_relu{i}")(x)
         x = keras.layers.Dropout(config.dropout, seed=config.seed + i, name=f"head_dropout{i}")(x)
-    return keras.layers.Dense(NUM_CLASSES, dtype="float32", name="logits")(x)
+    return keras.layers.Dense(len(config.classes), dtype="float32", name="logits")(x)
 
 
 def build(config: TrainConfig) -> keras.Model:

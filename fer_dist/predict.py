@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fer_dist import EMOTIONS, storage
+from fer_dist import storage
 from fer_dist.errors import UserError
 
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -119,8 +119,8 @@ def check_options(options: Options) -> None:
         inference.check_tta(options.tta)
     if options.faces not in faces.FACE_MODES:
         raise UserError(f"--faces {options.faces!r}: expected one of {', '.join(faces.FACE_MODES)}")
-    if not 1 <= options.top_k <= len(EMOTIONS):
-        raise UserError(f"--top-k {options.top_k}: expected 1 to {len(EMOTIONS)}")
+    if options.top_k < 1:
+        raise UserError(f"--top-k {options.top_k}: expected 1 or more")
     if options.fps <= 0:
         raise UserError(f"--fps {options.fps}: expected a rate above 0 frames per second")
     if options.plot and not options.plot.lower().endswith(".png"):
@@ -175,6 +175,7 @@ def predict(path: str, run_dir: str, options: Options | None = None, tta: str | 
     writer = annotate.Writer(options.annotate, paths) if options.annotate else None  # refuses what exists
     if options.plot and not any(p not in images for p in paths):
         raise UserError(f"--plot {options.plot}: draws a video's emotions over time; {path} holds no video")
+    check_classes(inference.check_run(run_dir).classes, options.top_k)
     predictor = inference.Predictor.load(run_dir, options.tta)
     detector = None if options.faces == "whole" else faces.Detector()
     frame = score(_sources(paths, images, options.fps), predictor, detector, options, writer, len(paths))
@@ -200,7 +201,7 @@ def score(sources, predictor, detector, options: Options, writer=None, files: in
             batch = _Batch()
     chunks.append(batch.score(predictor, options.top_k, writer))
     frame = pd.concat(chunks, ignore_index=True) if len(chunks) > 1 else chunks[0]
-    frame.attrs["top_k"] = options.top_k
+    frame.attrs.update(top_k=options.top_k, class_names=tuple(predictor.config.classes))
     return frame
 
 
@@ -221,8 +222,9 @@ class _Batch:
         return len(self.crops) >= BATCH_FACES or len(self.sources) >= BATCH_SOURCES
 
     def score(self, predictor, top_k: int, writer) -> pd.DataFrame:
-        probs = predictor.probs(np.stack(self.crops)) if self.crops else np.zeros((0, len(EMOTIONS)))
-        frame = _frame(self.rows, probs, top_k)
+        classes = predictor.config.classes
+        probs = predictor.probs(np.stack(self.crops)) if self.crops else np.zeros((0, len(classes)))
+        frame = _frame(self.rows, probs, top_k, classes)
         if writer:
             writer.write(self.sources, frame)
         return frame
@@ -252,29 +254,46 @@ class _Progress:
             )
 
 
-def _frame(rows: list[dict], probs: np.ndarray, top_k: int) -> pd.DataFrame:
+def check_classes(classes: tuple[str, ...], top_k: int = 1) -> None:
+    """The run's class names can be columns of predict's output, and --top-k is at most their count."""
+    if not 1 <= top_k <= len(classes):
+        raise UserError(f"--top-k {top_k}: expected 1 to {len(classes)} (the run's classes)")
+    taken = sorted(set(classes) & set(ROW_COLUMNS))
+    if taken:
+        raise UserError(f"the run's class {taken[0]!r} has the name of a column of predict's output")
+
+
+def _frame(rows: list[dict], probs: np.ndarray, top_k: int, classes: tuple[str, ...]) -> pd.DataFrame:
+    """The rows with the predicted class (column `emotion`), its probability, the top k, then one
+    probability column per class (in class order)."""
     frame = pd.DataFrame(rows, columns=[c for c in ROW_COLUMNS if c not in ("emotion", "probability", "top")])
     with_face = frame["face"].notna().to_numpy()
-    table = np.full((len(frame), len(EMOTIONS)), np.nan)
+    table = np.full((len(frame), len(classes)), np.nan)
     table[with_face] = probs
     order = np.argsort(-np.nan_to_num(table, nan=-1.0), axis=1, kind="stable")
-    frame["emotion"] = [EMOTIONS[o[0]] if ok else "" for o, ok in zip(order, with_face)]
+    frame["emotion"] = [classes[o[0]] if ok else "" for o, ok in zip(order, with_face)]
     frame["probability"] = [row[o[0]] if ok else np.nan for row, o, ok in zip(table, order, with_face)]
     frame["top"] = [
-        ", ".join(f"{EMOTIONS[i]} {row[i]:.3f}" for i in o[:top_k]) if ok else ""
+        ", ".join(f"{classes[i]} {row[i]:.3f}" for i in o[:top_k]) if ok else ""
         for row, o, ok in zip(table, order, with_face)
     ]
-    for i, name in enumerate(EMOTIONS):
+    for i, name in enumerate(classes):
         frame[name] = table[:, i]
     for column in ("face", "frame", "x", "y", "width", "height"):
         frame[column] = frame[column].astype("Int64")
-    frame.attrs["top_k"] = top_k
+    frame.attrs.update(top_k=top_k, class_names=tuple(classes))
     return frame
+
+
+def class_columns(frame: pd.DataFrame) -> tuple[str, ...]:
+    """The class names of predict's rows: their probability columns, in class order."""
+    return frame.attrs.get("class_names") or tuple(c for c in frame.columns if c not in ROW_COLUMNS)
 
 
 def _visible(frame: pd.DataFrame) -> pd.DataFrame:
     """The columns that say something for these rows (no all-empty ones; `top` only for --top-k > 1)."""
-    keep = [c for c in frame.columns if c in EMOTIONS or frame[c].replace("", np.nan).notna().any()]
+    classes = class_columns(frame)
+    keep = [c for c in frame.columns if c in classes or frame[c].replace("", np.nan).notna().any()]
     if frame.attrs.get("top_k", 1) <= 1:
         keep = [c for c in keep if c != "top"]
     return frame[keep]
@@ -284,14 +303,14 @@ def format_table(frame: pd.DataFrame) -> str:
     return _visible(frame).to_string(index=False, float_format=lambda x: f"{x:.3f}", na_rep="")
 
 
-def _record(row: pd.Series, top_k: int) -> dict:
+def _record(row: pd.Series, top_k: int, classes: tuple[str, ...]) -> dict:
     out = {k: _plain(row[k]) for k in ROW_COLUMNS if k not in ("x", "y", "width", "height", "top", "probability")}
     out["box"] = None if pd.isna(row["face"]) else [int(row[k]) for k in ("x", "y", "width", "height")]
     out["probability"] = _plain(row["probability"])
     has = not pd.isna(row["face"])
-    out["probabilities"] = {name: float(row[name]) for name in EMOTIONS} if has else None
+    out["probabilities"] = {name: float(row[name]) for name in classes} if has else None
     if top_k > 1 and has:
-        ranked = sorted(EMOTIONS, key=lambda n: -row[n])[:top_k]
+        ranked = sorted(classes, key=lambda n: -row[n])[:top_k]
         out["top"] = [{"emotion": n, "probability": float(row[n])} for n in ranked]
     return out
 
@@ -310,14 +329,14 @@ def format_json(frame: pd.DataFrame) -> str:
     """{"run", "tta", "faces", "predictions": [one object per face: image, frame, time_s, face, box, score,
     note, emotion, probability, probabilities (, top)]}."""
     top_k = frame.attrs.get("top_k", 1)
-    predictions = [_record(row, top_k) for _, row in frame.iterrows()]
+    predictions = [_record(row, top_k, class_columns(frame)) for _, row in frame.iterrows()]
     head = {k: frame.attrs.get(k) for k in ("run", "tta", "faces")}
     return json.dumps({**head, "predictions": predictions}, indent=2)
 
 
 def format_jsonl(frame: pd.DataFrame) -> str:
     top_k = frame.attrs.get("top_k", 1)
-    return "\n".join(json.dumps(_record(row, top_k)) for _, row in frame.iterrows())
+    return "\n".join(json.dumps(_record(row, top_k, class_columns(frame))) for _, row in frame.iterrows())
 
 
 def format_csv(frame: pd.DataFrame) -> str:
@@ -359,7 +378,9 @@ def summary(frame: pd.DataFrame) -> str:
 __all__ = [
     "FORMATS",
     "Options",
+    "check_classes",
     "check_options",
+    "class_columns",
     "format_csv",
     "format_json",
     "format_jsonl",

@@ -100,4 +100,4 @@ def train_loop_per_worker(loop_config: dict) -> None:
     )
     result = train.fit(config, session)
     if result.model is not None:  # the chief
-        reporting.finish(result, config, loop_config["run_dir"])
+        reporting.finish(result, result.config, loop_config["run_dir"])

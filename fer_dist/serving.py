@@ -14,8 +14,10 @@ only (no `fer_dist`, no Keras, no preprocessing code of its own). Its signatures
 | `serving_uint8` | uint8 [N, H, W, C] | the same, as decoded image bytes |
 | `serving_gray48` | float32 [N, 48, 48, 1], values 0-255 | fixed size: what the TFLite export takes |
 
-each returning `probabilities` float32 [N, 7] (rows sum to 1, `fer_dist.EMOTIONS` order) and
-`classes` int64 [N] (their argmax). The class names, one per line in class order, are in
+each returning `probabilities` float32 [N, K] (rows sum to 1, in the order of the run's K
+classes: `config.classes`, FER-2013's seven emotions for FER-2013) and `classes` int64 [N]
+(their argmax); the two any-size signatures also return `labels`, string [N] (the argmax's
+class name). The class names, one per line in class order, are in
 `assets.extra/labels.txt` beside the graph (the SavedModel format's place for extra files).
 
 `export_tflite(saved_model_dir, path)` converts `serving_gray48` to TensorFlow Lite
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from fer_dist import EMOTIONS, IMAGE_PIXELS, NUM_CLASSES
+from fer_dist import IMAGE_PIXELS
 from fer_dist.config import TrainConfig
 
 SIGNATURE_FLOAT = "serving_default"
@@ -50,7 +52,7 @@ SIGNATURE_UINT8 = "serving_uint8"
 SIGNATURE_GRAY48 = "serving_gray48"  # fixed [N, 48, 48, 1] float32: the TFLite export's input
 SIGNATURES = (SIGNATURE_FLOAT, SIGNATURE_UINT8, SIGNATURE_GRAY48)
 INPUT_NAME = "images"
-OUTPUTS = ("probabilities", "classes")
+OUTPUTS = ("probabilities", "classes", "labels")  # labels: not in serving_gray48 (TFLite has no strings)
 LABELS_FILE = "assets.extra/labels.txt"  # relative to the SavedModel directory
 
 # Pillow's fixed-point constants (libImaging/Convert.c rgb2l, libImaging/Resample.c).
@@ -146,14 +148,16 @@ class Served:
         total = 0.0
         for probs in per_view:
             total += probs
-        probabilities = tf.ensure_shape(total / float(len(views)), [None, NUM_CLASSES])
+        probabilities = tf.ensure_shape(total / float(len(views)), [None, len(self.config.classes)])
         return {"probabilities": probabilities, "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int64)}
 
     def faces(self, images: tf.Tensor) -> dict:
         """[N, H, W, C] float32 0-255 or uint8, C in (1, 3, 4), any H and W >= 1 -> outputs."""
         gray = to_gray(to_levels(images))
         face = tf.ensure_shape(resize_like_pil(gray), [None, IMAGE_PIXELS, IMAGE_PIXELS])
-        return self.gray48(face[..., tf.newaxis])
+        out = self.gray48(face[..., tf.newaxis])
+        out["labels"] = tf.gather(tf.constant(list(self.config.classes)), out["classes"])
+        return out
 
 
 def export(model, config: TrainConfig, directory: str) -> None:
@@ -182,7 +186,7 @@ def export(model, config: TrainConfig, directory: str) -> None:
     labels = os.path.join(directory, LABELS_FILE)
     os.makedirs(os.path.dirname(labels), exist_ok=True)
     with open(labels, "w") as f:
-        f.write("".join(f"{name}\n" for name in EMOTIONS))
+        f.write("".join(f"{name}\n" for name in config.classes))
 
 
 def signature_keys(saved_model_dir: str) -> list[str]:

@@ -118,6 +118,7 @@ class FitResult:
     rank: int
     dataset: object = None
     trained_epochs: int = 0  # epochs trained by this call (0: the run was already complete)
+    config: TrainConfig | None = None  # the config it trained with, its data's class names filled in
 
 
 @dataclasses.dataclass
@@ -243,6 +244,7 @@ def start(config: TrainConfig, session: Session, dataset) -> Run:
         )
     if dataset is None:
         dataset = data.load_for(config)
+    config = dataclasses.replace(config, class_names=data.check_classes(config.class_names, dataset))
     reporter = reporter_for(dist.chief, session.run_dir, config, session.show_progress)
     reporter.start(dataset, dist.replicas, config.global_batch_size // dist.replicas)
     model, optimizer = build_model(config, dist)
@@ -306,14 +308,11 @@ def restore(config: TrainConfig, session: Session, model, optimizer, dataset, re
 def class_weights(config: TrainConfig, dataset, reporter):
     import tensorflow as tf
 
-    from fer_dist import EMOTIONS
-
-    weights = augment.class_weights(dataset.train.labels, config.class_weighting)
+    weights = augment.class_weights(dataset.train.labels, config.class_weighting, len(config.classes))
     if weights is None:
         return None
-    reporter.info(
-        "class weighting %s: %s", config.class_weighting, ", ".join(f"{n} {w:.2f}" for n, w in zip(EMOTIONS, weights))
-    )
+    shown = ", ".join(f"{n} {w:.2f}" for n, w in zip(config.classes, weights))
+    reporter.info("class weighting %s: %s", config.class_weighting, shown)
     return tf.constant(weights)
 
 
@@ -580,9 +579,9 @@ def result(run: Run) -> FitResult:
     """The chief gets a strategy-free copy holding the best weights, for evaluation and export."""
     state, trained = run.state, run.state.epoch - run.first_epoch
     if not run.dist.chief:
-        return FitResult(state=state, model=None, rank=run.dist.rank, dataset=run.dataset, trained_epochs=trained)
+        return FitResult(state, None, run.dist.rank, run.dataset, trained, run.config)
     final = model_lib.build(run.config)
     values = run.best_weights if run.best_weights is not None else snapshot(run.model)
     for v, a in zip(final.variables, values):
         v.assign(a)
-    return FitResult(state=state, model=final, rank=run.dist.rank, dataset=run.dataset, trained_epochs=trained)
+    return FitResult(state, final, run.dist.rank, run.dataset, trained, run.config)

@@ -75,8 +75,11 @@ def coerce(key: str, value: Any, kind: Any, source: str = "") -> Any:
             parts = list(value)
         else:
             raise bad
+        item = typing.get_args(kind)[0]
+        if item is str and isinstance(value, str):  # names keep their inner spaces
+            parts = [p.strip() for p in value.split(",") if p.strip()]
         try:
-            return tuple(coerce(key, p, int, source) for p in parts)
+            return tuple(coerce(key, p, item, source) for p in parts)
         except UserError:
             raise bad from None
     raise bad  # pragma: no cover - every field type is handled above
@@ -84,7 +87,7 @@ def coerce(key: str, value: Any, kind: Any, source: str = "") -> Any:
 
 def _type_name(kind: Any) -> str:
     if typing.get_origin(kind) is tuple:
-        return "comma-separated integers"
+        return "comma-separated names" if typing.get_args(kind)[0] is str else "comma-separated integers"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
 
 

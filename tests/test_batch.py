@@ -177,10 +177,11 @@ def test_parts_share_one_schema_whatever_rows_they_hold(run_dir, tmp_path):
     predictor, options = inference.Predictor.load(run_dir), predict.Options()
     out = tmp_path / "out"
     out.mkdir()
-    batch.write_part(str(out / "part-00000.parquet"), batch.score_shard([str(bad / "b.png")], predictor, None, options))
-    batch.write_part(
-        str(out / "part-00001.parquet"), batch.score_shard([str(good / "a.png")], predictor, None, options)
-    )
+    classes = predictor.config.classes
+    bad_part = batch.score_shard([str(bad / "b.png")], predictor, None, options)
+    batch.write_part(str(out / "part-00000.parquet"), bad_part, classes)
+    good_part = batch.score_shard([str(good / "a.png")], predictor, None, options)
+    batch.write_part(str(out / "part-00001.parquet"), good_part, classes)
     frame = pd.read_parquet(out)
     assert list(frame["note"]) == ["unreadable: not a readable image (unknown format or corrupt data)", ""]
     assert list(frame["emotion"].iloc[:1]) == [""] and frame["emotion"].iloc[1] in EMOTIONS

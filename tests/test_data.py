@@ -344,15 +344,37 @@ def test_image_folder_without_val_carves_one(tmp_path):
     )
 
 
-def test_image_folder_unknown_emotion(tmp_path):
-    root = make_folder(tmp_path / "fer", {"train": {"happy": [png_bytes()], "surprised": [png_bytes()]}})
-    message = error_of(root)
-    assert message.startswith(f"{root}/train/surprised: unknown emotion folder 'surprised' (known: angry, disgust")
+def test_image_folder_of_other_classes_carries_their_names(tmp_path):
+    """Folders that are not all FER-2013 emotions are classes of their own, sorted by name."""
+    root = make_folder(tmp_path / "fer", {"train": {"happy": [png_bytes()] * 4, "surprised": [png_bytes()] * 4}})
+    ds = load(root)
+    assert ds.class_names == ("happy", "surprised")
+    assert sorted(np.concatenate([ds.train.labels, ds.val.labels]).tolist()) == [0] * 4 + [1] * 4
+
+
+def test_classes_txt_orders_the_classes_and_names_what_it_lacks(tmp_path):
+    layout = {"train": {"positive": [png_bytes()] * 3, "neutral": [png_bytes()] * 3, "negative": [png_bytes()] * 3}}
+    root = make_folder(tmp_path / "v", layout)
+    (Path(root) / "classes.txt").write_text("# valence\nnegative\nneutral\npositive\n")
+    ds = load(root)
+    assert ds.class_names == ("negative", "neutral", "positive")
+    assert np.bincount(np.concatenate([ds.train.labels, ds.val.labels])).tolist() == [3, 3, 3]
+    (Path(root) / "classes.txt").write_text("negative\npositive\n")
+    assert error_of(root) == (
+        f"{root}/train/neutral: class folder 'neutral' is not listed in {root}/classes.txt (negative, positive)"
+    )
+    (Path(root) / "classes.txt").write_text("negative\nneutral\nnegative\npositive\n")
+    assert error_of(root) == f"{root}/classes.txt line 3: class 'negative' is listed twice"
+
+
+def test_one_class_is_not_a_classifier(tmp_path):
+    root = make_folder(tmp_path / "one", {"train": {"cats": [png_bytes()] * 3}})
+    assert error_of(root) == f"{root}: 1 class(es) (cats); a classifier needs at least 2"
 
 
 def test_image_folder_without_train(tmp_path):
     root = make_folder(tmp_path / "fer", {"test": {"happy": [png_bytes()]}})
-    assert error_of(root) == f"{root}: no train/ folder (has: test); expected {root}/train/<emotion>/*.jpg"
+    assert error_of(root) == f"{root}: no train/ folder (has: test); expected {root}/train/<class>/*.jpg"
 
 
 @pytest.mark.parametrize(

@@ -211,7 +211,7 @@ def test_averaging_two_models_fixes_a_mistake():
 
 @pytest.mark.parametrize(
     "prob_list",
-    [[], [np.zeros((3, NUM_CLASSES)), np.zeros((4, NUM_CLASSES))], [np.zeros((3, 6)), np.zeros((3, 6))]],
+    [[], [np.zeros((3, NUM_CLASSES)), np.zeros((4, NUM_CLASSES))], [np.zeros(3), np.zeros(3)]],
 )
 def test_average_probs_rejects_bad_shapes(prob_list):
     with pytest.raises(UserError):
@@ -452,7 +452,8 @@ def test_load_splits_needs_no_training_split(tmp_path):
         data_lib.load_splits(str(tmp_path / "images" / "test"))
 
 
-def test_an_ensemble_of_different_class_counts_is_refused(tmp_path):
+def test_an_ensemble_of_different_classes_is_refused_naming_both_lists(tmp_path):
+    import json
     import shutil
 
     import keras
@@ -466,5 +467,19 @@ def test_an_ensemble_of_different_class_counts_is_refused(tmp_path):
     shutil.copy(tmp_path / "a" / "config.json", tmp_path / "five" / "config.json")
     five = keras.Sequential([keras.Input((48, 48, 3)), keras.layers.Flatten(), keras.layers.Dense(5)])
     five.save(tmp_path / "five" / "model.keras")
-    with pytest.raises(UserError, match=r"cannot ensemble .*/a and .*/five: different class counts \(7 vs 5"):
+    with pytest.raises(UserError, match=r".*/five: the model has 5 outputs, expected 7 classes \(angry, disgust"):
         evaluate.evaluate_data([a, str(tmp_path / "five")], csv, "val")
+    # The same count, other names (in another order): refused by name, before any model loads.
+    shutil.copytree(tmp_path / "a", tmp_path / "renamed")
+    config = json.loads((tmp_path / "renamed" / "config.json").read_text())
+    config["class_names"] = ["disgust", "angry", "fear", "happy", "sad", "surprise", "neutral"]
+    (tmp_path / "renamed" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError) as info:
+        evaluate.evaluate_data([a, str(tmp_path / "renamed")], csv, "val")
+    assert str(info.value) == (
+        f"cannot ensemble {a} and {tmp_path / 'renamed'}: different classes (angry, disgust, fear, happy, sad, "
+        "surprise, neutral vs disgust, angry, fear, happy, sad, surprise, neutral)"
+    )
+    # Alone, that run refuses FER-2013 data: its classes are not the data's.
+    with pytest.raises(UserError, match=r"tiny.csv: its classes \(angry, disgust, .*\) differ from those of the run"):
+        evaluate.evaluate_data([str(tmp_path / "renamed")], csv, "val")

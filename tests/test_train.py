@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fer_dist import checkpoint, optim
+from fer_dist import EMOTIONS, checkpoint, optim
 from fer_dist import config as C
 from fer_dist import train as T
 from fer_dist.sessions import LocalSession
@@ -56,7 +56,7 @@ def test_loop_learns_and_writes_outputs(tmp_path):
         "images_per_second",
     ]
     assert len(history) == 3
-    assert json.load(open(os.path.join(run_dir, "config.json"))) == cfg.to_dict()
+    assert json.load(open(os.path.join(run_dir, "config.json"))) == cfg.replace(class_names=EMOTIONS).to_dict()
     assert os.listdir(os.path.join(run_dir, "tensorboard", "train"))
     # keep_checkpoints=1: the best by val_accuracy plus the latest; each complete with its config.
     kept = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
