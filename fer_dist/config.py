@@ -32,6 +32,7 @@ ALLREDUCE_DTYPES = ("float32", "bfloat16", "float16")
 LR_SCHEDULES = ("plateau", "cosine")
 CLASS_WEIGHTINGS = ("none", "balanced")
 TTA_MODES = ("none", "flip", "tencrop")
+DEDUPE_MODES = ("none", "eval")  # data.drop_eval_duplicates
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class TrainConfig:
     # The classes, label i = class_names[i]: filled from the data when a run starts (saved in its
     # config.json); a run refuses data whose classes differ. () = whatever the data has.
     class_names: tuple[str, ...] = ()
+    # "eval": drop the training faces identical (pixel for pixel) to a val or test face; on
+    # FER-2013, 280 PublicTest faces are also training faces (`jobs/data.py inspect`). "none": keep all.
+    dedupe: str = "none"
 
     # --- model ----------------------------------------------------------------
     backbone: str = "resnet50"  # "resnet50" (the ResNet50 transfer recipes) or "compact" (small CNN for CPU demos)
@@ -280,6 +284,10 @@ def validate(c: TrainConfig) -> TrainConfig:
         f"lr_schedule={c.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}",
     )
     need(c.warmup_epochs >= 0, f"warmup_epochs={c.warmup_epochs}: must be >= 0")
+    need(
+        c.dedupe in DEDUPE_MODES,
+        f"dedupe={c.dedupe!r}: expected one of {', '.join(DEDUPE_MODES)}",
+    )
     need(
         c.class_weighting in CLASS_WEIGHTINGS,
         f"class_weighting={c.class_weighting!r}: expected one of {', '.join(CLASS_WEIGHTINGS)}",

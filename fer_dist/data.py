@@ -30,6 +30,7 @@ file) are always errors. No TensorFlow here: the tf.data pipeline lives in `pipe
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import zlib
@@ -113,13 +114,57 @@ class Splits:
 # load
 # ------------------------------------------------------------------------------
 def load(
-    uri: str, *, skip_bad_rows: bool = False, val_fraction: float = 0.1, seed: int = 0, builtin_size: int = 12000
+    uri: str,
+    *,
+    skip_bad_rows: bool = False,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    builtin_size: int = 12000,
+    dedupe: str = "none",
 ) -> Dataset:
-    """The train/val/test splits of "builtin", a FER-2013 CSV (.csv/.csv.gz) or an image folder."""
+    """The train/val/test splits of "builtin", a FER-2013 CSV (.csv/.csv.gz), an image folder or
+    a manifest. `dedupe="eval"` drops the training faces identical to a val or test face."""
     if uri == "builtin":
-        return _load_builtin(builtin_size, seed)
+        return drop_eval_duplicates(_load_builtin(builtin_size, seed), dedupe)
     splits, skipped, layout, classes = _read(uri, skip_bad_rows, require_train=True)
-    return _assemble(uri, splits, skipped, layout, val_fraction, seed, classes)
+    return drop_eval_duplicates(_assemble(uri, splits, skipped, layout, val_fraction, seed, classes), dedupe)
+
+
+def read_splits(uri: str, *, skip_bad_rows: bool = False, builtin_size: int = 12000, seed: int = 0) -> Splits:
+    """The splits as the data stores them (none carved), with their class names: what
+    `jobs/data.py inspect` reports on."""
+    if uri == "builtin":
+        return load_splits(uri, builtin_size=builtin_size, seed=seed)
+    splits, skipped, layout, classes = _read(uri, skip_bad_rows, require_train=False)
+    found = {name: splits[name] for name in ("train", "val", "test") if name in splits}
+    notes = (_skipped_note(skipped, layout.unit),) if skipped else ()
+    names = {name: f"{getattr(layout, name)} {layout.unit}" for name in found}
+    return Splits(found, uri, notes, names, classes)
+
+
+def face_keys(images: np.ndarray) -> np.ndarray:
+    """One 16-byte digest (BLAKE2b) per image of [N, H, W] uint8: equal keys, identical pixels."""
+    import hashlib
+
+    rows = np.ascontiguousarray(images).reshape(len(images), -1)
+    return np.array([hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows], dtype="S16")
+
+
+def drop_eval_duplicates(dataset: Dataset, dedupe: str) -> Dataset:
+    """With dedupe "eval": the dataset without the training faces that are pixel for pixel a val
+    or test face (a note gives the counts); "none": unchanged."""
+    if dedupe == "none":
+        return dataset
+    if dedupe != "eval":  # config.DEDUPE_MODES, validated there
+        raise ValueError(f"dedupe={dedupe!r}")
+    train_keys = face_keys(dataset.train.images)
+    held = {"val": dataset.val, "test": dataset.test}
+    found = {name: np.isin(train_keys, face_keys(split.images)) for name, split in held.items() if split is not None}
+    drop = np.logical_or.reduce(list(found.values())) if found else np.zeros(len(train_keys), bool)
+    counts = ", ".join(f"{int(hit.sum())} also in {name}" for name, hit in found.items())
+    note = f"dedupe=eval: dropped {int(drop.sum())} of {len(train_keys)} training faces identical to an evaluation face ({counts})"
+    train = _subset(dataset.train, ~drop)
+    return dataclasses.replace(dataset, train=train, notes=(*dataset.notes, note))
 
 
 def load_for(config) -> Dataset:
@@ -130,6 +175,7 @@ def load_for(config) -> Dataset:
         val_fraction=config.val_fraction,
         seed=config.seed,
         builtin_size=config.builtin_size,
+        dedupe=config.dedupe,
     )
 
 

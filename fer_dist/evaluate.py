@@ -335,6 +335,7 @@ def evaluate_run(model, dataset, config, run_dir: str, state, report_to=None) ->
         "best_val_loss": state.best_val_loss,
         "tta": config.eval_tta,
         "class_names": list(config.classes),
+        "dedupe": config.dedupe,  # "eval": training faces identical to a val/test face were dropped
     }
     if getattr(state, "communication", None):  # several workers: scaling.CommunicationShare
         summary["communication"] = state.communication
