@@ -215,15 +215,23 @@ def class_weights(labels: np.ndarray, mode: str, num_classes: int = NUM_CLASSES)
     return weights.astype(np.float32)
 
 
+def hard_labels(y: tf.Tensor) -> tf.Tensor:
+    """Class indices [B] (int32) of labels [B], or of soft targets [B, K] (their argmax)."""
+    if y.shape.rank == 2:
+        return tf.argmax(y, -1, output_type=tf.int32)
+    return tf.cast(y, tf.int32)
+
+
 def train_loss(per_example_loss, labels, logits, mix=None, weights=None) -> tf.Tensor:
     """Per-example training loss [B]: per_example_loss(labels, logits), times the class weight
     of each label when `weights` [classes] is given; with `mix` = (labels_b, lam) the
-    mixup loss lam * L(y_a) + (1 - lam) * L(y_b), each term with its own label's weight."""
+    mixup loss lam * L(y_a) + (1 - lam) * L(y_b), each term with its own label's weight.
+    Labels are class indices [B], or soft targets [B, K] (FER+ votes), weighted by their argmax."""
 
     def term(y):
         loss = per_example_loss(y, logits)
         if weights is not None:
-            loss = loss * tf.gather(tf.cast(weights, loss.dtype), y)
+            loss = loss * tf.gather(tf.cast(weights, loss.dtype), hard_labels(y))
         return loss
 
     loss_a = term(labels)
@@ -237,11 +245,11 @@ def train_loss(per_example_loss, labels, logits, mix=None, weights=None) -> tf.T
 def train_hits(labels, logits, mix=None) -> tf.Tensor:
     """Correct predictions [B] (float32); under mixup lam * hit(y_a) + (1 - lam) * hit(y_b)."""
     pred = tf.argmax(logits, -1, output_type=tf.int32)
-    hit_a = tf.cast(tf.equal(pred, tf.cast(labels, tf.int32)), tf.float32)
+    hit_a = tf.cast(tf.equal(pred, hard_labels(labels)), tf.float32)
     if mix is None:
         return hit_a
     labels_b, lam = mix
-    hit_b = tf.cast(tf.equal(pred, tf.cast(labels_b, tf.int32)), tf.float32)
+    hit_b = tf.cast(tf.equal(pred, hard_labels(labels_b)), tf.float32)
     lam = tf.cast(lam, tf.float32)
     return lam * hit_a + (1 - lam) * hit_b
 

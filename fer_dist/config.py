@@ -33,6 +33,7 @@ LR_SCHEDULES = ("plateau", "cosine")
 CLASS_WEIGHTINGS = ("none", "balanced")
 TTA_MODES = ("none", "flip", "tencrop")
 DEDUPE_MODES = ("none", "eval")  # data.drop_eval_duplicates
+LABEL_MODES = ("majority", "probability")  # fer_dist/ferplus.py
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,12 @@ class TrainConfig:
     # "eval": drop the training faces identical (pixel for pixel) to a val or test face; on
     # FER-2013, 280 PublicTest faces are also training faces (`jobs/data.py inspect`). "none": keep all.
     dedupe: str = "none"
+    # FER+ (fer_dist/ferplus.py): a votes file (fer2013new.csv) for a FER-2013 `data` CSV,
+    # row by row. label_mode "majority": each face's majority class (faces without one
+    # dropped); "probability": train on each face's vote distribution (val/test: majority).
+    labels: str = ""
+    label_mode: str = "majority"
+    contempt: bool = True  # FER+'s eighth class; false: seven classes, contempt faces dropped
 
     # --- model ----------------------------------------------------------------
     backbone: str = "resnet50"  # "resnet50" (the ResNet50 transfer recipes) or "compact" (small CNN for CPU demos)
@@ -284,6 +291,10 @@ def validate(c: TrainConfig) -> TrainConfig:
         f"lr_schedule={c.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}",
     )
     need(c.warmup_epochs >= 0, f"warmup_epochs={c.warmup_epochs}: must be >= 0")
+    need(
+        c.label_mode in LABEL_MODES,
+        f"label_mode={c.label_mode!r}: expected one of {', '.join(LABEL_MODES)}",
+    )
     need(
         c.dedupe in DEDUPE_MODES,
         f"dedupe={c.dedupe!r}: expected one of {', '.join(DEDUPE_MODES)}",

@@ -57,10 +57,15 @@ _SNIFF_BYTES = 65536
 
 @dataclass(frozen=True)
 class Split:
-    """Faces and their labels: images uint8 [N, H, W] grayscale, labels int64 [N] in 0..6."""
+    """Faces and their labels: images uint8 [N, H, W] grayscale, labels int64 [N] (class
+    indices); `targets` float32 [N, K], a distribution over the K classes per face to train on
+    instead of its label (FER+ votes, label_mode=probability); `rows` int64 [N], each face's
+    data row in a CSV source (0-based, the header not counted)."""
 
     images: np.ndarray
     labels: np.ndarray
+    targets: np.ndarray | None = None
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -121,25 +126,43 @@ def load(
     seed: int = 0,
     builtin_size: int = 12000,
     dedupe: str = "none",
+    votes: VoteLabels | None = None,
 ) -> Dataset:
     """The train/val/test splits of "builtin", a FER-2013 CSV (.csv/.csv.gz), an image folder or
-    a manifest. `dedupe="eval"` drops the training faces identical to a val or test face."""
+    a manifest. `dedupe="eval"` drops the training faces identical to a val or test face;
+    `votes` relabels a FER-2013 CSV with FER+ votes (`fer_dist/ferplus.py`)."""
     if uri == "builtin":
         return drop_eval_duplicates(_load_builtin(builtin_size, seed), dedupe)
-    splits, skipped, layout, classes = _read(uri, skip_bad_rows, require_train=True)
-    return drop_eval_duplicates(_assemble(uri, splits, skipped, layout, val_fraction, seed, classes), dedupe)
+    read = _read(uri, skip_bad_rows, require_train=True, votes=votes)
+    return drop_eval_duplicates(_assemble(uri, read, val_fraction, seed), dedupe)
 
 
-def read_splits(uri: str, *, skip_bad_rows: bool = False, builtin_size: int = 12000, seed: int = 0) -> Splits:
+@dataclass(frozen=True)
+class VoteLabels:
+    """FER+ votes for a FER-2013 CSV: the votes file, label_mode and whether contempt is a class."""
+
+    uri: str
+    label_mode: str = "majority"
+    contempt: bool = True
+
+
+def votes_of(config) -> VoteLabels | None:
+    """A TrainConfig's FER+ settings (labels, label_mode, contempt); None without a votes file."""
+    return VoteLabels(config.labels, config.label_mode, config.contempt) if config.labels else None
+
+
+def read_splits(
+    uri: str, *, skip_bad_rows: bool = False, builtin_size: int = 12000, seed: int = 0, votes: VoteLabels | None = None
+) -> Splits:
     """The splits as the data stores them (none carved), with their class names: what
     `jobs/data.py inspect` reports on."""
     if uri == "builtin":
         return load_splits(uri, builtin_size=builtin_size, seed=seed)
-    splits, skipped, layout, classes = _read(uri, skip_bad_rows, require_train=False)
-    found = {name: splits[name] for name in ("train", "val", "test") if name in splits}
-    notes = (_skipped_note(skipped, layout.unit),) if skipped else ()
-    names = {name: f"{getattr(layout, name)} {layout.unit}" for name in found}
-    return Splits(found, uri, notes, names, classes)
+    read = _read(uri, skip_bad_rows, require_train=False, votes=votes)
+    found = {name: read.splits[name] for name in ("train", "val", "test") if name in read.splits}
+    notes = read.notes + ((_skipped_note(read.skipped, read.layout.unit),) if read.skipped else ())
+    names = {name: f"{getattr(read.layout, name)} {read.layout.unit}" for name in found}
+    return Splits(found, uri, notes, names, read.class_names)
 
 
 def face_keys(images: np.ndarray) -> np.ndarray:
@@ -176,11 +199,26 @@ def load_for(config) -> Dataset:
         seed=config.seed,
         builtin_size=config.builtin_size,
         dedupe=config.dedupe,
+        votes=votes_of(config),
     )
 
 
-def _read(uri: str, skip_bad_rows: bool, require_train: bool):
-    """(splits found, skipped rows, layout, class names) of a CSV file, a manifest or an image folder."""
+@dataclass(frozen=True)
+class _Read:
+    """What a reader found: the splits present, the rows or images skipped, how the source names
+    its splits, the class names, and notes for the log."""
+
+    splits: dict[str, Split]
+    skipped: list[_Skipped]
+    layout: _Layout
+    class_names: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+
+def _read(uri: str, skip_bad_rows: bool, require_train: bool, votes: VoteLabels | None = None) -> _Read:
+    """What the reader of a CSV file, a manifest or an image folder found."""
+    if votes is not None and (uri == "builtin" or storage.is_dir(uri)):
+        raise UserError(f"--labels {votes.uri}: FER+ votes label a FER-2013 CSV; {uri} is not one")
     try:
         is_dir, exists = storage.is_dir(uri), storage.exists(uri)
     except OSError as e:
@@ -189,17 +227,48 @@ def _read(uri: str, skip_bad_rows: bool, require_train: bool):
         raise UserError(f"{uri}: no such file or directory")
     if is_dir:
         splits, skipped, classes = _read_image_folder(uri, skip_bad_rows, require_train=require_train)
-        return splits, skipped, _FOLDER_LAYOUT, classes
+        return _Read(splits, skipped, _FOLDER_LAYOUT, classes)
     text = _read_text_bytes(uri)
     if _is_manifest(text.split(b"\n", 1)[0]):
+        if votes is not None:
+            raise UserError(f"--labels {votes.uri}: FER+ votes label a FER-2013 CSV; {uri} is a manifest")
         splits, skipped, classes = _read_manifest(uri, text, skip_bad_rows)
-        return splits, skipped, _MANIFEST_LAYOUT, classes
+        return _Read(splits, skipped, _MANIFEST_LAYOUT, classes)
     splits, skipped = _read_csv(uri, skip_bad_rows, text)
-    return splits, skipped, _CSV_LAYOUT, EMOTIONS
+    if votes is None:
+        return _Read(splits, skipped, _CSV_LAYOUT, EMOTIONS)
+    return _with_votes(uri, _Read(splits, skipped, _CSV_LAYOUT, EMOTIONS), votes)
+
+
+def _with_votes(uri: str, read: _Read, votes: VoteLabels) -> _Read:
+    """A FER-2013 CSV's splits relabelled by FER+ votes (`ferplus.relabel`), with a note of the counts."""
+    from fer_dist import ferplus
+
+    found = ferplus.read_votes(votes.uri)
+    row_splits = {int(row): name for name, split in read.splits.items() for row in split.rows}
+    ferplus.check_aligned(found, uri, row_splits, len(row_splits) + len(read.skipped))
+    relabelled = {}
+    for name, split in read.splits.items():
+        keep, labels, targets = ferplus.relabel(
+            found.counts[split.rows], votes.label_mode, votes.contempt, train=name == "train"
+        )
+        relabelled[name] = Split(
+            split.images[keep], labels[keep], None if targets is None else targets[keep], split.rows[keep]
+        )
+    before = {name: len(split) for name, split in read.splits.items()}
+    after = {name: len(split) for name, split in relabelled.items()}
+    note = ferplus.counts_note(before, after, votes.label_mode, votes.contempt, votes.uri)
+    return _Read(relabelled, read.skipped, read.layout, ferplus.classes(votes.contempt), (*read.notes, note))
 
 
 def load_splits(
-    uri: str, *, skip_bad_rows: bool = False, val_fraction: float = 0.1, seed: int = 0, builtin_size: int = 12000
+    uri: str,
+    *,
+    skip_bad_rows: bool = False,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    builtin_size: int = 12000,
+    votes: VoteLabels | None = None,
 ) -> Splits:
     """The splits of "builtin", a FER-2013 CSV or an image folder, for evaluation: no training split needed.
 
@@ -209,17 +278,17 @@ def load_splits(
         dataset = _load_builtin(builtin_size, seed)
         found = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
         return Splits(found, "builtin", dataset.notes, {s: f"built-in {s}" for s in found}, dataset.class_names)
-    splits, skipped, layout, classes = _read(uri, skip_bad_rows, require_train=False)
-    if "train" in splits:
-        dataset = _assemble(uri, splits, skipped, layout, val_fraction, seed, classes)
+    read = _read(uri, skip_bad_rows, require_train=False, votes=votes)
+    if "train" in read.splits:
+        dataset = _assemble(uri, read, val_fraction, seed)
         found = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
         notes = dataset.notes
     else:
-        found = dict(splits)
-        notes = (_skipped_note(skipped, layout.unit),) if skipped else ()
+        found = dict(read.splits)
+        notes = read.notes + ((_skipped_note(read.skipped, read.layout.unit),) if read.skipped else ())
     found = {name: found[name] for name in ("train", "val", "test") if found.get(name) is not None}
-    names = {name: f"{getattr(layout, name)} {layout.unit}" for name in found}
-    return Splits(found, uri, notes, names, classes)
+    names = {name: f"{getattr(read.layout, name)} {read.layout.unit}" for name in found}
+    return Splits(found, uri, notes, names, read.class_names)
 
 
 def _load_builtin(size: int, seed: int) -> Dataset:
@@ -232,20 +301,13 @@ def _load_builtin(size: int, seed: int) -> Dataset:
     return Dataset(train=train, val=val, test=test, source="builtin", notes=(note,))
 
 
-def _assemble(
-    uri: str,
-    splits: dict[str, Split],
-    skipped: list[_Skipped],
-    layout: _Layout,
-    val_fraction: float,
-    seed: int,
-    class_names: tuple[str, ...] = EMOTIONS,
-) -> Dataset:
+def _assemble(uri: str, read: _Read, val_fraction: float, seed: int) -> Dataset:
     """Checks the splits found, carves a validation split if needed and writes the notes."""
+    splits, skipped, layout = read.splits, read.skipped, read.layout
     if "train" not in splits:
         found = ", ".join(getattr(layout, name) for name in splits) or "none"
         raise UserError(f"{uri}: no {layout.train} {layout.unit} (found: {found}); a training split is required")
-    notes = []
+    notes = list(read.notes)
     train, val = splits["train"], splits.get("val")
     if val is None:
         train, val = stratified_split(train, val_fraction, seed)
@@ -262,7 +324,7 @@ def _assemble(
         notes.append(f"no {layout.test}: no test split, no test metrics")
     if skipped:
         notes.append(_skipped_note(skipped, layout.unit))
-    return Dataset(train=train, val=val, test=test, source=uri, notes=tuple(notes), class_names=class_names)
+    return Dataset(train=train, val=val, test=test, source=uri, notes=tuple(notes), class_names=read.class_names)
 
 
 def check_classes(class_names: tuple[str, ...], dataset: Dataset | Splits, what: str = "the run") -> tuple[str, ...]:
@@ -309,7 +371,10 @@ def stratified_split(split: Split, fraction: float, seed: int) -> tuple[Split, S
 
 
 def _subset(split: Split, mask: np.ndarray) -> Split:
-    return Split(split.images[mask], split.labels[mask])
+    def part(a):
+        return None if a is None else a[mask]
+
+    return Split(split.images[mask], split.labels[mask], part(split.targets), part(split.rows))
 
 
 def class_counts(split: Split, num_classes: int = NUM_CLASSES) -> list[int]:
@@ -337,19 +402,19 @@ def _read_csv(uri: str, skip_bad_rows: bool, text: bytes | None = None) -> tuple
     if not rows:
         raise UserError(f"{uri}: no data rows (only a header)")
     skipped: list[_Skipped] = []
-    per_split: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    per_split: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
     for start in range(0, len(rows), _CHUNK_ROWS):
         chunk = rows[start : start + _CHUNK_ROWS]
-        for split, images, labels in _parse_chunk(uri, chunk, columns, skip_bad_rows, skipped):
-            per_split.setdefault(split, []).append((images, labels))
+        for split, images, labels, indices in _parse_chunk(uri, chunk, columns, skip_bad_rows, skipped, start):
+            per_split.setdefault(split, []).append((images, labels, indices))
     if not per_split:
         raise UserError(f"{uri}: every data row is bad ({len(skipped)} rows; first: {skipped[0].message})")
     return {split: _concat(parts) for split, parts in per_split.items()}, skipped
 
 
-def _concat(parts: list[tuple[np.ndarray, np.ndarray]]) -> Split:
+def _concat(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Split:
     images = np.concatenate([p[0] for p in parts]).reshape(-1, IMAGE_PIXELS, IMAGE_PIXELS)
-    return Split(images, np.concatenate([p[1] for p in parts]))
+    return Split(images, np.concatenate([p[1] for p in parts]), rows=np.concatenate([p[2] for p in parts]))
 
 
 def _read_text_bytes(uri: str) -> bytes:
@@ -411,9 +476,10 @@ def _header_columns(uri: str, header: bytes) -> _Columns:
 
 
 def _parse_chunk(
-    uri: str, chunk: list[tuple[int, bytes]], columns: _Columns, skip: bool, skipped: list[_Skipped]
-) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """Parses up to _CHUNK_ROWS (line number, line) rows -> (split, images [n, PIXELS], labels) per split.
+    uri: str, chunk: list[tuple[int, bytes]], columns: _Columns, skip: bool, skipped: list[_Skipped], first: int = 0
+) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """Parses up to _CHUNK_ROWS (line number, line) rows, the data rows `first`, `first + 1`, ...
+    -> (split, images [n, PIXELS], labels, data row indices) per split.
 
     Bad rows raise, or are appended to `skipped`, in line order."""
     rows = [_fields(line.rstrip(b"\r")) for _, line in chunk]
@@ -438,10 +504,11 @@ def _parse_chunk(
         good[i] = True
     splits = np.array([meta[0] if isinstance(meta, tuple) else "" for meta in metas])
     labels = np.array([meta[1] if isinstance(meta, tuple) else -1 for meta in metas], dtype=np.int64)
+    indices = np.arange(first, first + len(chunk), dtype=np.int64)
     return [
-        (split, images[good & (splits == split)], labels[good & (splits == split)])
+        (split, images[mask], labels[mask], indices[mask])
         for split in ("train", "val", "test")
-        if (good & (splits == split)).any()
+        if (mask := good & (splits == split)).any()
     ]
 
 

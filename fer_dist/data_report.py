@@ -56,9 +56,9 @@ class Report:
         return dataclasses.asdict(self) | {"class_names": list(self.class_names)}
 
 
-def inspect(uri: str, skip_bad_rows: bool = False) -> tuple[Report, data.Splits]:
-    """The report of the data at `uri`, and the splits it was made from."""
-    splits = data.read_splits(uri, skip_bad_rows=skip_bad_rows)
+def inspect(uri: str, skip_bad_rows: bool = False, votes: data.VoteLabels | None = None) -> tuple[Report, data.Splits]:
+    """The report of the data at `uri` (relabelled by FER+ `votes` when given), and the splits it was made from."""
+    splits = data.read_splits(uri, skip_bad_rows=skip_bad_rows, votes=votes)
     names = splits.class_names
     per_split = {name: _split_summary(split, names) for name, split in splits.splits.items()}
     return Report(uri, tuple(names), per_split, find_duplicates(splits.splits), splits.notes), splits

@@ -548,6 +548,7 @@ def prepare_evaluation(
         val_fraction=first.val_fraction,
         seed=first.seed,
         builtin_size=first.builtin_size,
+        votes=data_lib.votes_of(first) if storage.absolute(data) == first.data else None,  # its own FER+ labels
     )
     for note in available.notes:
         logging.getLogger(__name__).info("%s", note)

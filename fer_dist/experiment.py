@@ -31,6 +31,8 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
     changes = {}
     if config.data != "builtin":
         changes["data"] = storage.absolute(config.data)
+    if config.labels:
+        changes["labels"] = storage.absolute(config.labels)
     if config.weights.lower() not in ("imagenet", "none"):
         changes["weights"] = storage.absolute(config.weights)
     if config.feature_cache_dir:

@@ -111,7 +111,7 @@ def train_dataset_fn(
     `flipped_features` (the flipped images' rows) each example comes from one of the two by
     `flip_coins`."""
     images, transform = _inputs_fn(split, config, features)
-    labels = split.labels.astype(np.int32)
+    labels = split.targets.astype(np.float32) if split.targets is not None else split.labels.astype(np.int32)
     if flipped_features is not None and (features is None or flipped_features.shape != features.shape):
         raise ValueError("flipped_features needs features of the same shape")
 

@@ -316,18 +316,22 @@ def all_reduce_gradients(grads: list, dtype: str, options=None) -> list:
 
 
 def per_example_loss_fn(config: TrainConfig) -> Callable:
-    """Cross-entropy on logits per example (with `label_smoothing` when set)."""
+    """Cross-entropy on logits per example (with `label_smoothing` when set), against class
+    indices [B] or against soft targets [B, K] (FER+ votes, label_mode=probability)."""
     import keras  # Keras 3 itself: Ray sets TF_USE_LEGACY_KERAS=1 in its workers, where TF's alias is tf_keras
 
-    if config.label_smoothing == 0:
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
     smoothing = config.label_smoothing
+    sparse = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
 
-    def smoothed(labels, logits):
+    def loss(labels, logits):
+        if labels.shape.rank == 2:  # a distribution per example
+            return keras.losses.categorical_crossentropy(labels, logits, from_logits=True, label_smoothing=smoothing)
+        if smoothing == 0:
+            return sparse(labels, logits)
         one_hot = tf.one_hot(labels, logits.shape[-1])
         return keras.losses.categorical_crossentropy(one_hot, logits, from_logits=True, label_smoothing=smoothing)
 
-    return smoothed
+    return loss
 
 
 def _replica_steps(net, trainable, optimizer, config: TrainConfig, class_weights, in_graph: bool, reducer):

@@ -39,13 +39,22 @@ def inspect_command(
     ),
     fmt: Format = typer.Option("text", "--format", help="text (a table) or json (the whole report)."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows", help="Skip malformed CSV rows / images."),
+    labels: str | None = typer.Option(
+        None,
+        "--labels",
+        metavar="VOTES.csv",
+        help="FER+ votes (fer2013new.csv) for a FER-2013 CSV: its majority labels.",
+    ),
+    contempt: bool = typer.Option(True, "--contempt/--no-contempt", help="With --labels: contempt is a class."),
 ) -> None:
     logs.setup_logging()
     from fer_dist import data_report
+    from fer_dist.data import VoteLabels
 
     if output is not None:
         data_report.check_output_free(output)
-    report, splits = data_report.inspect(data, skip_bad_rows=skip_bad_rows)
+    votes = VoteLabels(labels, "majority", contempt) if labels else None
+    report, splits = data_report.inspect(data, skip_bad_rows=skip_bad_rows, votes=votes)
     if cli.value(fmt) == "json":
         print(json.dumps(report.to_dict(), indent=2))
     else:

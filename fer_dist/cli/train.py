@@ -38,7 +38,15 @@ def main(
         None,
         "--data",
         metavar="PATH",
-        help="'builtin', a FER-2013 CSV (.csv/.csv.gz, path or gs://), or an image folder.",
+        help="'builtin', a FER-2013 CSV (.csv/.csv.gz, path or gs://), an image folder "
+        "(<root>/train/<class>/*.jpg) or a manifest CSV (path,label[,split]).",
+    ),
+    labels: str | None = typer.Option(
+        None,
+        "--labels",
+        metavar="VOTES.csv",
+        help="FER+ votes (fer2013new.csv) for a FER-2013 --data CSV; shorthand for --set labels=... "
+        "(label_mode=majority|probability, contempt=true|false).",
     ),
     preset: Preset | None = typer.Option(
         None,
@@ -92,6 +100,8 @@ def main(
     sets = values.parse_overrides(overrides)
     if data is not None:
         sets["data"] = data
+    if labels is not None:
+        sets["labels"] = labels
     if epochs is not None:
         sets["epochs"] = str(epochs)
     if skip_bad_rows:
