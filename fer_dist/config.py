@@ -34,6 +34,7 @@ CLASS_WEIGHTINGS = ("none", "balanced")
 TTA_MODES = ("none", "flip", "tencrop")
 DEDUPE_MODES = ("none", "eval")  # data.drop_eval_duplicates
 LABEL_MODES = ("majority", "probability")  # fer_dist/ferplus.py
+CHANNEL_MODES = ("auto", "gray", "rgb")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class TrainConfig:
     # The classes, label i = class_names[i]: filled from the data when a run starts (saved in its
     # config.json); a run refuses data whose classes differ. () = whatever the data has.
     class_names: tuple[str, ...] = ()
+    # The faces' colour: "auto" keeps colour when the data has it (RGB faces, gray otherwise;
+    # filled in, like class_names, when a run starts), "gray" or "rgb" force one.
+    channels: str = "auto"
     # "eval": drop the training faces identical (pixel for pixel) to a val or test face; on
     # FER-2013, 280 PublicTest faces are also training faces (`jobs/data.py inspect`). "none": keep all.
     dedupe: str = "none"
@@ -182,6 +186,11 @@ class TrainConfig:
 
         return self.class_names or EMOTIONS
 
+    @property
+    def input_channels(self) -> str:
+        """The faces a trained run takes: "rgb", or "gray" (also for runs from before `channels`)."""
+        return "rgb" if self.channels == "rgb" else "gray"
+
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
@@ -291,6 +300,7 @@ def validate(c: TrainConfig) -> TrainConfig:
         f"lr_schedule={c.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}",
     )
     need(c.warmup_epochs >= 0, f"warmup_epochs={c.warmup_epochs}: must be >= 0")
+    need(c.channels in CHANNEL_MODES, f"channels={c.channels!r}: expected one of {', '.join(CHANNEL_MODES)}")
     need(
         c.label_mode in LABEL_MODES,
         f"label_mode={c.label_mode!r}: expected one of {', '.join(LABEL_MODES)}",

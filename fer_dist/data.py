@@ -80,6 +80,11 @@ class Dataset:
     notes: tuple[str, ...]  # human-readable lines for the log
     class_names: tuple[str, ...] = EMOTIONS  # label i is class_names[i]
 
+    @property
+    def channels(self) -> str:
+        """ "gray" ([N, H, W] faces) or "rgb" ([N, H, W, 3])."""
+        return channels_of(self.train.images)
+
 
 @dataclass(frozen=True)
 class _Skipped:
@@ -127,13 +132,14 @@ def load(
     builtin_size: int = 12000,
     dedupe: str = "none",
     votes: VoteLabels | None = None,
+    channels: str = "auto",
 ) -> Dataset:
     """The train/val/test splits of "builtin", a FER-2013 CSV (.csv/.csv.gz), an image folder or
     a manifest. `dedupe="eval"` drops the training faces identical to a val or test face;
     `votes` relabels a FER-2013 CSV with FER+ votes (`fer_dist/ferplus.py`)."""
     if uri == "builtin":
-        return drop_eval_duplicates(_load_builtin(builtin_size, seed), dedupe)
-    read = _read(uri, skip_bad_rows, require_train=True, votes=votes)
+        return drop_eval_duplicates(_load_builtin(builtin_size, seed, channels), dedupe)
+    read = _read(uri, skip_bad_rows, require_train=True, votes=votes, channels=channels)
     return drop_eval_duplicates(_assemble(uri, read, val_fraction, seed), dedupe)
 
 
@@ -200,6 +206,7 @@ def load_for(config) -> Dataset:
         builtin_size=config.builtin_size,
         dedupe=config.dedupe,
         votes=votes_of(config),
+        channels=config.channels,
     )
 
 
@@ -215,8 +222,19 @@ class _Read:
     notes: tuple[str, ...] = ()
 
 
-def _read(uri: str, skip_bad_rows: bool, require_train: bool, votes: VoteLabels | None = None) -> _Read:
-    """What the reader of a CSV file, a manifest or an image folder found."""
+def _read(
+    uri: str, skip_bad_rows: bool, require_train: bool, votes: VoteLabels | None = None, channels: str = "auto"
+) -> _Read:
+    """What the reader of a CSV file, a manifest or an image folder found, its faces in
+    `channels` (auto: as the data is, gray or RGB; gray; rgb)."""
+    read = _read_any(uri, skip_bad_rows, require_train, votes, channels)
+    if channels == "rgb" and any(split.images.ndim == 3 for split in read.splits.values()):
+        splits = {n: dataclasses.replace(sp, images=gray_to_rgb(sp.images)) for n, sp in read.splits.items()}
+        return dataclasses.replace(read, splits=splits)
+    return read
+
+
+def _read_any(uri: str, skip_bad_rows: bool, require_train: bool, votes: VoteLabels | None, channels: str) -> _Read:
     if votes is not None and (uri == "builtin" or storage.is_dir(uri)):
         raise UserError(f"--labels {votes.uri}: FER+ votes label a FER-2013 CSV; {uri} is not one")
     try:
@@ -226,13 +244,13 @@ def _read(uri: str, skip_bad_rows: bool, require_train: bool, votes: VoteLabels 
     if not exists:
         raise UserError(f"{uri}: no such file or directory")
     if is_dir:
-        splits, skipped, classes = _read_image_folder(uri, skip_bad_rows, require_train=require_train)
+        splits, skipped, classes = _read_image_folder(uri, skip_bad_rows, require_train, channels)
         return _Read(splits, skipped, _FOLDER_LAYOUT, classes)
     text = _read_text_bytes(uri)
     if _is_manifest(text.split(b"\n", 1)[0]):
         if votes is not None:
             raise UserError(f"--labels {votes.uri}: FER+ votes label a FER-2013 CSV; {uri} is a manifest")
-        splits, skipped, classes = _read_manifest(uri, text, skip_bad_rows)
+        splits, skipped, classes = _read_manifest(uri, text, skip_bad_rows, channels)
         return _Read(splits, skipped, _MANIFEST_LAYOUT, classes)
     splits, skipped = _read_csv(uri, skip_bad_rows, text)
     if votes is None:
@@ -269,16 +287,17 @@ def load_splits(
     seed: int = 0,
     builtin_size: int = 12000,
     votes: VoteLabels | None = None,
+    channels: str = "auto",
 ) -> Splits:
     """The splits of "builtin", a FER-2013 CSV or an image folder, for evaluation: no training split needed.
 
     With a training split they are `load`'s (a validation split carved from train the same
     seeded way when there is none); without one, only the splits present (nothing is carved)."""
     if uri == "builtin":
-        dataset = _load_builtin(builtin_size, seed)
+        dataset = _load_builtin(builtin_size, seed, channels)
         found = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
         return Splits(found, "builtin", dataset.notes, {s: f"built-in {s}" for s in found}, dataset.class_names)
-    read = _read(uri, skip_bad_rows, require_train=False, votes=votes)
+    read = _read(uri, skip_bad_rows, require_train=False, votes=votes, channels=channels)
     if "train" in read.splits:
         dataset = _assemble(uri, read, val_fraction, seed)
         found = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
@@ -291,10 +310,11 @@ def load_splits(
     return Splits(found, uri, notes, names, read.class_names)
 
 
-def _load_builtin(size: int, seed: int) -> Dataset:
+def _load_builtin(size: int, seed: int, channels: str = "auto") -> Dataset:
     from fer_dist import synthetic
 
     images, labels = synthetic.generate(size, seed)
+    images = gray_to_rgb(images) if channels == "rgb" else images
     rest, test = stratified_split(Split(images, labels), 0.1, seed)
     train, val = stratified_split(rest, 1 / 9, seed)
     note = f"built-in synthetic faces: {size} images split 80/10/10 stratified (seed {seed})"
@@ -593,7 +613,7 @@ def read_image_folder(uri: str, *, skip_bad_rows: bool = False) -> tuple[dict[st
 
 
 def _read_image_folder(
-    uri: str, skip_bad_rows: bool, require_train: bool = True
+    uri: str, skip_bad_rows: bool, require_train: bool = True, channels: str = "auto"
 ) -> tuple[dict[str, Split], list[_Skipped], tuple[str, ...]]:
     split_dirs = _split_dirs(uri, require_train)
     folders = {name: _visible(storage.listdir(storage.join(uri, name))) for name in split_dirs.values()}
@@ -603,16 +623,21 @@ def _read_image_folder(
         for folder in folders[name]:
             entries = _visible(storage.listdir(storage.join(uri, name, folder)))
             files += [(split, f"{name}/{folder}/{f}", label_of[folder]) for f in entries]
-    splits, skipped = _decode_files(uri, files, skip_bad_rows, lambda rel: storage.join(uri, rel))
+    splits, skipped = _decode_files(uri, files, skip_bad_rows, lambda rel: storage.join(uri, rel), channels=channels)
     return splits, skipped, classes
 
 
-def _decode_files(uri: str, files: list[tuple[str, str, int]], skip_bad_rows: bool, locate, name=None) -> tuple:
+def _decode_files(
+    uri: str, files: list[tuple[str, str, int]], skip_bad_rows: bool, locate, name=None, channels: str = "auto"
+) -> tuple:
     """({split: Split}, skipped) of (split, where, label) image files, decoded in parallel threads;
-    `locate(where)` is the file's URI, `name(where)` how messages name it (default: its URI)."""
+    `locate(where)` is the file's URI, `name(where)` how messages name it (default: its URI).
+    With channels "auto" every face is RGB when one of them has colour."""
     name = name or locate
     with ThreadPoolExecutor(max_workers=8) as pool:
-        decoded = list(pool.map(lambda f: decode_image(locate(f[1])), files))
+        decoded = list(pool.map(lambda f: decode_image(locate(f[1]), channels), files))
+    if channels == "auto" and any(isinstance(d, np.ndarray) and d.ndim == 3 for d in decoded):
+        decoded = [gray_to_rgb(d[np.newaxis])[0] if isinstance(d, np.ndarray) and d.ndim == 2 else d for d in decoded]
     per_split: dict[str, tuple[list[np.ndarray], list[int]]] = {}
     skipped: list[_Skipped] = []
     for (split, where, label), image in zip(files, decoded):
@@ -702,7 +727,7 @@ def _is_manifest(header: bytes) -> bool:
     return {"path", "label"} <= names and "pixels" not in names
 
 
-def _read_manifest(uri: str, text: bytes, skip_bad_rows: bool) -> tuple:
+def _read_manifest(uri: str, text: bytes, skip_bad_rows: bool, channels: str = "auto") -> tuple:
     """A manifest CSV (`path,label[,split]`; paths absolute, gs://, or relative to the manifest)
     -> (splits, skipped, class names). Splits are train/val/test (or FER-2013's Usage names);
     without a split column every row is train."""
@@ -731,7 +756,12 @@ def _read_manifest(uri: str, text: bytes, skip_bad_rows: bool) -> tuple:
     files = [(split, str(lineno), index[label]) for lineno, split, _, label in entries]
     where = {str(lineno): path for lineno, _, path, _ in entries}
     splits, skipped = _decode_files(
-        uri, files, skip_bad_rows, lambda line: where[line], lambda line: f"{uri} line {line}: {where[line]}"
+        uri,
+        files,
+        skip_bad_rows,
+        lambda line: where[line],
+        lambda line: f"{uri} line {line}: {where[line]}",
+        channels,
     )
     return splits, skipped, classes
 
@@ -793,26 +823,50 @@ def open_image(uri: str) -> Image.Image | str:
         return f"not a readable image ({_one_line(e)})"
 
 
-def face_pixels(image: Image.Image, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+def face_pixels(image: Image.Image, box: tuple[int, int, int, int] | None = None, channels: str = "gray") -> np.ndarray:
     """The model's input spec, shared by training folders, predict and (in TensorFlow) the
     SavedModel: the box (x, y, width, height; pixels outside the image are black) or the whole
-    image, converted to 8-bit gray (ITU-R 601-2 luma, PIL's "L"), resized to 48x48 with PIL's
-    bilinear filter when it is another size: uint8 [48, 48]."""
+    image, converted to 8-bit gray (ITU-R 601-2 luma, PIL's "L") or, with channels "rgb", to
+    PIL's "RGB" (alpha dropped), resized to 48x48 with PIL's bilinear filter when it is another
+    size: uint8 [48, 48] gray or [48, 48, 3] RGB."""
     if box is not None:
         x, y, w, h = box
         if image.mode not in ("L", "RGB", "RGBA"):  # outside the image is 0: black only in these modes
             image = image.convert("RGB")
         image = image.crop((x, y, x + w, y + h))
-    gray = image.convert("L")
-    if gray.size != (IMAGE_PIXELS, IMAGE_PIXELS):
-        gray = gray.resize((IMAGE_PIXELS, IMAGE_PIXELS), Image.Resampling.BILINEAR)
-    return np.asarray(gray, dtype=np.uint8)
+    face = image.convert("RGB" if channels == "rgb" else "L")
+    if face.size != (IMAGE_PIXELS, IMAGE_PIXELS):
+        face = face.resize((IMAGE_PIXELS, IMAGE_PIXELS), Image.Resampling.BILINEAR)
+    return np.asarray(face, dtype=np.uint8)
 
 
-def decode_image(uri: str) -> np.ndarray | str:
-    """A uint8 [48, 48] grayscale face (`face_pixels` of the whole image), or what is wrong with the file."""
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes without colour
+
+
+def decode_image(uri: str, channels: str = "gray") -> np.ndarray | str:
+    """A uint8 face (`face_pixels` of the whole image), or what is wrong with the file. channels
+    "gray" or "rgb": that; "auto": RGB when the image has colour (a colour mode whose pixels
+    are not all R = G = B), else gray."""
     image = open_image(uri)
-    return image if isinstance(image, str) else face_pixels(image)
+    if isinstance(image, str):
+        return image
+    if channels != "auto":
+        return face_pixels(image, channels=channels)
+    if image.mode in GRAY_MODES:
+        return face_pixels(image)
+    rgb = face_pixels(image, channels="rgb")
+    gray = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+    return rgb[..., 0].copy() if gray else rgb  # PIL's "L" of an R = G = B pixel is that value
+
+
+def gray_to_rgb(images: np.ndarray) -> np.ndarray:
+    """[N, H, W] gray -> [N, H, W, 3] (R = G = B, as PIL's "RGB" of an "L" image)."""
+    return np.repeat(images[..., np.newaxis], 3, axis=-1)
+
+
+def channels_of(images: np.ndarray) -> str:
+    """ "rgb" for [N, H, W, 3] faces, "gray" for [N, H, W]."""
+    return "rgb" if images.ndim == 4 else "gray"
 
 
 def _one_line(e: BaseException) -> str:

@@ -73,7 +73,7 @@ def _split_summary(split: data.Split, names: tuple[str, ...]) -> dict:
         "shares": {n: round(c / max(len(split), 1), 4) for n, c in zip(names, counts)},
         "imbalance": round(max(present) / min(present), 2) if present else None,  # largest / smallest class present
         "missing_classes": [n for n, c in zip(names, counts) if not c],
-        "stored": f"{split.images.shape[1]}x{split.images.shape[2]} gray uint8",
+        "stored": f"{split.images.shape[1]}x{split.images.shape[2]} {data.channels_of(split.images)} uint8",
     }
 
 

@@ -278,12 +278,12 @@ def _most_confident_mistakes(labels: np.ndarray, probs: np.ndarray, k: int) -> n
 
 
 def _gray_images(images: np.ndarray, n: int) -> np.ndarray:
-    """[N, H, W] (a trailing channel axis of 1 is dropped); UserError otherwise."""
+    """[N, H, W] gray (a trailing channel axis of 1 is dropped) or [N, H, W, 3] RGB; UserError otherwise."""
     images = np.asarray(images)
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
-    if images.ndim != 3 or len(images) != n:
-        raise UserError(f"images must have shape [{n}, H, W], got {list(images.shape)}")
+    if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)) or len(images) != n:
+        raise UserError(f"images must have shape [{n}, H, W] or [{n}, H, W, 3], got {list(images.shape)}")
     return images
 
 
@@ -549,6 +549,7 @@ def prepare_evaluation(
         seed=first.seed,
         builtin_size=first.builtin_size,
         votes=data_lib.votes_of(first) if storage.absolute(data) == first.data else None,  # its own FER+ labels
+        channels=first.input_channels,
     )
     for note in available.notes:
         logging.getLogger(__name__).info("%s", note)

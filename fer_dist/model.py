@@ -38,18 +38,20 @@ BN_MOMENTUM = 0.9
 
 
 def preprocess(images: tf.Tensor, config: TrainConfig) -> tf.Tensor:
-    """uint8 gray faces [B, H, W] (or [B, H, W, 1]) -> float32 model input [B, S, S, 3].
+    """uint8 faces, gray [B, H, W] (or [B, H, W, 1]) or RGB [B, H, W, 3] -> float32 model
+    input [B, S, S, 3].
 
-    Gray is repeated to 3 channels, resized to `image_size`, and put through the
-    ResNet50 ImageNet preprocessing (`caffe` mode: BGR mean subtraction on 0-255 values).
-    The compact backbone uses the same input so that both share one pipeline.
+    Gray is repeated to 3 channels; the faces are resized to `image_size` and put through the
+    ResNet50 ImageNet preprocessing (`caffe` mode: RGB -> BGR, mean subtraction on 0-255
+    values). The compact backbone uses the same input so that both share one pipeline.
     """
     x = tf.cast(images, tf.float32)
     if x.shape.rank == 3:
         x = x[..., tf.newaxis]
     if x.shape[1] != config.image_size or x.shape[2] != config.image_size:
         x = tf.image.resize(x, (config.image_size, config.image_size), method="bilinear")
-    x = tf.repeat(x, 3, axis=-1)
+    if x.shape[-1] == 1:
+        x = tf.repeat(x, 3, axis=-1)
     return keras.applications.resnet50.preprocess_input(x)
 
 

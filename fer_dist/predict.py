@@ -105,11 +105,12 @@ def open_images(paths: list[str]) -> dict[str, Image.Image]:
     return opened
 
 
-def read_faces(paths: list[str]) -> np.ndarray:
-    """uint8 gray faces [N, 48, 48], each image read whole; UserError naming the first bad file."""
+def read_faces(paths: list[str], channels: str = "gray") -> np.ndarray:
+    """uint8 faces [N, 48, 48] (gray) or [N, 48, 48, 3] (rgb), each image read whole; UserError
+    naming the first bad file."""
     from fer_dist.data import face_pixels
 
-    return np.stack([face_pixels(image) for image in open_images(paths).values()])
+    return np.stack([face_pixels(image, channels=channels) for image in open_images(paths).values()])
 
 
 def check_options(options: Options) -> None:
@@ -194,7 +195,8 @@ def score(sources, predictor, detector, options: Options, writer=None, files: in
     chunks, batch, progress = [], _Batch(), _Progress(files)
     for source in sources:
         found = faces.find_faces(source.image, options.faces, detector, frame=source.frame is not None)
-        batch.add(source, _rows_of(source, found), [face_pixels(source.image, f.box) for f in found.faces])
+        crops = [face_pixels(source.image, f.box, predictor.config.input_channels) for f in found.faces]
+        batch.add(source, _rows_of(source, found), crops)
         progress.tick(source)
         if batch.full():
             chunks.append(batch.score(predictor, options.top_k, writer))

@@ -12,7 +12,7 @@ only (no `fer_dist`, no Keras, no preprocessing code of its own). Its signatures
 |---|---|---|
 | `serving_default` | float32 [N, H, W, C], values 0-255 | any size; C = 1 (gray), 3 (RGB) or 4 (RGBA) |
 | `serving_uint8` | uint8 [N, H, W, C] | the same, as decoded image bytes |
-| `serving_gray48` | float32 [N, 48, 48, 1], values 0-255 | fixed size: what the TFLite export takes |
+| `serving_gray48` | float32 [N, 48, 48, 1], values 0-255 | fixed size: what the TFLite export takes; [N, 48, 48, 3] for an RGB run |
 
 each returning `probabilities` float32 [N, K] (rows sum to 1, in the order of the run's K
 classes: `config.classes`, FER-2013's seven emotions for FER-2013) and `classes` int64 [N]
@@ -34,6 +34,8 @@ run's `eval_tta` views and softmax (`evaluate.predict_probs`):
   faces are 8-bit); uint8 input is used as is;
 - RGB -> gray with PIL's ITU-R 601-2 luma in its fixed-point form,
   `(19595 R + 38470 G + 7471 B + 32768) >> 16` (RGBA: the alpha channel is ignored, as PIL does);
+  a run trained on colour (`channels` rgb) takes PIL's `convert("RGB")` instead (gray
+  repeated, alpha dropped) and resizes each band alone, as PIL does;
 - the resize to 48x48 reproduces PIL's `Image.resize(..., BILINEAR)` bit for bit: its
   antialiasing triangle filter (support scaled by the downscale factor), its 22-bit
   fixed-point coefficients, and its two passes (horizontal, then vertical) rounded to uint8.
@@ -87,6 +89,18 @@ def to_gray(levels: tf.Tensor) -> tf.Tensor:
         return tf.cond(tf.equal(channels, 1), lambda: levels[..., 0], luma)
 
 
+def to_rgb(levels: tf.Tensor) -> tf.Tensor:
+    """[N, H, W, C] integer levels -> [N, H, W, 3] as PIL's `convert("RGB")`: gray repeated,
+    RGBA's alpha dropped."""
+    channels = tf.shape(levels)[-1]
+    check = tf.debugging.Assert(
+        tf.reduce_any(tf.equal(channels, [1, 3, 4])),
+        ["images must have 1 (gray), 3 (RGB) or 4 (RGBA) channels; got", channels],
+    )
+    with tf.control_dependencies([check]):
+        return tf.cond(tf.equal(channels, 1), lambda: tf.repeat(levels[..., :1], 3, axis=-1), lambda: levels[..., :3])
+
+
 def pil_bilinear_weights(in_size: tf.Tensor, out_size: int) -> tf.Tensor:
     """[out_size, in_size] float64: Pillow's 8-bit bilinear resampling coefficients (integers,
     in units of 2**-22) along one axis of `in_size` pixels (`precompute_coeffs` and
@@ -131,7 +145,8 @@ class Served:
         self.config = config
 
     def gray48(self, faces: tf.Tensor) -> dict:
-        """[N, 48, 48, 1] (or [N, 48, 48]) float32 0-255 or uint8 faces -> outputs."""
+        """[N, 48, 48, C] (or [N, 48, 48] gray) float32 0-255 or uint8 faces -> outputs; C is the
+        run's: 1 (gray) or 3 (an RGB run's)."""
         from fer_dist import augment
         from fer_dist.model import preprocess
 
@@ -153,9 +168,15 @@ class Served:
 
     def faces(self, images: tf.Tensor) -> dict:
         """[N, H, W, C] float32 0-255 or uint8, C in (1, 3, 4), any H and W >= 1 -> outputs."""
-        gray = to_gray(to_levels(images))
-        face = tf.ensure_shape(resize_like_pil(gray), [None, IMAGE_PIXELS, IMAGE_PIXELS])
-        out = self.gray48(face[..., tf.newaxis])
+        levels = to_levels(images)
+        if self.config.input_channels == "rgb":  # PIL's "RGB", then each band resized alone (as PIL does)
+            rgb = to_rgb(levels)
+            face = tf.stack([resize_like_pil(rgb[..., c]) for c in range(3)], axis=-1)
+            face = tf.ensure_shape(face, [None, IMAGE_PIXELS, IMAGE_PIXELS, 3])
+        else:
+            face = tf.ensure_shape(resize_like_pil(to_gray(levels)), [None, IMAGE_PIXELS, IMAGE_PIXELS])
+            face = face[..., tf.newaxis]
+        out = self.gray48(face)
         out["labels"] = tf.gather(tf.constant(list(self.config.classes)), out["classes"])
         return out
 
@@ -167,6 +188,7 @@ def export(model, config: TrainConfig, directory: str) -> None:
     import keras
 
     served = Served(model, config)
+    channels = 3 if config.input_channels == "rgb" else 1
     # Not archive.track(model): the endpoints track the variables they use, and tracking the model
     # as well stores every weight twice (Keras's variable and the tf.Variable under it).
     archive = keras.export.ExportArchive()
@@ -180,7 +202,7 @@ def export(model, config: TrainConfig, directory: str) -> None:
     archive.add_endpoint(
         SIGNATURE_GRAY48,
         served.gray48,
-        input_signature=[tf.TensorSpec([None, IMAGE_PIXELS, IMAGE_PIXELS, 1], tf.float32, name=INPUT_NAME)],
+        input_signature=[tf.TensorSpec([None, IMAGE_PIXELS, IMAGE_PIXELS, channels], tf.float32, name=INPUT_NAME)],
     )
     archive.write_out(directory, verbose=False)
     labels = os.path.join(directory, LABELS_FILE)

@@ -244,7 +244,9 @@ def start(config: TrainConfig, session: Session, dataset) -> Run:
         )
     if dataset is None:
         dataset = data.load_for(config)
-    config = dataclasses.replace(config, class_names=data.check_classes(config.class_names, dataset))
+    config = dataclasses.replace(
+        config, class_names=data.check_classes(config.class_names, dataset), channels=dataset.channels
+    )
     reporter = reporter_for(dist.chief, session.run_dir, config, session.show_progress)
     reporter.start(dataset, dist.replicas, config.global_batch_size // dist.replicas)
     model, optimizer = build_model(config, dist)

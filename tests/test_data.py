@@ -325,10 +325,19 @@ def test_image_folder_splits_labels_and_conversion(tmp_path):
         },
     )
     (Path(root) / "train" / ".DS_Store").write_bytes(b"junk")
-    ds = load(root)
+    ds = load(root, channels="gray")
     assert (len(ds.train), len(ds.val), len(ds.test)) == (6, 1, 2)
     assert ds.train.images.shape == (6, 48, 48) and ds.train.images.dtype == np.uint8
     assert sorted(ds.train.labels.tolist()) == [0, 3, 3, 3, 4, 4]
+    red = Image.open(io.BytesIO(png_bytes((96, 64), "RGB", "JPEG")))
+    sad = ds.train.images[ds.train.labels == 4]
+    assert (sad[0] == np.asarray(red.convert("L").resize((48, 48), Image.Resampling.BILINEAR))).all()
+    # channels=auto (the default): one colour image makes the data RGB; gray faces get R = G = B.
+    colour = load(root)
+    assert colour.channels == "rgb" and colour.train.images.shape == (6, 48, 48, 3)
+    happy = colour.train.images[colour.train.labels == 3]
+    assert (happy == 90).all()
+    assert (colour.train.images[colour.train.labels == 4][0] == np.asarray(red.resize((48, 48)))).all()
     assert ds.val.labels.tolist() == [6] and ds.test.labels.tolist() == [5, 5]
     assert ds.notes == ()
 

@@ -185,3 +185,71 @@ def test_a_three_class_folder_run_names_its_classes_everywhere(tmp_path):
         "its classes (x, y, z) differ from those of the run",
     )
     assert os.path.exists(run_dir / "model.keras")
+
+
+# ------------------------------------------------------------------------------
+# colour
+# ------------------------------------------------------------------------------
+HUES = ("rose", "moss", "slate")
+
+
+def hue_face(label: int, rng: np.random.Generator) -> np.ndarray:
+    """A 48x48 RGB face whose class is its hue only: its gray (PIL's "L") is a random texture
+    drawn the same way for every class, so a gray model cannot tell the classes apart."""
+    luma = rng.integers(90, 150, (48, 48)).astype(np.int64)
+    r = np.clip(np.round(luma * (1.5, 0.5, 1.0)[label]), 0, 255).astype(np.int64)
+    g = np.floor((luma - 0.299 * r - 15) / 0.587).astype(np.int64)
+    b = np.ceil((luma * 65536 - 32768 - 19595 * r - 38470 * g) / 7471).astype(np.int64)
+    for _ in range(3):  # PIL's fixed-point luma: step b until it gives `luma` exactly
+        b += luma - ((19595 * r + 38470 * g + 7471 * b + 32768) >> 16)
+    face = np.stack([r, g, b], axis=-1).astype(np.uint8)
+    assert (np.asarray(Image.fromarray(face, "RGB").convert("L")) == luma).all()
+    return face
+
+
+def write_hue_folder(root: Path, per_class: dict[str, int], seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for label, name in enumerate(HUES):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(hue_face(label, rng), "RGB").save(root / split / name / f"{i}.png")
+    return str(root)
+
+
+@pytest.mark.slow  # trains twice and exports a SavedModel
+def test_colour_is_kept_and_learned_where_gray_cannot(tmp_path):
+    import tensorflow as tf
+
+    from fer_dist import config as C
+    from fer_dist import reporting, train
+    from fer_dist.sessions import LocalSession
+
+    folder = write_hue_folder(tmp_path / "hues", {"train": 60, "val": 20})
+    sets = {"data": folder, "epochs": "3", "learning_rate": "0.003", "precise_bn": "180"}
+    accuracy = {}
+    for channels in ("auto", "gray"):
+        config = C.resolve("smoke", dict(sets, channels=channels))
+        result = train.fit(config, LocalSession(str(tmp_path / channels), show_progress=False))
+        accuracy[channels] = result.state.history[-1]["val_accuracy"]
+        if channels == "auto":
+            assert result.config.channels == "rgb" and result.dataset.train.images.shape[1:] == (48, 48, 3)
+            reporting.export_model(result.model, result.config, str(tmp_path / channels))
+    assert accuracy["auto"] >= 0.9 and accuracy["gray"] <= 0.6, accuracy  # chance is 1/3
+
+    served = tf.saved_model.load(str(tmp_path / "auto" / "saved_model"))
+    rng = np.random.default_rng(7)
+    big = np.stack([np.asarray(Image.fromarray(hue_face(i, rng)).resize((96, 96))) for i in range(3)])
+    out = served.signatures["serving_uint8"](images=tf.constant(big))
+    assert [b.decode() for b in out["labels"].numpy()] == list(HUES)
+    faces48 = np.stack([hue_face(i, rng) for i in range(3)]).astype(np.float32)
+    fixed = served.signatures["serving_gray48"](images=tf.constant(faces48))
+    assert fixed["classes"].numpy().tolist() == [sorted(HUES).index(h) for h in HUES]  # no classes.txt: sorted
+
+    from fer_dist import predict
+
+    for i, hue in enumerate(HUES):
+        Image.fromarray(big[i]).save(tmp_path / f"{hue}.png")
+    frame = predict.predict(str(tmp_path / "rose.png"), str(tmp_path / "auto"), predict.Options(faces="whole"))
+    assert frame["emotion"].tolist() == ["rose"] and sorted(predict.class_columns(frame)) == sorted(HUES)
+    print(f"val_accuracy: channels=auto {accuracy['auto']:.3f}, channels=gray {accuracy['gray']:.3f}")

@@ -56,7 +56,8 @@ def test_loop_learns_and_writes_outputs(tmp_path):
         "images_per_second",
     ]
     assert len(history) == 3
-    assert json.load(open(os.path.join(run_dir, "config.json"))) == cfg.replace(class_names=EMOTIONS).to_dict()
+    resolved = cfg.replace(class_names=EMOTIONS, channels="gray")  # what the data filled in
+    assert json.load(open(os.path.join(run_dir, "config.json"))) == resolved.to_dict()
     assert os.listdir(os.path.join(run_dir, "tensorboard", "train"))
     # keep_checkpoints=1: the best by val_accuracy plus the latest; each complete with its config.
     kept = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
