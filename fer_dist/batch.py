@@ -192,7 +192,8 @@ def run(
         raise UserError(f"--workers {workers}: expected 1 or more")
     if gpus_per_worker < 0:
         raise UserError(f"--gpus-per-worker {gpus_per_worker}: expected 0 or more")
-    inference.load_run(run_dir)  # a bad --run or a damaged model fails here, not in every worker
+    config, _ = inference.load_run(run_dir)  # a bad --run or a damaged model fails here, not in every worker
+    predict.check_classes(config.classes, options.top_k)
     work = plan(path, run_dir, options, output, shard_files)
     done = len(work.shards) - len(work.todo)
     if done:

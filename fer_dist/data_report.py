@@ -135,10 +135,12 @@ def format_report(report: Report, split_names: dict[str, str] | None = None) -> 
         f"duplicates (identical pixels): {d.groups} groups, {d.surplus_rows} surplus rows; "
         f"{d.conflicting_labels} groups with conflicting labels"
     )
+    named = split_names or {}
     for pair, n in d.across.items():
-        lines.append(f"  {n} groups span {pair}")
+        a, b = pair.split("+")
+        lines.append(f"  {n} groups span {named.get(a, a)} and {named.get(b, b)}")
     for split, n in d.rows_also_in_train.items():
-        lines.append(f"  {n} {split} rows show a face that is also a training face")
+        lines.append(f"  {n} {named.get(split, split + ' rows')} show a face that is also a training face")
     if d.train_rows_also_in_eval:
         lines.append(
             f"  {d.train_rows_also_in_eval} training rows show a face of an evaluation split "
