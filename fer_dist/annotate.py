@@ -23,10 +23,16 @@ _OTHER_COLOURS = ("#17becf", "#bcbd22", "#e377c2", "#1f77b4", "#ff7f0e", "#2ca02
 
 
 def colour_of(name: str, classes: tuple[str, ...] = EMOTIONS) -> str:
-    """A class's colour: FER-2013's emotions keep theirs; other classes take a palette's, by position."""
+    """A class's colour: FER-2013's emotions keep theirs; other classes take the palette's
+    colours in class order, skipping those the FER-2013 classes present already use."""
     if name in COLOURS:
         return COLOURS[name]
-    return _OTHER_COLOURS[classes.index(name) % len(_OTHER_COLOURS)] if name in classes else "#ffffff"
+    if name not in classes:
+        return "#ffffff"
+    taken = {COLOURS[c] for c in classes if c in COLOURS}
+    free = [c for c in (*_OTHER_COLOURS, *COLOURS.values()) if c not in taken] or list(_OTHER_COLOURS)
+    others = [c for c in classes if c not in COLOURS]
+    return free[others.index(name) % len(free)]
 
 
 class Writer:

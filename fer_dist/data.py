@@ -137,6 +137,7 @@ def load(
     """The train/val/test splits of "builtin", a FER-2013 CSV (.csv/.csv.gz), an image folder or
     a manifest. `dedupe="eval"` drops the training faces identical to a val or test face;
     `votes` relabels a FER-2013 CSV with FER+ votes (`fer_dist/ferplus.py`)."""
+    _check_votes_target(uri, votes)
     if uri == "builtin":
         return drop_eval_duplicates(_load_builtin(builtin_size, seed, channels), dedupe)
     read = _read(uri, skip_bad_rows, require_train=True, votes=votes, channels=channels)
@@ -162,6 +163,7 @@ def read_splits(
 ) -> Splits:
     """The splits as the data stores them (none carved), with their class names: what
     `jobs/data.py inspect` reports on."""
+    _check_votes_target(uri, votes)
     if uri == "builtin":
         return load_splits(uri, builtin_size=builtin_size, seed=seed)
     read = _read(uri, skip_bad_rows, require_train=False, votes=votes)
@@ -227,6 +229,7 @@ def _read(
 ) -> _Read:
     """What the reader of a CSV file, a manifest or an image folder found, its faces in
     `channels` (auto: as the data is, gray or RGB; gray; rgb)."""
+    _check_votes_target(uri, votes)
     read = _read_any(uri, skip_bad_rows, require_train, votes, channels)
     if channels == "rgb" and any(split.images.ndim == 3 for split in read.splits.values()):
         splits = {n: dataclasses.replace(sp, images=gray_to_rgb(sp.images)) for n, sp in read.splits.items()}
@@ -234,9 +237,12 @@ def _read(
     return read
 
 
-def _read_any(uri: str, skip_bad_rows: bool, require_train: bool, votes: VoteLabels | None, channels: str) -> _Read:
+def _check_votes_target(uri: str, votes: VoteLabels | None) -> None:
     if votes is not None and (uri == "builtin" or storage.is_dir(uri)):
         raise UserError(f"--labels {votes.uri}: FER+ votes label a FER-2013 CSV; {uri} is not one")
+
+
+def _read_any(uri: str, skip_bad_rows: bool, require_train: bool, votes: VoteLabels | None, channels: str) -> _Read:
     try:
         is_dir, exists = storage.is_dir(uri), storage.exists(uri)
     except OSError as e:
@@ -247,7 +253,7 @@ def _read_any(uri: str, skip_bad_rows: bool, require_train: bool, votes: VoteLab
         splits, skipped, classes = _read_image_folder(uri, skip_bad_rows, require_train, channels)
         return _Read(splits, skipped, _FOLDER_LAYOUT, classes)
     text = _read_text_bytes(uri)
-    if _is_manifest(text.split(b"\n", 1)[0]):
+    if _is_manifest(text[: text.find(b"\n")] if b"\n" in text else text):
         if votes is not None:
             raise UserError(f"--labels {votes.uri}: FER+ votes label a FER-2013 CSV; {uri} is a manifest")
         splits, skipped, classes = _read_manifest(uri, text, skip_bad_rows, channels)
@@ -293,6 +299,7 @@ def load_splits(
 
     With a training split they are `load`'s (a validation split carved from train the same
     seeded way when there is none); without one, only the splits present (nothing is carved)."""
+    _check_votes_target(uri, votes)
     if uri == "builtin":
         dataset = _load_builtin(builtin_size, seed, channels)
         found = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
@@ -356,6 +363,18 @@ def check_classes(class_names: tuple[str, ...], dataset: Dataset | Splits, what:
             f"({', '.join(class_names)})"
         )
     return tuple(dataset.class_names)
+
+
+def as_classes(splits: Splits, class_names: tuple[str, ...], what: str = "the run") -> Splits:
+    """The splits labelled by `class_names`: unchanged when they are the data's; relabelled by
+    name when the data's classes are some of them (an evaluation set that lacks a class and has
+    no classes.txt); else `check_classes`' error."""
+    if tuple(splits.class_names) == tuple(class_names) or not set(splits.class_names) <= set(class_names):
+        check_classes(class_names, splits, what)
+        return splits
+    index = np.array([class_names.index(name) for name in splits.class_names], dtype=np.int64)
+    relabelled = {n: dataclasses.replace(sp, labels=index[sp.labels]) for n, sp in splits.splits.items()}
+    return dataclasses.replace(splits, splits=relabelled, class_names=tuple(class_names))
 
 
 def _skipped_note(skipped: list[_Skipped], unit: str) -> str:
@@ -616,7 +635,7 @@ def _read_image_folder(
     uri: str, skip_bad_rows: bool, require_train: bool = True, channels: str = "auto"
 ) -> tuple[dict[str, Split], list[_Skipped], tuple[str, ...]]:
     split_dirs = _split_dirs(uri, require_train)
-    folders = {name: _visible(storage.listdir(storage.join(uri, name))) for name in split_dirs.values()}
+    folders = {name: _class_folders(uri, name) for name in split_dirs.values()}
     classes, label_of = _folder_classes(uri, folders)
     files: list[tuple[str, str, int]] = []  # (split, relative path, label)
     for split, name in split_dirs.items():
@@ -656,6 +675,18 @@ def _decode_files(
         raise UserError(f"{uri}: no images")
     splits = {s: Split(np.stack(images), np.array(labels, dtype=np.int64)) for s, (images, labels) in per_split.items()}
     return splits, skipped
+
+
+def _class_folders(uri: str, split_folder: str) -> list[str]:
+    """The class folders under a split folder; a file among them is an error (not a class)."""
+    names = _visible(storage.listdir(storage.join(uri, split_folder)))
+    for name in names:
+        if not storage.is_dir(storage.join(uri, split_folder, name)):
+            raise UserError(
+                f"{storage.join(uri, split_folder, name)}: a file where class folders are expected "
+                f"({uri}/{split_folder}/<class>/*.jpg); move it out"
+            )
+    return names
 
 
 def _folder_classes(uri: str, folders: dict[str, list[str]]) -> tuple[tuple[str, ...], dict[str, int]]:
@@ -731,7 +762,13 @@ def _read_manifest(uri: str, text: bytes, skip_bad_rows: bool, channels: str = "
     """A manifest CSV (`path,label[,split]`; paths absolute, gs://, or relative to the manifest)
     -> (splits, skipped, class names). Splits are train/val/test (or FER-2013's Usage names);
     without a split column every row is train."""
-    rows = list(csv.reader(io.StringIO(text.decode("utf-8"))))
+    try:
+        rows = list(csv.reader(io.StringIO(text.decode("utf-8"))))
+    except UnicodeDecodeError as e:
+        line = text[: e.start].count(b"\n") + 1
+        raise UserError(f"{uri} line {line}: not UTF-8 text") from None
+    except csv.Error as e:
+        raise UserError(f"{uri}: not a readable CSV ({_one_line(e)})") from None
     header = [name.strip().lower() for name in rows[0]]
     column = {name: i for i, name in reversed(list(enumerate(header)))}
     base = uri.rsplit("/", 1)[0] if "/" in uri else "."

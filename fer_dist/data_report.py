@@ -127,9 +127,8 @@ def format_report(report: Report, split_names: dict[str, str] | None = None) -> 
         summary = report.splits[s]
         missing = f"; no {', '.join(summary['missing_classes'])}" if summary["missing_classes"] else ""
         where = (split_names or {}).get(s, s)
-        lines.append(
-            f"  {where}: largest/smallest class {summary['imbalance']}x{missing}; stored as {summary['stored']}"
-        )
+        ratio = f"{summary['imbalance']}x" if summary["imbalance"] is not None else "n/a"
+        lines.append(f"  {where}: largest/smallest class {ratio}{missing}; stored as {summary['stored']}")
     d = report.duplicates
     lines.append(
         f"duplicates (identical pixels): {d.groups} groups, {d.surplus_rows} surplus rows; "

@@ -413,6 +413,12 @@ def check_same_classes(run_dirs: list[str], configs: list, models: list | None =
                 f"cannot ensemble {run_dirs[0]} and {run_dir}: different classes "
                 f"({', '.join(configs[0].classes)} vs {', '.join(config.classes)})"
             )
+    for run_dir, config in zip(run_dirs[1:], configs[1:]):
+        if config.input_channels != configs[0].input_channels:
+            raise UserError(
+                f"cannot ensemble {run_dirs[0]} and {run_dir}: one takes {configs[0].input_channels} faces, "
+                f"the other {config.input_channels}"
+            )
     for run_dir, config, model in zip(run_dirs, configs, models or []):
         if model.output_shape[-1] != len(config.classes):
             raise UserError(
@@ -553,7 +559,7 @@ def prepare_evaluation(
     )
     for note in available.notes:
         logging.getLogger(__name__).info("%s", note)
-    data_lib.check_classes(first.classes, available, f"the run {run_dirs[0]}")
+    available = data_lib.as_classes(available, first.classes, f"the run {run_dirs[0]}")
     split = choose_split(available, split)
     models = [load_run(r)[1] for r in run_dirs]
     check_same_classes(run_dirs, configs, models)

@@ -45,7 +45,7 @@ def resolve_for_run(preset, overrides, config_file, run_dir: str | None, resume:
     if not resume:
         return absolute_paths(resolve(preset, overrides, config_file))
     source = storage.join(run_dir, "config.json")
-    saved = TrainConfig.from_json(storage.read_text(source), source=source)
+    saved = with_earlier_defaults(storage.read_text(source), source)
     if config_file:
         raise UserError("--resume: the run's saved config.json is used; drop --config")
     if preset:
@@ -60,6 +60,17 @@ def resolve_for_run(preset, overrides, config_file, run_dir: str | None, resume:
         )
     check_recipe(run_dir, saved, source)
     return validate(wanted)
+
+
+def with_earlier_defaults(text: str, source: str) -> TrainConfig:
+    """A saved config.json; one written before `class_names` and `channels` existed trained
+    FER-2013's seven classes on gray faces, and resumes so (not with what `auto` would pick now)."""
+    from fer_dist import EMOTIONS
+
+    config = TrainConfig.from_json(text, source=source)
+    known = json.loads(text).keys()
+    earlier = {k: v for k, v in (("class_names", EMOTIONS), ("channels", "gray")) if k not in known}
+    return dataclasses.replace(config, **earlier) if earlier else config
 
 
 def check_recipe(run_dir: str, saved: TrainConfig, source: str) -> None:

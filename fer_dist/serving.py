@@ -51,7 +51,7 @@ from fer_dist.config import TrainConfig
 
 SIGNATURE_FLOAT = "serving_default"
 SIGNATURE_UINT8 = "serving_uint8"
-SIGNATURE_GRAY48 = "serving_gray48"  # fixed [N, 48, 48, 1] float32: the TFLite export's input
+SIGNATURE_GRAY48 = "serving_gray48"  # fixed [N, 48, 48, 1] float32 (3 channels: RGB runs): the TFLite export's input
 SIGNATURES = (SIGNATURE_FLOAT, SIGNATURE_UINT8, SIGNATURE_GRAY48)
 INPUT_NAME = "images"
 OUTPUTS = ("probabilities", "classes", "labels")  # labels: not in serving_gray48 (TFLite has no strings)
@@ -207,7 +207,7 @@ def export(model, config: TrainConfig, directory: str) -> None:
     archive.write_out(directory, verbose=False)
     labels = os.path.join(directory, LABELS_FILE)
     os.makedirs(os.path.dirname(labels), exist_ok=True)
-    with open(labels, "w") as f:
+    with open(labels, "w", encoding="utf-8") as f:
         f.write("".join(f"{name}\n" for name in config.classes))
 
 
@@ -238,8 +238,8 @@ def signature_keys(saved_model_dir: str) -> list[str]:
 def export_tflite(saved_model_dir: str, path: str) -> int:
     """Converts the `serving_gray48` signature of a local serving SavedModel (`export`) to a
     TensorFlow Lite model at the local `path`; returns its size in bytes. Its one signature,
-    `serving_gray48`, takes float32 `images` [N, 48, 48, 1] (0-255) and returns `probabilities`
-    [N, 7] and `classes` [N], as the SavedModel's. UserError when the SavedModel has no such
+    `serving_gray48`, takes float32 `images` [N, 48, 48, C] (0-255; C = 1, or 3 for an RGB run)
+    and returns `probabilities` [N, K] and `classes` [N], as the SavedModel's. UserError when the SavedModel has no such
     signature (one exported before the serving signatures) or TFLite cannot convert it."""
     import os
 

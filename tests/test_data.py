@@ -376,6 +376,14 @@ def test_classes_txt_orders_the_classes_and_names_what_it_lacks(tmp_path):
     assert error_of(root) == f"{root}/classes.txt line 3: class 'negative' is listed twice"
 
 
+def test_a_file_among_class_folders_is_refused_not_taken_for_a_class(tmp_path):
+    root = make_folder(tmp_path / "fer", {"train": {"happy": [png_bytes()] * 3, "sad": [png_bytes()] * 3}})
+    (Path(root) / "train" / "notes.txt").write_text("not a class")
+    assert error_of(root) == (
+        f"{root}/train/notes.txt: a file where class folders are expected ({root}/train/<class>/*.jpg); move it out"
+    )
+
+
 def test_one_class_is_not_a_classifier(tmp_path):
     root = make_folder(tmp_path / "one", {"train": {"cats": [png_bytes()] * 3}})
     assert error_of(root) == f"{root}: 1 class(es) (cats); a classifier needs at least 2"

@@ -94,6 +94,47 @@ def test_a_bad_manifest_row_is_named_by_its_line(tmp_path, line, why):
     assert str(info.value).startswith(f"{uri} {why.format(root=tmp_path)}"), str(info.value)
 
 
+def test_a_manifest_that_is_not_utf8_is_named_by_its_line(tmp_path):
+    """Past the first 64 KB (what is sniffed for binary data), a bad byte is named by its line."""
+    uri = tmp_path / "m.csv"
+    uri.write_bytes(b"path,label,split\n" + b"images/x.png,joy,train\n" * 3000 + b"\xff.png,joy,train\n")
+    with pytest.raises(UserError) as info:
+        data.load(str(uri))
+    assert str(info.value) == f"{uri} line 3002: not UTF-8 text"
+
+
+def test_evaluation_data_with_some_of_the_classes_is_relabelled_by_name(tmp_path):
+    folder = write_folder(tmp_path / "two", {"test": 2}, classes=("calm", "tense"))  # no joy, sorted
+    (Path(folder) / "classes.txt").unlink()
+    splits = data.load_splits(folder)
+    assert splits.class_names == ("calm", "tense")
+    relabelled = data.as_classes(splits, CLASSES)
+    assert relabelled.class_names == CLASSES
+    assert relabelled.splits["test"].labels.tolist() == [1, 1, 0, 0]  # calm is CLASSES[1], tense CLASSES[0]
+    with pytest.raises(UserError, match=r"its classes \(calm, tense\) differ from those of the run \(a, b\)"):
+        data.as_classes(splits, ("a", "b"))
+
+
+def test_earlier_runs_resume_gray_with_fer2013s_classes():
+    from fer_dist import EMOTIONS, experiment
+    from fer_dist import config as C
+
+    text = json.dumps({k: v for k, v in C.TrainConfig().to_dict().items() if k not in ("class_names", "channels")})
+    earlier = experiment.with_earlier_defaults(text, "config.json")
+    assert (earlier.class_names, earlier.channels) == (EMOTIONS, "gray")
+    now = experiment.with_earlier_defaults(C.TrainConfig().to_json(), "config.json")
+    assert (now.class_names, now.channels) == ((), "auto")
+
+
+def test_an_ensemble_of_gray_and_colour_runs_is_refused():
+    from fer_dist import config as C
+    from fer_dist import evaluate
+
+    gray, rgb = C.TrainConfig(channels="gray"), C.TrainConfig(channels="rgb")
+    with pytest.raises(UserError, match="cannot ensemble a and b: one takes gray faces, the other rgb"):
+        evaluate.check_same_classes(["a", "b"], [gray, rgb])
+
+
 def test_a_manifest_label_missing_from_classes_txt_is_named(tmp_path):
     rows = upload_faces(str(tmp_path), 1)
     (tmp_path / "classes.txt").write_text("calm\njoy\n")
@@ -178,6 +219,13 @@ def test_a_three_class_folder_run_names_its_classes_everywhere(tmp_path):
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     row = json.loads(predicted.stdout)["predictions"][0]
     assert row["emotion"] == "joy" and set(row["probabilities"]) == set(CLASSES)
+
+    two = write_folder(tmp_path / "two", {"test": 3}, classes=("joy", "tense"))  # no calm faces
+    (Path(two) / "classes.txt").unlink()
+    some = jobs_helpers.run("evaluate.py", str(run_dir), "--data", two, "--split", "test")
+    assert some.returncode == 0, some.stderr[-3000:]
+    scored = json.loads(next((run_dir / "evaluations").glob("two-test*/metrics.json")).read_text())
+    assert list(scored["per_class"]) == list(CLASSES) and scored["per_class"]["calm"]["support"] == 0
 
     other = write_folder(tmp_path / "other", {"test": 3}, classes=("x", "y", "z"))
     jobs_helpers.assert_user_error(

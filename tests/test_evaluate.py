@@ -480,6 +480,10 @@ def test_an_ensemble_of_different_classes_is_refused_naming_both_lists(tmp_path)
         f"cannot ensemble {a} and {tmp_path / 'renamed'}: different classes (angry, disgust, fear, happy, sad, "
         "surprise, neutral vs disgust, angry, fear, happy, sad, surprise, neutral)"
     )
-    # Alone, that run refuses FER-2013 data: its classes are not the data's.
+    # Alone, it scores FER-2013 data by class name: the data's labels follow the run's order.
+    metrics, _ = evaluate.evaluate_data([str(tmp_path / "renamed")], csv, "val")
+    assert list(metrics["per_class"])[:2] == ["disgust", "angry"] and metrics["n"] == 21
+    # Data with a class the run does not have is refused, both lists named.
+    (tmp_path / "renamed" / "config.json").write_text(json.dumps(dict(config, class_names=["a", "b"])))
     with pytest.raises(UserError, match=r"tiny.csv: its classes \(angry, disgust, .*\) differ from those of the run"):
         evaluate.evaluate_data([str(tmp_path / "renamed")], csv, "val")

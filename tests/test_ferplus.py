@@ -100,8 +100,9 @@ def test_votes_that_do_not_line_up_are_refused(tmp_path):
         data.load(csv, votes=data.VoteLabels(str(votes)))
     folder = tmp_path / "images"
     folder.mkdir()
-    with pytest.raises(UserError, match="FER\\+ votes label a FER-2013 CSV"):
-        data.load(str(folder), votes=data.VoteLabels(str(votes)))
+    for other in (str(folder), "builtin"):
+        with pytest.raises(UserError, match="FER\\+ votes label a FER-2013 CSV"):
+            data.load(other, votes=data.VoteLabels(str(votes)))
 
 
 def test_probability_mode_trains_on_vote_distributions(tmp_path):

@@ -43,7 +43,7 @@ for name in sorted(os.listdir(faces)):
     row = {"shape": list(batch.shape)}
     for key, images in (("serving_default", tf.constant(batch, tf.float32)), ("serving_uint8", tf.constant(batch))):
         result = model.signatures[key](images=images)
-        row[key] = {k: v.numpy().tolist() for k, v in result.items()}
+        row[key] = {k: [x.decode() if isinstance(x, bytes) else x for x in v.numpy().tolist()] for k, v in result.items()}
     out["images"][name] = row
 out["fer_dist_imported"] = "fer_dist" in sys.modules
 print(json.dumps(out))
@@ -181,6 +181,7 @@ def test_plain_tensorflow_scores_face_files_as_fer_dist_predict(exported):
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
         np.testing.assert_array_equal(classes, probs.argmax(axis=1))
         assert [EMOTIONS[c] for c in classes] == list(frame["emotion"])
+        assert [served["images"][name][key]["labels"][0] for name in names] == list(frame["emotion"])
 
 
 def test_gray_conversion_and_resize_are_pils(saved_model):

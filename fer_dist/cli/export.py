@@ -6,8 +6,10 @@
 
 RUN_DIR is a run directory (local or gs://) with saved_model/, the serving SavedModel that
 training writes (fer_dist/serving.py). --tflite converts its `serving_gray48` signature:
-float32 `images` [N, 48, 48, 1] (gray, 0-255) -> `probabilities` [N, 7] and `classes` [N].
-The decoding, gray conversion and 48x48 resize of a face stay with the app that runs it.
+float32 `images` [N, 48, 48, 1] (gray, 0-255; [N, 48, 48, 3] for a run trained on colour) ->
+`probabilities` [N, K] (the run's K classes, in the order of saved_model/assets.extra/labels.txt)
+and `classes` [N]. The decoding, colour conversion and 48x48 resize of a face stay with the app
+that runs it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def main(
         )
     if storage.is_dir(tflite):
         raise cli.UserError(f"--tflite {tflite}: a directory (give the path of the .tflite file to write)")
-    from fer_dist import serving  # TensorFlow: after the checks of the input
+    from fer_dist import inference, serving  # TensorFlow: after the checks of the input
 
     with tempfile.TemporaryDirectory(prefix="fer_dist_export_") as tmp:
         local = storage.local_path(saved_uri) or storage.download_dir(saved_uri, os.path.join(tmp, SAVED_MODEL))
@@ -50,9 +52,12 @@ def main(
         size = serving.export_tflite(local, out)
         with open(out, "rb") as f:
             storage.write_bytes(tflite, f.read())
+    config = inference.load_config(run_dir)
+    channels = 3 if config.input_channels == "rgb" else 1
     print(
         f"wrote {tflite} ({size / 1024:.0f} KiB): {serving.SIGNATURE_GRAY48} float32 {serving.INPUT_NAME} "
-        f"[N, 48, 48, 1] -> probabilities [N, 7], classes [N]",
+        f"[N, 48, 48, {channels}] -> probabilities [N, {len(config.classes)}] ({', '.join(config.classes)}), "
+        "classes [N]",
         flush=True,
     )
 
