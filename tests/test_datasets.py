@@ -186,16 +186,13 @@ def test_a_three_class_folder_run_names_its_classes_everywhere(tmp_path):
     folder = write_folder(tmp_path / "three", {"train": 60, "val": 20, "test": 20})
     runs = tmp_path / "runs"
     args = ["--data", folder, "--preset", "smoke", "--output", str(runs), "--name", "r", "--quiet"]
-    # PreciseBN: after 3 short epochs the moving BatchNorm averages lag the weights (measured
-    # here: val_accuracy 0.33 without it, 1.0 with it; as tests/test_train.py found).
-    sets = ["--set", "learning_rate=0.003", "--set", "precise_bn=180"]
-    trained = jobs_helpers.run("train.py", *args, "--epochs", "3", *sets)
+    # What is checked is where the names go; that such data learns: the colour test below.
+    trained = jobs_helpers.run("train.py", *args, "--epochs", "1")
     assert trained.returncode == 0, trained.stderr[-3000:]
     run_dir = runs / "r"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["class_names"] == list(CLASSES)
     assert list(metrics["test"]["per_class"]) == list(CLASSES)
-    assert metrics["test_accuracy"] >= 0.9, metrics["test_accuracy"]
     assert (run_dir / "test_confusion.csv").read_text().splitlines()[0] == "true," + ",".join(CLASSES)
     assert json.loads((run_dir / "config.json").read_text())["class_names"] == list(CLASSES)
 
@@ -205,7 +202,7 @@ def test_a_three_class_folder_run_names_its_classes_everywhere(tmp_path):
     faces = np.stack([band_face(i, np.random.default_rng(9)) for i in range(3)])[..., None]
     out = served(images=tf.constant(faces))
     assert out["probabilities"].shape == (3, 3)
-    assert [b.decode() for b in out["labels"].numpy()] == list(CLASSES)
+    assert [b.decode() for b in out["labels"].numpy()] == [CLASSES[c] for c in out["classes"].numpy()]
 
     evaluated = jobs_helpers.run("evaluate.py", str(run_dir), "--data", folder, "--split", "test")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
@@ -218,20 +215,17 @@ def test_a_three_class_folder_run_names_its_classes_everywhere(tmp_path):
     )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     row = json.loads(predicted.stdout)["predictions"][0]
-    assert row["emotion"] == "joy" and set(row["probabilities"]) == set(CLASSES)
+    assert row["emotion"] in CLASSES and set(row["probabilities"]) == set(CLASSES)
+
+    from fer_dist import evaluate
 
     two = write_folder(tmp_path / "two", {"test": 3}, classes=("joy", "tense"))  # no calm faces
     (Path(two) / "classes.txt").unlink()
-    some = jobs_helpers.run("evaluate.py", str(run_dir), "--data", two, "--split", "test")
-    assert some.returncode == 0, some.stderr[-3000:]
-    scored = json.loads(next((run_dir / "evaluations").glob("two-test*/metrics.json")).read_text())
+    scored, _ = evaluate.evaluate_data([str(run_dir)], two, "test")
     assert list(scored["per_class"]) == list(CLASSES) and scored["per_class"]["calm"]["support"] == 0
-
     other = write_folder(tmp_path / "other", {"test": 3}, classes=("x", "y", "z"))
-    jobs_helpers.assert_user_error(
-        jobs_helpers.run("evaluate.py", str(run_dir), "--data", other, "--split", "test"),
-        "its classes (x, y, z) differ from those of the run",
-    )
+    with pytest.raises(UserError, match=r"its classes \(x, y, z\) differ from those of the run"):
+        evaluate.evaluate_data([str(run_dir)], other, "test")
     assert os.path.exists(run_dir / "model.keras")
 
 
