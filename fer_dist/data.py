@@ -762,6 +762,37 @@ def _read_manifest(uri: str, text: bytes, skip_bad_rows: bool, channels: str = "
     """A manifest CSV (`path,label[,split]`; paths absolute, gs://, or relative to the manifest)
     -> (splits, skipped, class names). Splits are train/val/test (or FER-2013's Usage names);
     without a split column every row is train."""
+    entries, base = _manifest_entries(uri, text)
+    classes = _manifest_classes(uri, base, entries)
+    index = {name: i for i, name in enumerate(classes)}
+    files = [(split, str(lineno), index[label]) for lineno, split, _, label in entries]
+    where = {str(lineno): path for lineno, _, path, _ in entries}
+    splits, skipped = _decode_files(
+        uri,
+        files,
+        skip_bad_rows,
+        lambda line: where[line],
+        lambda line: f"{uri} line {line}: {where[line]}",
+        channels,
+    )
+    return splits, skipped, classes
+
+
+def image_files(uri: str) -> list[str]:
+    """The image files of an image folder or a manifest, as URIs ([] for a CSV of pixels or
+    builtin): what `jobs/data.py inspect` surveys."""
+    if uri == "builtin":
+        return []
+    if storage.is_dir(uri):
+        return [storage.join(uri, rel) for rel in storage.walk_files(uri) if rel.lower().endswith(IMAGE_SUFFIXES)]
+    text = _read_text_bytes(uri)
+    if not _is_manifest(text[: text.find(b"\n")] if b"\n" in text else text):
+        return []
+    return [path for _, _, path, _ in _manifest_entries(uri, text)[0]]
+
+
+def _manifest_entries(uri: str, text: bytes) -> tuple[list[tuple[int, str, str, str]], str]:
+    """((line, split, path URI, label) of each row, the manifest's directory); UserError naming a bad row."""
     try:
         rows = list(csv.reader(io.StringIO(text.decode("utf-8"))))
     except UnicodeDecodeError as e:
@@ -788,19 +819,7 @@ def _read_manifest(uri: str, text: bytes, skip_bad_rows: bool, channels: str = "
         entries.append((lineno, SPLIT_NAMES[split.lower()], located, label))
     if not entries:
         raise UserError(f"{uri}: no data rows (only a header)")
-    classes = _manifest_classes(uri, base, entries)
-    index = {name: i for i, name in enumerate(classes)}
-    files = [(split, str(lineno), index[label]) for lineno, split, _, label in entries]
-    where = {str(lineno): path for lineno, _, path, _ in entries}
-    splits, skipped = _decode_files(
-        uri,
-        files,
-        skip_bad_rows,
-        lambda line: where[line],
-        lambda line: f"{uri} line {line}: {where[line]}",
-        channels,
-    )
-    return splits, skipped, classes
+    return entries, base
 
 
 def _manifest_classes(uri: str, base: str, entries: list) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ REPORT_FILE = "report.json"
 BALANCE_FILE = "class_balance.png"
 SAMPLES_FILE = "samples.png"
 SAMPLES_PER_CLASS = 8
+SURVEY_FILES = 500  # source images whose size and mode `inspect` reads (a random sample)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Duplicates:
     rows_also_in_train: dict[str, int]  # evaluation split -> its rows whose face is also a training face
     train_rows_also_in_eval: int  # training rows whose face is also a val or test face (dedupe=eval drops them)
     conflicting_labels: int  # groups whose rows do not all have one label
-    examples: list[list[dict]]  # a few conflicting groups: split, 0-based index in it and label of each member
+    examples: list[list[dict]]  # a few conflicting groups: split, 0-based index, label (and CSV line) of each
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Report:
     splits: dict[str, dict]  # split -> {rows, counts {class: n}, shares, imbalance, stored}
     duplicates: Duplicates
     notes: tuple[str, ...]
+    files: dict | None = None  # the source images' sizes and colour modes (`survey_files`); None for a CSV
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"class_names": list(self.class_names)}
@@ -61,7 +63,35 @@ def inspect(uri: str, skip_bad_rows: bool = False, votes: data.VoteLabels | None
     splits = data.read_splits(uri, skip_bad_rows=skip_bad_rows, votes=votes)
     names = splits.class_names
     per_split = {name: _split_summary(split, names) for name, split in splits.splits.items()}
-    return Report(uri, tuple(names), per_split, find_duplicates(splits.splits), splits.notes), splits
+    files = survey_files(data.image_files(uri))
+    return Report(uri, tuple(names), per_split, find_duplicates(splits.splits), splits.notes, files), splits
+
+
+def survey_files(paths: list[str], sample: int = SURVEY_FILES, seed: int = 0) -> dict | None:
+    """The pixel sizes (width x height) and PIL modes of up to `sample` of the image files, picked
+    at random (their headers only; nothing decoded); None without files."""
+    from PIL import Image
+
+    if not paths:
+        return None
+    rng = np.random.default_rng(seed)
+    picked = [paths[i] for i in sorted(rng.permutation(len(paths))[:sample])]
+    sizes, modes = [], Counter()
+    for path in picked:
+        try:
+            with Image.open(io.BytesIO(storage.read_bytes(path))) as image:
+                sizes.append(image.size)
+                modes[image.mode] += 1
+        except Exception:  # unreadable files are the readers' to report, with their line or path
+            modes["unreadable"] += 1
+    widths, heights = np.array([w for w, _ in sizes] or [0]), np.array([h for _, h in sizes] or [0])
+    return {
+        "files": len(paths),
+        "surveyed": len(picked),
+        "width": {"min": int(widths.min()), "median": float(np.median(widths)), "max": int(widths.max())},
+        "height": {"min": int(heights.min()), "median": float(np.median(heights)), "max": int(heights.max())},
+        "modes": dict(modes.most_common()),
+    }
 
 
 def _split_summary(split: data.Split, names: tuple[str, ...]) -> dict:
@@ -100,7 +130,7 @@ def find_duplicates(splits: dict[str, data.Split], examples: int = 5) -> Duplica
                 train_in_eval += in_split["train"]
         if len({label for _, _, label in group}) > 1:
             conflicting.append(group)
-    shown = [[{"split": s, "index": r, "label": label} for s, r, label in group] for group in conflicting[:examples]]
+    shown = [[_member(splits, s, r, label) for s, r, label in group] for group in conflicting[:examples]]
     return Duplicates(
         groups=len(groups),
         surplus_rows=sum(len(g) - 1 for g in groups),
@@ -111,6 +141,15 @@ def find_duplicates(splits: dict[str, data.Split], examples: int = 5) -> Duplica
         conflicting_labels=len(conflicting),
         examples=shown,
     )
+
+
+def _member(splits: dict[str, data.Split], name: str, index: int, label: int) -> dict:
+    """One face of a duplicate group: its split, index there, label and, for a CSV, its line."""
+    member = {"split": name, "index": index, "label": label}
+    rows = splits[name].rows
+    if rows is not None:
+        member["line"] = int(rows[index]) + 2  # the header is line 1
+    return member
 
 
 def format_report(report: Report, split_names: dict[str, str] | None = None) -> str:
@@ -129,6 +168,14 @@ def format_report(report: Report, split_names: dict[str, str] | None = None) -> 
         where = (split_names or {}).get(s, s)
         ratio = f"{summary['imbalance']}x" if summary["imbalance"] is not None else "n/a"
         lines.append(f"  {where}: largest/smallest class {ratio}{missing}; stored as {summary['stored']}")
+    if report.files:
+        f = report.files
+        modes = ", ".join(f"{m} {n}" for m, n in f["modes"].items())
+        lines.append(
+            f"  source images: {f['files']} files; of {f['surveyed']} read: width {f['width']['min']}-"
+            f"{f['width']['max']} (median {f['width']['median']:g}), height {f['height']['min']}-"
+            f"{f['height']['max']} (median {f['height']['median']:g}); modes {modes}"
+        )
     d = report.duplicates
     lines.append(
         f"duplicates (identical pixels): {d.groups} groups, {d.surplus_rows} surplus rows; "

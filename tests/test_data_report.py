@@ -69,6 +69,9 @@ def test_inspect_prints_the_classes_and_writes_its_pictures(tmp_path):
     assert lines[0] == f"{folder}: 3 classes, train 12, val 6"
     assert [line.split()[0] for line in lines[2:5]] == ["tense", "calm", "joy"]
     assert "duplicates (identical pixels): 0 groups" in done.stdout
+    assert "source images: 18 files; of 18 read: width 48-48 (median 48), height 48-48 (median 48); modes L 18" in (
+        done.stdout
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["class_names"] == ["tense", "calm", "joy"] and report["splits"]["val"]["counts"]["joy"] == 2
     for name in ("samples.png", "class_balance.png"):
@@ -94,3 +97,29 @@ def test_inspect_finds_fer2013s_duplicates():
     assert (d.groups, d.surplus_rows, d.conflicting_labels) == (1273, 1532, 47)
     assert d.across == {"train+val": 270} and d.rows_also_in_train == {"val": 280}
     assert d.train_rows_also_in_eval == 351
+
+
+def test_conflicting_groups_of_a_csv_name_their_lines(tmp_path):
+    lines = ["emotion,pixels,Usage"]
+    for label, value, usage in [(0, 1, "Training"), (3, 5, "Training"), (4, 5, "PublicTest")]:
+        lines.append(f"{label},{' '.join([str(value)] * 2304)},{usage}")
+    csv = tmp_path / "f.csv"
+    csv.write_text("\n".join(lines) + "\n")
+    report, _ = data_report.inspect(str(csv))
+    assert report.duplicates.examples == [
+        [{"split": "train", "index": 1, "label": 3, "line": 3}, {"split": "val", "index": 0, "label": 4, "line": 4}]
+    ]
+
+
+def test_a_manifests_source_images_are_surveyed(tmp_path):
+    from PIL import Image
+
+    rows = []
+    for i, (size, mode) in enumerate([((64, 80), "RGB"), ((100, 100), "L"), ((30, 40), "RGB")]):
+        Image.new(mode, size).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{'ab'[i % 2]},train")
+    (tmp_path / "m.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    assert data.image_files(str(tmp_path / "m.csv")) == [str(tmp_path / f"{i}.png") for i in range(3)]
+    survey = data_report.survey_files(data.image_files(str(tmp_path / "m.csv")))
+    assert survey["width"] == {"min": 30, "median": 64.0, "max": 100} and survey["modes"] == {"RGB": 2, "L": 1}
+    assert data.image_files(write_tiny_csv(tmp_path / "fer.csv", n_train=7, n_val=7)) == []
