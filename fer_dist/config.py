@@ -46,6 +46,9 @@ class TrainConfig:
     builtin_size: int = 12000  # images of the built-in synthetic set (train+val+test)
     val_fraction: float = 0.1  # carved from train (stratified) when the data has no PublicTest
     skip_bad_rows: bool = False  # skip malformed CSV rows / unreadable images instead of failing
+    # Decode the data once per machine into ~/.cache/fer_dist/decoded and read it memory-mapped
+    # (fer_dist/decoded.py); false: decode into memory every run.
+    data_cache: bool = True
     # The classes, label i = class_names[i]: filled from the data when a run starts (saved in its
     # config.json); a run refuses data whose classes differ. () = whatever the data has.
     class_names: tuple[str, ...] = ()

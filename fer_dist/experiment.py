@@ -187,9 +187,9 @@ def prepare(run_dir: str, config: TrainConfig, *, resume: bool, ray: RayNeeds | 
 
 def check_inputs(config: TrainConfig):
     """Loads the data (bad rows and missing files end here) and checks the weights; returns the data."""
-    from fer_dist import data, weights
+    from fer_dist import data, decoded, weights
 
-    dataset = data.load_for(config)
+    dataset = decoded.load_for(config)
     data.check_classes(config.class_names, dataset)
     weights.check(config.backbone, config.weights)
     return dataset

@@ -339,9 +339,11 @@ def _save(uri: str, array: np.ndarray) -> None:
 
 
 def _load(uri: str) -> np.ndarray:
+    """A cached array: memory-mapped when the cache is local (its pages are the page cache's,
+    and the pipeline gathers batches from it), else read whole."""
     local = storage.local_path(uri)
     if local is not None:
-        return np.load(local)
+        return np.load(local, mmap_mode="r")
     return np.load(io.BytesIO(storage.read_bytes(uri)))
 
 
@@ -400,6 +402,8 @@ def prepare(config: TrainConfig, model, dataset) -> tuple[Cached | None, str]:
         compute_seconds=round(seconds, 2),
     )
     storage.write_text(meta_uri, json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    if storage.local_path(entry):  # from here on read as later runs read it: memory-mapped
+        train, val = _load(storage.join(entry, "train.npy")), _load(storage.join(entry, "val.npy"))
     flipped, _ = _flipped(config, split, dataset, entry, train)
     _used(entry)
     evict(root, config.feature_cache_max_gb, keep=key)

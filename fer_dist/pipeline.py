@@ -2,9 +2,11 @@
 
     python jobs/train.py --workers 2      # each worker reads its own shard of every batch
 
-Images stay uint8 [N, 48, 48] in memory; each batch is gathered, converted to float,
-repeated to 3 channels, resized and ImageNet-preprocessed on the fly (`model.preprocess`),
-so no float or 3-channel copy of the data set ever exists.
+Images stay uint8 [N, 48, 48] (or RGB [N, 48, 48, 3]) where they are, in memory or
+memory-mapped from the decoded-data cache (`fer_dist/decoded.py`); each batch is gathered from
+them (`gather_fn`), converted to float, repeated to 3 channels, resized and ImageNet-preprocessed
+on the fly (`model.preprocess`), so no copy of the data set, float or not, ever exists, and the
+order of an epoch is computed when the epoch is reached.
 
 Training order is decided in NumPy: epoch e shuffles with the seed (seed, e), keeps
 `steps * global_batch_size` examples, and cuts every global batch into one slice per
@@ -95,6 +97,40 @@ def _inputs_fn(split: Split, config: TrainConfig, features: np.ndarray | None):
     return features, lambda x: tf.cast(x, tf.float32)
 
 
+def gather_fn(source: np.ndarray):
+    """idx int32 [B] -> source[idx] as a tensor, read from `source` (a NumPy array, possibly
+    memory-mapped) batch by batch: the pipeline never holds a copy of the whole array."""
+    dtype = tf.as_dtype(source.dtype)
+    shape = source.shape[1:]
+
+    def gather(idx):
+        rows = tf.numpy_function(lambda i: np.asarray(source[np.asarray(i)]), [idx], dtype, stateful=False)
+        rows.set_shape([None, *shape])
+        return rows
+
+    return gather
+
+
+def _epoch_rows(n: int, epochs: range, steps: int, config: TrainConfig, skip_steps: int, ctx, coins: bool):
+    """A generator function of this pipeline's per-replica index rows (and flip-coin rows), one
+    epoch's order computed when it is reached: no index array of every epoch is held."""
+
+    def rows():
+        skip = skip_steps
+        for e in epochs:
+            order = epoch_order(n, e, steps, config)
+            flips = flip_coins(n, e, steps, config) if coins else None
+            cut = min(skip, len(order))
+            skip -= cut
+            order = _my_batches(order[cut:], ctx)
+            if flips is None:
+                yield from order
+            else:
+                yield from zip(order, _my_batches(flips[cut:], ctx))
+
+    return rows
+
+
 def train_dataset_fn(
     split: Split,
     config: TrainConfig,
@@ -109,35 +145,31 @@ def train_dataset_fn(
     [first_epoch, last_epoch), less the first `skip_steps` global batches (a run resumed from a
     step checkpoint); of cached `features` rows instead of images when given, and with
     `flipped_features` (the flipped images' rows) each example comes from one of the two by
-    `flip_coins`."""
+    `flip_coins`. Images and features are gathered batch by batch (`gather_fn`)."""
     images, transform = _inputs_fn(split, config, features)
     labels = split.targets.astype(np.float32) if split.targets is not None else split.labels.astype(np.int32)
     if flipped_features is not None and (features is None or flipped_features.shape != features.shape):
         raise ValueError("flipped_features needs features of the same shape")
+    gather = gather_fn(images)
 
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         epochs = range(first_epoch, last_epoch)
-        order = np.concatenate([epoch_order(len(images), e, steps, config) for e in epochs])[skip_steps:]
-
-        def mine(a: np.ndarray) -> np.ndarray:
-            return _my_batches(a, ctx)
-
-        images_t, labels_t = tf.constant(images), tf.constant(labels)
+        width = pipeline_slice(config.global_batch_size, ctx.num_input_pipelines, ctx.input_pipeline_id)
+        per_replica = (width.stop - width.start) // (ctx.num_replicas_in_sync // ctx.num_input_pipelines)
+        row = tf.TensorSpec([per_replica], tf.int32)
+        labels_t = tf.constant(labels)
+        rows = _epoch_rows(len(images), epochs, steps, config, skip_steps, ctx, flipped_features is not None)
         if flipped_features is None:
-            ds = tf.data.Dataset.from_tensor_slices(mine(order))
-            ds = ds.map(
-                lambda idx: (transform(tf.gather(images_t, idx)), tf.gather(labels_t, idx)),
-                num_parallel_calls=AUTOTUNE,
-            )
+            ds = tf.data.Dataset.from_generator(rows, output_signature=row)
+            ds = ds.map(lambda idx: (transform(gather(idx)), tf.gather(labels_t, idx)), num_parallel_calls=AUTOTUNE)
         else:
-            coins = np.concatenate([flip_coins(len(images), e, steps, config) for e in epochs])[skip_steps:]
-            flipped_t = tf.constant(flipped_features)
+            gather_flipped = gather_fn(flipped_features)
 
             def pick(idx, coin):
                 flip = tf.reshape(coin > 0, [-1] + [1] * (len(images.shape) - 1))
-                return tf.where(flip, transform(tf.gather(flipped_t, idx)), transform(tf.gather(images_t, idx)))
+                return tf.where(flip, transform(gather_flipped(idx)), transform(gather(idx)))
 
-            ds = tf.data.Dataset.from_tensor_slices((mine(order), mine(coins)))
+            ds = tf.data.Dataset.from_generator(rows, output_signature=(row, row))
             ds = ds.map(lambda idx, coin: (pick(idx, coin), tf.gather(labels_t, idx)), num_parallel_calls=AUTOTUNE)
         return ds.prefetch(AUTOTUNE).with_options(_options())
 
@@ -155,13 +187,15 @@ def eval_dataset_fn(split: Split, config: TrainConfig, features: np.ndarray | No
     images, transform = _inputs_fn(split, config, features)
     labels = split.labels.astype(np.int32)
 
+    gather = gather_fn(images)
+
     def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
         mine_idx = _my_batches(index.reshape(steps, -1), ctx)
         mine_w = _my_batches(weights.reshape(steps, -1), ctx)
-        images_t, labels_t = tf.constant(images), tf.constant(labels)
+        labels_t = tf.constant(labels)
         ds = tf.data.Dataset.from_tensor_slices((mine_idx, mine_w))
         ds = ds.map(
-            lambda idx, w: (transform(tf.gather(images_t, idx)), tf.gather(labels_t, idx), w),
+            lambda idx, w: (transform(gather(idx)), tf.gather(labels_t, idx), w),
             num_parallel_calls=AUTOTUNE,
         )
         return ds.prefetch(AUTOTUNE).with_options(_options())
@@ -170,6 +204,13 @@ def eval_dataset_fn(split: Split, config: TrainConfig, features: np.ndarray | No
 
 
 def predict_dataset(images: np.ndarray, config: TrainConfig, batch_size: int = 256) -> tf.data.Dataset:
-    """Plain (undistributed) batches of preprocessed images, in order."""
-    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+    """Plain (undistributed) batches of preprocessed images, in order, read batch by batch."""
+    n = len(images)
+    starts = np.arange(0, n, batch_size, dtype=np.int64)
+    gather = gather_fn(images)
+
+    def batch(start):
+        return gather(tf.range(tf.cast(start, tf.int32), tf.minimum(tf.cast(start, tf.int32) + batch_size, n)))
+
+    ds = tf.data.Dataset.from_tensor_slices(starts).map(batch, num_parallel_calls=AUTOTUNE)
     return ds.map(lambda x: preprocess(x, config), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -33,6 +33,7 @@ from fer_dist import (
     batchnorm,
     checkpoint,
     data,
+    decoded,
     monitor,
     optim,
     phases,
@@ -243,7 +244,7 @@ def start(config: TrainConfig, session: Session, dataset) -> Run:
             f"{dist.local_replicas} replicas each"
         )
     if dataset is None:
-        dataset = data.load_for(config)
+        dataset = decoded.load_for(config)
     config = dataclasses.replace(
         config, class_names=data.check_classes(config.class_names, dataset), channels=dataset.channels
     )

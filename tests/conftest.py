@@ -28,6 +28,19 @@ SLOW_MARKERS = ("ray", "fer2013")  # tests carrying these are `slow` too: `pytes
 FER2013_CSV = REPO_ROOT.parent / "shared" / "data" / "fer2013" / "fer2013.csv.gz"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_data_cache(tmp_path_factory):
+    """The decoded-data cache (fer_dist/decoded.py) of this test session: a temporary directory,
+    for the jobs and Ray workers the tests start too (inherited), not the user's ~/.cache."""
+    previous = os.environ.get("FER_DIST_DATA_CACHE")
+    os.environ["FER_DIST_DATA_CACHE"] = str(tmp_path_factory.mktemp("decoded"))
+    yield
+    if previous is None:
+        os.environ.pop("FER_DIST_DATA_CACHE", None)
+    else:
+        os.environ["FER_DIST_DATA_CACHE"] = previous
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects
 def pytest_collection_modifyitems(config, items):
     """Ray tests and the FER-2013 test are slow tier: add the `slow` marker to them."""
