@@ -14,15 +14,21 @@ itself silently ignores:
 - a read or delete of an existing object whose generation differs gets 412 too; one of a
   missing object is left to the emulator (404), as Cloud Storage answers.
 
-The emulator's HTTP server handles one request at a time, so the check and the write it
-guards are atomic, like on Cloud Storage.
+The emulator handles one request at a time, so the check and the write it guards are atomic,
+like on Cloud Storage. But its server reads a request's body and writes its answer in that one
+turn, so a client stopped mid-request (a job under SIGSTOP, as the lease tests do) froze it for
+every other client. Here each connection has its own thread that reads the whole request body
+first and writes the answer after; only the handling in between takes turns (`_one_at_a_time`).
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import sys
+import threading
 from http import HTTPStatus
+from http import server as http_server
 
 from gcp_storage_emulator import server
 from gcp_storage_emulator.__main__ import main
@@ -127,10 +133,70 @@ def _guard(handler, target, *, create: bool):
     return guarded
 
 
+_TURN = threading.Lock()
+
+
+def _request_body(handler) -> bytes:
+    """The request's body bytes, as sent (a chunked body keeps its framing)."""
+    length = handler.headers.get("Content-Length")
+    if length is not None:
+        return handler.rfile.read(int(length))
+    if "chunked" not in (handler.headers.get("Transfer-Encoding") or "").lower():
+        return b""
+    body = bytearray()
+    while True:
+        line = handler.rfile.readline()
+        body += line
+        size = int(line.strip().split(b";")[0] or b"0", 16)
+        if size == 0:
+            while True:  # trailers, up to the blank line
+                trailer = handler.rfile.readline()
+                body += trailer
+                if trailer in (b"\r\n", b"\n", b""):
+                    return bytes(body)
+        body += handler.rfile.read(size + 2)  # the chunk and its CRLF
+
+
+def _one_at_a_time(method):
+    """do_GET & co.: the body read whole first, the handling one request at a time, the answer
+    written after (a stopped client blocks only its own thread)."""
+
+    @functools.wraps(method)
+    def do(self):
+        source, self.rfile = self.rfile, io.BytesIO(_request_body(self))
+        answer, self.wfile = self.wfile, io.BytesIO()
+        try:
+            with _TURN:
+                method(self)
+        finally:
+            written, self.rfile, self.wfile = (
+                self.wfile.getvalue(),
+                source,
+                answer,
+            )  # the connection's own, for its next request
+            answer.write(written)
+
+    return do
+
+
+def _threaded_run(self):
+    """`server.APIThread.run` with a server that gives each connection its own thread."""
+    self._httpd = http_server.ThreadingHTTPServer(
+        (self._host, self._port), functools.partial(server.RequestHandler, self._storage)
+    )
+    self._httpd.daemon_threads = True
+    self.is_running.set()
+    self._httpd.serve_forever()
+
+
 def install() -> None:
-    """Replaces the emulator's object handlers (module attributes and route tables)."""
+    """Replaces the emulator's object handlers (module attributes and route tables), and its
+    server with one whose stopped clients block only themselves."""
     if getattr(objects.insert, "__wrapped_precondition__", False):
         return
+    for name in ("do_GET", "do_POST", "do_DELETE", "do_PUT", "do_PATCH"):
+        setattr(server.RequestHandler, name, _one_at_a_time(getattr(server.RequestHandler, name)))
+    server.APIThread.run = _threaded_run
     replacements = {
         objects.insert: _guard(objects.insert, _target_of_insert, create=True),
         objects.upload_partial: _guard(objects.upload_partial, _target_of_resumable, create=True),
