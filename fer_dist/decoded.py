@@ -63,11 +63,16 @@ def key_of(config) -> str | None:
     """The cache key of a TrainConfig's data, None when it is not cached (builtin, data_cache off)."""
     if config.data == "builtin" or not config.data_cache:
         return None
+    try:
+        files = _listing(config.data)
+        votes = [storage.absolute(config.labels), _listing(config.labels)] if config.labels else None
+    except OSError:  # unreadable: not cached; the readers say what is wrong, in one line
+        return None
     described = {
         "version": VERSION,
         "data": storage.absolute(config.data),
-        "files": _listing(config.data),
-        "labels": [storage.absolute(config.labels), _listing(config.labels)] if config.labels else None,
+        "files": files,
+        "labels": votes,
         "settings": {
             "channels": config.channels,
             "skip_bad_rows": config.skip_bad_rows,
@@ -79,7 +84,7 @@ def key_of(config) -> str | None:
         },
     }
     key = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:32]
-    del described
+    del described, files
     _return_freed_memory()  # the listing (a few hundred bytes per file) is garbage now
     return key
 
