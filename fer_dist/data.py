@@ -229,7 +229,6 @@ def _read(
 ) -> _Read:
     """What the reader of a CSV file, a manifest or an image folder found, its faces in
     `channels` (auto: as the data is, gray or RGB; gray; rgb)."""
-    _check_votes_target(uri, votes)
     read = _read_any(uri, skip_bad_rows, require_train, votes, channels)
     if channels == "rgb" and any(split.images.ndim == 3 for split in read.splits.values()):
         splits = {n: dataclasses.replace(sp, images=gray_to_rgb(sp.images)) for n, sp in read.splits.items()}

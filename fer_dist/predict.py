@@ -176,8 +176,8 @@ def predict(path: str, run_dir: str, options: Options | None = None, tta: str | 
     writer = annotate.Writer(options.annotate, paths) if options.annotate else None  # refuses what exists
     if options.plot and not any(p not in images for p in paths):
         raise UserError(f"--plot {options.plot}: draws a video's emotions over time; {path} holds no video")
-    check_classes(inference.check_run(run_dir).classes, options.top_k)
     predictor = inference.Predictor.load(run_dir, options.tta)
+    check_classes(predictor.config.classes, options.top_k)
     detector = None if options.faces == "whole" else faces.Detector()
     frame = score(_sources(paths, images, options.fps), predictor, detector, options, writer, len(paths))
     frame.attrs.update(run=run_dir, tta=predictor.tta, faces=options.faces, top_k=options.top_k)
