@@ -252,7 +252,7 @@ def _read_any(uri: str, skip_bad_rows: bool, require_train: bool, votes: VoteLab
         splits, skipped, classes = _read_image_folder(uri, skip_bad_rows, require_train, channels)
         return _Read(splits, skipped, _FOLDER_LAYOUT, classes)
     text = _read_text_bytes(uri)
-    if _is_manifest(text[: text.find(b"\n")] if b"\n" in text else text):
+    if _is_manifest(text):
         if votes is not None:
             raise UserError(f"--labels {votes.uri}: FER+ votes label a FER-2013 CSV; {uri} is a manifest")
         splits, skipped, classes = _read_manifest(uri, text, skip_bad_rows, channels)
@@ -752,7 +752,9 @@ def read_class_list(uri: str) -> tuple[str, ...] | None:
 # ------------------------------------------------------------------------------
 # manifests: path,label[,split]
 # ------------------------------------------------------------------------------
-def _is_manifest(header: bytes) -> bool:
+def _is_manifest(text: bytes) -> bool:
+    """Whether a CSV's header (its first line) names `path` and `label` columns, not `pixels`."""
+    header = text[: text.find(b"\n")] if b"\n" in text else text
     names = {_show(f).strip().lower() for f in _fields(header.rstrip(b"\r"))}
     return {"path", "label"} <= names and "pixels" not in names
 
@@ -785,7 +787,7 @@ def image_files(uri: str) -> list[str]:
     if storage.is_dir(uri):
         return [storage.join(uri, rel) for rel in storage.walk_files(uri) if rel.lower().endswith(IMAGE_SUFFIXES)]
     text = _read_text_bytes(uri)
-    if not _is_manifest(text[: text.find(b"\n")] if b"\n" in text else text):
+    if not _is_manifest(text):
         return []
     return [path for _, _, path, _ in _manifest_entries(uri, text)[0]]
 

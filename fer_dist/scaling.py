@@ -8,7 +8,7 @@ as workers are added (the global batch is fixed). Two uses:
   of its real gradient buffer alone at the start (`steps.Distributed.time_all_reduce`), compares
   it with its step time, logs one line at the start and one at the end, and writes the figures to
   metrics.json (`communication`);
-- a model a user can act on before renting a cluster (`predicted_efficiency`, README "Scaling"):
+- a model a user can act on before renting a cluster (`predicted_speedup_per_worker`, README "Scaling"):
   a ring all-reduce of B bytes between N workers sends 2 (N-1)/N B per worker, so with a
   per-step compute C (one worker, the global batch) and a bandwidth W,
 
@@ -102,9 +102,6 @@ def predicted_speedup_per_worker(
     call theirs "efficiency" (images/s of N workers over one process's)."""
     step = predicted_step_seconds(workers, compute_s, wire_bytes, gbit_per_s, collectives)
     return compute_s / (workers * step)
-
-
-predicted_efficiency = predicted_speedup_per_worker  # the name the README's table was made with
 
 
 def communication_share(
