@@ -11,7 +11,9 @@ known of the cluster (its nodes, its autoscaler's node types) rules out.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import re
@@ -94,9 +96,15 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Clust
     if choice.private:  # our own cluster keeps Ray's default token auth; no notice about opting out
         auth_log.setLevel(logging.ERROR)
     try:
-        ray.init(
-            address=choice.address, runtime_env=runtime_env, log_to_driver=True, logging_level=logging.WARNING, **kwargs
+        init = functools.partial(
+            ray.init,
+            address=choice.address,
+            runtime_env=runtime_env,
+            log_to_driver=True,
+            logging_level=logging.WARNING,
+            **kwargs,
         )
+        start_private(init) if choice.private else init()
     except ConnectionError as e:
         from fer_dist.errors import UserError
 
@@ -115,6 +123,58 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Clust
         len(nodes),
     )
     return choice
+
+
+STARTUP_TIMEOUT = "timed out during startup"  # Ray's words when a new node's raylet does not register in 30 s
+START_ATTEMPTS = 2
+
+
+def start_private(init, attempts: int = START_ATTEMPTS) -> None:
+    """Starts a private cluster with `init` (ray.init, bound). Ray gives a new node's raylet a fixed 30 s
+    to register and then raises, leaving the processes it started running; on a busy machine (or when
+    a port it picked was taken meanwhile) that happens once in a while. The processes of a start that
+    timed out are stopped and the start is tried again; after `attempts` such starts, one UserError."""
+    for attempt in range(1, attempts + 1):
+        before = _child_pids()
+        try:
+            return init()
+        except Exception as e:
+            if STARTUP_TIMEOUT not in str(e):
+                raise
+            _stop_children(_child_pids() - before)
+            log.warning("Ray: the private cluster did not start (attempt %d of %d): %s", attempt, attempts, e)
+    from fer_dist.errors import UserError
+
+    raise UserError(
+        f"the job's private Ray cluster did not start: its raylet did not register within Ray's 30 s, "
+        f"{attempts} times (a busy machine?); try again, or start one with `ray start --head` and pass --address auto"
+    )
+
+
+def _child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _stop_children(pids: set[int], grace_s: float = 5.0) -> None:
+    """Stops these processes of ours (what a failed ray.init left): SIGTERM, then SIGKILL after `grace_s`."""
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            continue
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=grace_s)
 
 
 def leave() -> None:

@@ -124,3 +124,86 @@ def test_the_error_line_stays_last_while_ray_workers_still_print():
         )
     assert "worker line 1" in proc.stderr, proc.stderr[-3000:]  # the worker's lines did reach the driver
     jobs_helpers.assert_user_error(proc, "the job failed")
+
+
+# A job whose private cluster's raylet "does not register" in time on its first FAILS starts: Ray's
+# own 30 s wait is made to pass at once (its clock jumps) and its lookup of the new node fails; the
+# processes each start spawned are real.
+SLOW_START_JOB = """
+import sys, time
+import psutil
+import ray._private.node as node
+import ray._private.services as services
+from fer_dist import ray_cluster
+from fer_dist.cli import user_errors_exit
+
+FAILS = int(sys.argv[1])
+real_get_node = services.get_node
+starts = []
+
+class Clock:  # Ray's startup wait on node.time: jumps 40 s a reading while a start is meant to fail
+    sleep = staticmethod(time.sleep)
+    offset = 0.0
+
+    @classmethod
+    def monotonic(cls):
+        if len(starts) <= FAILS:
+            cls.offset += 40.0
+        return time.monotonic() + cls.offset
+
+def get_node(*args, **kwargs):
+    starts.append(1)
+    if len(starts) <= FAILS:
+        raise RuntimeError("not registered (test)")
+    return real_get_node(*args, **kwargs)
+
+def our_ray_processes():
+    names = [p.name() for p in psutil.Process().children(recursive=True)]
+    return sum(n.startswith(("raylet", "gcs_server")) for n in names)
+
+services.get_node, node.time = get_node, Clock
+
+@user_errors_exit
+def main():
+    try:
+        ray_cluster.ensure_ray(num_cpus=1)
+    finally:
+        print(f"ray processes: {our_ray_processes()}", flush=True)
+    import ray
+    print(f"connected with {ray.cluster_resources()['CPU']:.0f} CPU", flush=True)
+
+main()
+"""
+
+
+def _slow_start(fails: int, short: str):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", SLOW_START_JOB, str(fails)],
+        cwd=jobs_helpers.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=dict(os.environ, PYTHONUNBUFFERED="1", RAY_TMPDIR=short),
+    )
+
+
+@pytest.mark.slow  # starts private Ray clusters
+def test_a_private_cluster_that_times_out_starting_is_stopped_and_started_again():
+    """Seen in CI: `ray.init()` raised "The current node timed out during startup" on a busy machine
+    (Ray waits a fixed 30 s for the new raylet), a traceback, and left that start's processes running."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="ray", dir="/tmp") as short:
+        once = _slow_start(1, short)
+        assert once.returncode == 0, once.stderr[-3000:]
+        assert "did not start (attempt 1 of 2)" in once.stderr, once.stderr[-3000:]
+        # the first start's raylet and GCS server were stopped: one of each is left, the second start's
+        assert "ray processes: 2\nconnected with 1 CPU" in once.stdout, once.stdout + once.stderr[-3000:]
+
+        always = _slow_start(2, short)
+    assert "ray processes: 0" in always.stdout, always.stdout + always.stderr[-3000:]
+    jobs_helpers.assert_user_error(always, "private Ray cluster did not start")
