@@ -26,9 +26,9 @@ gray faces only (the image decoding, gray conversion and resize stay with the ca
 
 Inside, each face goes exactly the way `fer_dist.predict` takes an image file (PIL's
 `convert("L")` then, unless already 48x48, PIL's bilinear resize to 48x48 as uint8;
-`data.decode_image`), then the training pipeline (`model.preprocess`: resize to
+`data.face_pixels`), then the training pipeline (`model.preprocess`: resize to
 `image_size`, 3 channels, ImageNet `caffe` preprocessing), the model in inference mode, the
-run's `eval_tta` views and softmax (`evaluate.predict_probs`):
+run's `eval_tta` views and softmax (`inference.predict_probs`):
 
 - float input is clipped to [0, 255] and rounded to the nearest integer level (the training
   faces are 8-bit); uint8 input is used as is;
@@ -157,7 +157,7 @@ class Served:
         views = augment.tta_views(x, self.config.eval_tta)
         # One model call on every view at once (the graph holds the model once, not once per
         # view: a tencrop export traces and stores it 1x, not 10x), then as
-        # evaluate.predict_probs: the mean of the views' softmax, summed in view order.
+        # inference.predict_probs: the mean of the views' softmax, summed in view order.
         logits = self.model(tf.concat(views, axis=0), training=False)
         per_view = tf.split(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1), len(views), axis=0)
         total = 0.0

@@ -1,5 +1,5 @@
 """`jobs/predict.py DIR --run RUN --workers N --output OUT` (fer_dist/batch.py): Ray Data over
-10,000 files, a worker lost mid-run, a stopped job resumed without redoing finished shards."""
+4,000 files, a worker lost mid-run, a stopped job resumed without redoing finished shards."""
 
 from __future__ import annotations
 
