@@ -216,3 +216,31 @@ def test_a_damaged_model_met_by_the_workers_is_one_error_line(run_dir, images, t
     model.write_bytes(model.read_bytes()[:1000])
     proc = run("predict.py", images, "--run", str(damaged), "--workers", "1", "--output", str(tmp_path / "o"))
     assert_user_error(proc, "model.keras: not a readable Keras model")
+
+
+@pytest.mark.ray
+def test_batch_finds_the_faces_in_photos_on_ray_workers(run_dir, tmp_path):
+    """Photos (not face crops): MTCNN runs inside the Ray Data workers, one row per face found, and a
+    photo without a face gets its row saying so."""
+    from fer_dist import faces, synthetic
+
+    face = synthetic.sample_face()
+    source = tmp_path / "photos"
+    source.mkdir()
+    squares = {}
+    for name, pasted, seed in (("a.jpg", [face, face[:, ::-1], face], 3), ("b.jpg", [face[:, ::-1], face], 4)):
+        picture, squares[name] = synthetic.photo_with_faces(pasted, sides=(110, 160), seed=seed)
+        picture.save(source / name, quality=95)
+    synthetic.textured_background(640, 480, np.random.default_rng(5)).save(source / "c.jpg", quality=95)
+    output = str(tmp_path / "out")
+    proc = run("predict.py", str(source), "--run", run_dir, "--workers", "1", "--output", output, "--shard-files", "2")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    frame = pd.read_parquet(output)
+    for name, placed in squares.items():
+        rows = frame[frame["image"].str.endswith(name)]
+        assert len(rows) == len(placed) and (rows["score"] >= faces.MIN_SCORE).all(), rows
+        boxes = [tuple(int(v) for v in r) for r in rows[["x", "y", "width", "height"]].itertuples(index=False)]
+        for square in placed:
+            assert max(faces.iou(box, square) for box in boxes) > 0.5, (square, boxes)
+    (empty,) = frame[frame["image"].str.endswith("c.jpg")].itertuples()
+    assert empty.note == "no face found" and pd.isna(empty.face), empty
