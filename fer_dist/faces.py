@@ -23,7 +23,10 @@ of its height), so the square is the box's longer side, on its centre.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,6 +75,23 @@ def crop_box(detected: Box, width: int, height: int) -> Box:
     return (left, top, side, side)
 
 
+@contextlib.contextmanager
+def _tf_keras_is_keras_3():
+    """MTCNN's networks subclass `tf.keras.Model`. Where TF_USE_LEGACY_KERAS is set (Ray sets it in
+    every Train worker; some setups set it everywhere) `tf.keras` means tf_keras, and without that
+    package installed the import fails. TensorFlow resolves `tf.keras` once, on first use: made
+    here, without the variable, it is Keras 3 (what this package uses) for the whole process."""
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS")
+    if legacy is None or importlib.util.find_spec("tf_keras") is not None:
+        yield
+        return
+    del os.environ["TF_USE_LEGACY_KERAS"]
+    try:
+        yield
+    finally:
+        os.environ["TF_USE_LEGACY_KERAS"] = legacy
+
+
 class Detector:
     """MTCNN, built on first use (TensorFlow); `boxes(rgb)` -> [(box, score, keypoints)]."""
 
@@ -81,13 +101,14 @@ class Detector:
 
     def _net(self):
         if self._mtcnn is None:
-            try:
-                from mtcnn import MTCNN
-            except ImportError as e:  # a dependency of the package: name the fix
-                from fer_dist.errors import UserError
+            with _tf_keras_is_keras_3():
+                try:
+                    from mtcnn import MTCNN
+                except ImportError as e:  # a dependency of the package: name the fix
+                    from fer_dist.errors import UserError
 
-                raise UserError(f"face detection needs the mtcnn package ({e}): pip install 'mtcnn>=1.0'") from None
-            self._mtcnn = MTCNN(device="CPU:0")
+                    raise UserError(f"face detection needs the mtcnn package ({e}): pip install 'mtcnn>=1.0'") from None
+                self._mtcnn = MTCNN(device="CPU:0")
         return self._mtcnn
 
     def boxes(self, rgb: np.ndarray) -> list[tuple[Box, float, dict]]:

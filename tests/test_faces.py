@@ -87,7 +87,11 @@ def run_dir(tmp_path_factory):
 def test_predict_on_a_photo_finds_three_faces_and_draws_them(run_dir, photo, tmp_path):
     path, squares = photo
     out = tmp_path / "out"
-    proc = run("predict.py", str(path), "--run", run_dir, "--annotate", str(out), "--format", "jsonl", "--top-k", "3")
+    # TF_USE_LEGACY_KERAS=1 as Ray sets it in Train workers (and some setups everywhere): MTCNN's networks
+    # subclass tf.keras.Model, which is then tf_keras, not installed here; the detector still loads
+    legacy = {"TF_USE_LEGACY_KERAS": "1"}
+    args = ("--run", run_dir, "--annotate", str(out), "--format", "jsonl", "--top-k", "3")
+    proc = run("predict.py", str(path), *args, env=legacy)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.strip().splitlines()]
     assert [r["face"] for r in rows] == [0, 1, 2] and all(r["note"] == "" for r in rows)
