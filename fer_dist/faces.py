@@ -77,10 +77,11 @@ def crop_box(detected: Box, width: int, height: int) -> Box:
 
 @contextlib.contextmanager
 def _tf_keras_is_keras_3():
-    """MTCNN's networks subclass `tf.keras.Model`. Where TF_USE_LEGACY_KERAS is set (Ray sets it in
-    every Train worker; some setups set it everywhere) `tf.keras` means tf_keras, and without that
-    package installed the import fails. TensorFlow resolves `tf.keras` once, on first use: made
-    here, without the variable, it is Keras 3 (what this package uses) for the whole process."""
+    """MTCNN's networks subclass TensorFlow's Keras alias (tf dot keras). Where TF_USE_LEGACY_KERAS
+    is set (Ray sets it in every Train worker; some setups set it everywhere) the alias means
+    tf_keras, and without that package installed the import fails. TensorFlow resolves the alias
+    once, on first use: made here, without the variable, it is Keras 3 (what this package uses)
+    for the whole process."""
     legacy = os.environ.get("TF_USE_LEGACY_KERAS")
     if legacy is None or importlib.util.find_spec("tf_keras") is not None:
         yield
