@@ -144,16 +144,30 @@ def test_batch_survives_a_lost_worker_and_resumes_without_redoing_finished_shard
 
 
 @pytest.mark.ray
-def test_batch_reads_and_writes_gs_through_the_emulator(run_dir, gcs_prefix, tmp_path):
-    """Images in a bucket, Parquet parts to a bucket: the workers reach storage as the driver does."""
-    from fer_dist import storage
+def test_batch_reads_and_writes_gs_through_the_emulator_and_finds_faces_in_photos(run_dir, gcs_prefix):
+    """Images in a bucket, Parquet parts to a bucket: the workers reach storage as the driver does.
+    Among the face crops, photos: MTCNN runs inside the Ray Data workers, one row per face found
+    (each box against its pasted square), and a photo without a face gets its row saying so."""
+    from fer_dist import faces, storage, synthetic
+
+    def put(name: str, image: Image.Image, fmt: str) -> None:
+        buffer = io.BytesIO()
+        image.save(buffer, format=fmt)
+        storage.write_bytes(storage.join(source, name), buffer.getvalue())
 
     rng = np.random.default_rng(1)
     source = storage.join(gcs_prefix, "images")
     for i in range(60):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8), "L").save(buffer, format="PNG")
-        storage.write_bytes(storage.join(source, f"face_{i:03d}.png"), buffer.getvalue())
+        put(f"face_{i:03d}.png", Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8), "L"), "PNG")
+    face = synthetic.sample_face()
+    squares = {}
+    for name, pasted, seed in (
+        ("photo_a.jpg", [face, face[:, ::-1], face], 3),
+        ("photo_b.jpg", [face[:, ::-1], face], 4),
+    ):
+        picture, squares[name] = synthetic.photo_with_faces(pasted, sides=(110, 160), seed=seed)
+        put(name, picture, "JPEG")
+    put("photo_c.jpg", synthetic.textured_background(640, 480, np.random.default_rng(5)), "JPEG")
     output = storage.join(gcs_prefix, "emotions")
     proc = run("predict.py", source, "--run", run_dir, "--workers", "1", "--output", output, "--shard-files", "25")
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -162,8 +176,17 @@ def test_batch_reads_and_writes_gs_through_the_emulator(run_dir, gcs_prefix, tmp
         pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(output, f"part-{i:05d}.parquet")))) for i in range(3)
     ]
     frame = pd.concat(frames, ignore_index=True)
-    assert list(frame["image"]) == [storage.join(source, f"face_{i:03d}.png") for i in range(60)]
-    np.testing.assert_allclose(frame[list(EMOTIONS)].sum(axis=1), 1.0, atol=1e-9)
+    crops = frame[frame["image"].str.contains("/face_")]
+    assert list(crops["image"]) == [storage.join(source, f"face_{i:03d}.png") for i in range(60)]
+    np.testing.assert_allclose(crops[list(EMOTIONS)].sum(axis=1), 1.0, atol=1e-9)
+    for name, placed in squares.items():
+        rows = frame[frame["image"].str.endswith(name)]
+        assert len(rows) == len(placed) and (rows["score"] >= faces.MIN_SCORE).all(), rows
+        boxes = [tuple(int(v) for v in r) for r in rows[["x", "y", "width", "height"]].itertuples(index=False)]
+        for square in placed:
+            assert max(faces.iou(box, square) for box in boxes) > 0.5, (square, boxes)
+    (empty,) = frame[frame["image"].str.endswith("photo_c.jpg")].itertuples()
+    assert empty.note == "no face found" and pd.isna(empty.face), empty
 
 
 def test_parts_share_one_schema_whatever_rows_they_hold(run_dir, tmp_path):
@@ -216,31 +239,3 @@ def test_a_damaged_model_met_by_the_workers_is_one_error_line(run_dir, images, t
     model.write_bytes(model.read_bytes()[:1000])
     proc = run("predict.py", images, "--run", str(damaged), "--workers", "1", "--output", str(tmp_path / "o"))
     assert_user_error(proc, "model.keras: not a readable Keras model")
-
-
-@pytest.mark.ray
-def test_batch_finds_the_faces_in_photos_on_ray_workers(run_dir, tmp_path):
-    """Photos (not face crops): MTCNN runs inside the Ray Data workers, one row per face found, and a
-    photo without a face gets its row saying so."""
-    from fer_dist import faces, synthetic
-
-    face = synthetic.sample_face()
-    source = tmp_path / "photos"
-    source.mkdir()
-    squares = {}
-    for name, pasted, seed in (("a.jpg", [face, face[:, ::-1], face], 3), ("b.jpg", [face[:, ::-1], face], 4)):
-        picture, squares[name] = synthetic.photo_with_faces(pasted, sides=(110, 160), seed=seed)
-        picture.save(source / name, quality=95)
-    synthetic.textured_background(640, 480, np.random.default_rng(5)).save(source / "c.jpg", quality=95)
-    output = str(tmp_path / "out")
-    proc = run("predict.py", str(source), "--run", run_dir, "--workers", "1", "--output", output, "--shard-files", "2")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    frame = pd.read_parquet(output)
-    for name, placed in squares.items():
-        rows = frame[frame["image"].str.endswith(name)]
-        assert len(rows) == len(placed) and (rows["score"] >= faces.MIN_SCORE).all(), rows
-        boxes = [tuple(int(v) for v in r) for r in rows[["x", "y", "width", "height"]].itertuples(index=False)]
-        for square in placed:
-            assert max(faces.iou(box, square) for box in boxes) > 0.5, (square, boxes)
-    (empty,) = frame[frame["image"].str.endswith("c.jpg")].itertuples()
-    assert empty.note == "no face found" and pd.isna(empty.face), empty

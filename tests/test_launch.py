@@ -199,11 +199,32 @@ def test_a_private_cluster_that_times_out_starting_is_stopped_and_started_again(
 
     with tempfile.TemporaryDirectory(prefix="ray", dir="/tmp") as short:
         once = _slow_start(1, short)
-        assert once.returncode == 0, once.stderr[-3000:]
-        assert "did not start (attempt 1 of 2)" in once.stderr, once.stderr[-3000:]
-        # the first start's raylet and GCS server were stopped: one of each is left, the second start's
-        assert "ray processes: 2\nconnected with 1 CPU" in once.stdout, once.stdout + once.stderr[-3000:]
+    assert once.returncode == 0, once.stderr[-3000:]
+    assert "did not start (attempt 1 of 2)" in once.stderr, once.stderr[-3000:]
+    # the first start's raylet and GCS server were stopped: one of each is left, the second start's
+    assert "ray processes: 2\nconnected with 1 CPU" in once.stdout, once.stdout + once.stderr[-3000:]
 
-        always = _slow_start(2, short)
-    assert "ray processes: 0" in always.stdout, always.stdout + always.stderr[-3000:]
-    jobs_helpers.assert_user_error(always, "private Ray cluster did not start")
+
+def test_a_private_cluster_that_never_starts_is_one_error_and_leaves_nothing_running():
+    import subprocess
+
+    spawned = []
+
+    def init():  # as ray.init when the raylet never registers: processes started, then Ray's exception
+        spawned.append(subprocess.Popen(["sleep", "300"]))
+        raise Exception("The current node timed out during startup. This could happen because ...")
+
+    with pytest.raises(UserError, match="private Ray cluster did not start: .* 2 times"):
+        ray_cluster.start_private(init)
+    assert len(spawned) == 2
+    assert all(p.poll() is not None for p in spawned)
+
+    calls = []
+
+    def broken():  # any other failure is not retried
+        calls.append(1)
+        raise ValueError("bad address")
+
+    with pytest.raises(ValueError):
+        ray_cluster.start_private(broken)
+    assert calls == [1]
