@@ -8,8 +8,9 @@ Images per second of batch inference on Ray (`python jobs/predict.py DIR --run R
 - photos: `--photos` generated 640x480 photos holding 1 to 3 enlarged faces each
   (`synthetic.photo_with_faces`), found by MTCNN inside the workers, with the `smoke` model.
 
-Each figure is the job's last progress line: images/s over the whole job (Ray's start-up and the
-model load included) and after its first shard. Writes JSON to --out and prints a table.
+Each figure is the job's last progress line: images/s from the start of scoring (the workers'
+start and model load included, the cluster's start not: `wall_s` has the whole command) and
+after its first shard. Writes JSON to --out and prints a table.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,13 +76,18 @@ def crop_box(detected: Box, width: int, height: int) -> Box:
     return (left, top, side, side)
 
 
+_BUILD_LOCK = threading.Lock()  # one MTCNN built at a time (the environment is changed meanwhile)
+
+
 @contextlib.contextmanager
 def _tf_keras_is_keras_3():
     """MTCNN's networks subclass TensorFlow's Keras alias (tf dot keras). Where TF_USE_LEGACY_KERAS
     is set (Ray sets it in every Train worker; some setups set it everywhere) the alias means
     tf_keras, and without that package installed the import fails. TensorFlow resolves the alias
     once, on first use: made here, without the variable, it is Keras 3 (what this package uses)
-    for the whole process."""
+    for the whole process (an alias already resolved as tf_keras cannot be changed: MTCNN then
+    fails as it would without this). The variable is unset for the whole process meanwhile:
+    Detector builds its network under a lock."""
     legacy = os.environ.get("TF_USE_LEGACY_KERAS")
     if legacy is None or importlib.util.find_spec("tf_keras") is not None:
         yield
@@ -102,7 +108,7 @@ class Detector:
 
     def _net(self):
         if self._mtcnn is None:
-            with _tf_keras_is_keras_3():
+            with _BUILD_LOCK, _tf_keras_is_keras_3():
                 try:
                     from mtcnn import MTCNN
                 except ImportError as e:  # a dependency of the package: name the fix

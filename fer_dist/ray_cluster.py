@@ -135,13 +135,13 @@ def start_private(init, attempts: int = START_ATTEMPTS) -> None:
     a port it picked was taken meanwhile) that happens once in a while. The processes of a start that
     timed out are stopped and the start is tried again; after `attempts` such starts, one UserError."""
     for attempt in range(1, attempts + 1):
-        before = _child_pids()
+        before = {p.pid for p in _children()}
         try:
             return init()
         except Exception as e:
             if STARTUP_TIMEOUT not in str(e):
                 raise
-            _stop_children(_child_pids() - before)
+            _stop([p for p in _children() if p.pid not in before])
             log.warning("Ray: the private cluster did not start (attempt %d of %d): %s", attempt, attempts, e)
     from fer_dist.errors import UserError
 
@@ -151,22 +151,17 @@ def start_private(init, attempts: int = START_ATTEMPTS) -> None:
     )
 
 
-def _child_pids() -> set[int]:
+def _children() -> list:
+    """This process's descendants (psutil.Process objects: they know a reused PID is not theirs)."""
     import psutil
 
-    return {p.pid for p in psutil.Process().children(recursive=True)}
+    return psutil.Process().children(recursive=True)
 
 
-def _stop_children(pids: set[int], grace_s: float = 5.0) -> None:
+def _stop(procs: list, grace_s: float = 5.0) -> None:
     """Stops these processes of ours (what a failed ray.init left): SIGTERM, then SIGKILL after `grace_s`."""
     import psutil
 
-    procs = []
-    for pid in pids:
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            continue
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.terminate()

@@ -224,6 +224,34 @@ def test_pipeline_reads_each_example_from_the_flipped_features_half_the_time():
         pipeline.train_dataset_fn(split, cfg, 0, 1, 6, plain, flipped[:10])
 
 
+def test_pipeline_rows_skip_steps_and_split_over_replicas_as_specified():
+    """A worker's rows are epoch_order's global batches from the `skip_steps`th on (also past an
+    epoch's end), each cut into its replicas' batches; with flips, coins of flip_coins. An uneven
+    split is an error when the pipeline is made."""
+    import tensorflow as tf
+
+    from fer_dist import pipeline
+    from fer_dist.errors import UserError
+
+    split, steps, epochs = tiny_split(96, 3), 6, (1, 2, 3)
+    cfg = C.resolve("seed", {"global_batch_size": "16", "augment_flip": "true"})
+    plain = np.arange(96, dtype=np.float16).reshape(96, 1, 1, 1) + 1  # row i holds i + 1
+    ctx = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2)
+    for skip in (0, 3, steps + 2):
+        order = np.concatenate([pipeline.epoch_order(96, e, steps, cfg) for e in epochs])[skip:]
+        coins = np.concatenate([pipeline.flip_coins(96, e, steps, cfg) for e in epochs])[skip:]
+        for flipped in (None, -plain):
+            ds = pipeline.train_dataset_fn(split, cfg, 1, 4, steps, plain, flipped, skip_steps=skip)(ctx)
+            got = np.stack([x.numpy().ravel() for x, _ in ds])
+            want = order.reshape(-1, 8) + 1  # per global batch: replica 0's 8, then replica 1's 8
+            if flipped is not None:
+                want = np.where(coins.reshape(-1, 8) > 0, -want, want)
+            np.testing.assert_array_equal(got, want, err_msg=f"skip_steps={skip}, flips={flipped is not None}")
+    uneven = C.resolve("seed", {"global_batch_size": "15"})
+    with pytest.raises(UserError, match="do not split over its 2 replicas"):
+        pipeline.train_dataset_fn(split, uneven, 1, 2, steps, plain)(ctx)
+
+
 @pytest.mark.slow  # over 15 s on a 2-core CPU
 def test_augment_flip_trains_on_cached_features_of_flipped_images(tmp_path, caplog):
     from fer_dist import model as M

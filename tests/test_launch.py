@@ -214,10 +214,16 @@ def test_a_private_cluster_that_never_starts_is_one_error_and_leaves_nothing_run
         spawned.append(subprocess.Popen(["sleep", "300"]))
         raise Exception("The current node timed out during startup. This could happen because ...")
 
-    with pytest.raises(UserError, match="private Ray cluster did not start: .* 2 times"):
-        ray_cluster.start_private(init)
-    assert len(spawned) == 2
-    assert all(p.poll() is not None for p in spawned)
+    earlier = subprocess.Popen(["sleep", "300"])  # a process of ours from before: not the failed start's
+    try:
+        with pytest.raises(UserError, match="private Ray cluster did not start: .* 2 times"):
+            ray_cluster.start_private(init)
+        assert len(spawned) == 2
+        assert all(p.poll() is not None for p in spawned)
+        assert earlier.poll() is None
+    finally:
+        earlier.kill()
+        earlier.wait()
 
     calls = []
 
