@@ -89,15 +89,29 @@ from fer_dist.errors import UserError
 
 @ray.remote(num_cpus=0)
 def chatter():
-    for i in range(1000):
+    for i in range(5000):
         print(f"worker line {i}", file=sys.stderr, flush=True)
         time.sleep(0.02)
 
+class Seen:  # the driver's stderr, noting when a worker's line has reached it
+    def __init__(self, stream):
+        self.stream, self.lines = stream, 0
+
+    def write(self, text):
+        self.lines += text.count("worker line")
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
 @user_errors_exit
 def main():
+    sys.stderr = Seen(sys.stderr)
     ray_cluster.ensure_ray(num_cpus=1)
     chatter.remote()
-    time.sleep(1.5)  # its lines reach the driver
+    deadline = time.time() + 60  # a busy machine starts the worker late (CI: none within 1.5 s)
+    while sys.stderr.lines < 5 and time.time() < deadline:
+        time.sleep(0.1)
     raise UserError("the job failed")
 
 main()
