@@ -122,14 +122,14 @@ def _epoch_rows(n: int, epochs: range, steps: int, config: TrainConfig, skip_ste
     def rows_of(epoch):
         e = int(epoch)
         cut = min(max(skip_steps - (e - epochs.start) * steps, 0), steps)
-        order = _my_batches(epoch_order(n, e, steps, config)[cut:], ctx)
-        return (order, _my_batches(flip_coins(n, e, steps, config)[cut:], ctx)) if coins else order
+        arrays = [epoch_order(n, e, steps, config)] + ([flip_coins(n, e, steps, config)] if coins else [])
+        return [_my_batches(a[cut:], ctx) for a in arrays]
 
     def epoch_dataset(epoch):
-        out = tf.numpy_function(rows_of, [epoch], (tf.int32, tf.int32) if coins else tf.int32, stateful=False)
-        for rows in out if coins else [out]:
+        out = tf.numpy_function(rows_of, [epoch], [tf.int32] * (2 if coins else 1), stateful=False)
+        for rows in out:
             rows.set_shape([None, width])
-        return tf.data.Dataset.from_tensor_slices(tuple(out) if coins else out)
+        return tf.data.Dataset.from_tensor_slices(tuple(out))  # elements (idx,) or (idx, coin)
 
     return tf.data.Dataset.range(epochs.start, epochs.stop).flat_map(epoch_dataset)
 

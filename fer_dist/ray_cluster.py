@@ -104,7 +104,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> Clust
             logging_level=logging.WARNING,
             **kwargs,
         )
-        start_private(init) if choice.private else init()
+        if choice.private:
+            start_private(init)
+        else:
+            init()
     except ConnectionError as e:
         from fer_dist.errors import UserError
 
