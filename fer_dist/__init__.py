@@ -18,6 +18,27 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # batch 32). Set TF_ENABLE_ONEDNN_OPTS=0 to turn them off.
 _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
+
+def _pad_the_heap(megabytes: int = 64) -> None:
+    """glibc malloc keeps `megabytes` of headroom each time its heap grows (M_TOP_PAD). Without
+    it, a MultiWorkerMirroredStrategy worker (once its distributed input iterator exists) maps
+    and unmaps each step's multi-MB tensors afresh, paying a page fault per 4 KB: the seed
+    recipe's step at batch 32 on one thread took 286 ms against 223 ms with the pad, the same as
+    one process without a strategy (`benchmarks/malloc_pad.py`). FER_DIST_HEAP_PAD=0 leaves
+    malloc as it is; elsewhere (not glibc) a no-op."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux") or _os.environ.get("FER_DIST_HEAP_PAD") == "0":
+        return
+    try:
+        ctypes.CDLL(None).mallopt(-2, megabytes << 20)  # M_TOP_PAD in glibc's malloc.h
+    except (OSError, AttributeError):  # another C library without mallopt
+        pass
+
+
+_pad_the_heap()
+
 from fer_dist import logs as _logs  # noqa: E402  (after the environment above)
 
 _logs.quiet_tensorflow_import()

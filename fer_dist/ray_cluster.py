@@ -31,6 +31,7 @@ PROPAGATED_ENV = (
     "FER_DIST_STORAGE_RETRY_S",
     "FER_DIST_VERSION_CHECK",
     "FER_DIST_DATA_CACHE",
+    "FER_DIST_HEAP_PAD",
 )
 # Set in every Ray worker of a job: Train V2 would send each print() both to stdout and to its
 # logger (the final report twice); the chief's prints go to stdout once.

@@ -12,11 +12,11 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pandas as pd
 import pytest
@@ -90,20 +90,71 @@ def history(run_uri: str) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(storage.read_text(storage.join(run_uri, "history.csv"))))
 
 
-def test_two_workers_stream_to_gcs_and_load_back(gcs_emulator, gcs_prefix, tmp_path, tiny_csv):
-    data = storage.join(gcs_prefix, "data", "tiny.csv")  # the data is read from the bucket too
-    storage.write_bytes(data, open(tiny_csv, "rb").read())
-    out = finish(
-        job(["--workers", "2", "--data", data, "--storage", gcs_prefix, "--name", "two", "--epochs", "2", *SMOKE])
-    )
-    run = storage.join(gcs_prefix, "two")
+def test_a_killed_worker_is_replaced_then_a_killed_driver_resumes(tmp_path, tiny_csv):
+    """One run, two faults: a Train worker SIGKILLed after the first checkpoint is replaced and
+    the run trains on from that checkpoint; then the driver and its whole local Ray cluster are
+    killed, the same command without --resume is refused (nothing overwritten), and `--resume`
+    continues at the next epoch and finishes. In-graph augmentation and PreciseBN on: both must run
+    inside strategy.run under MultiWorkerMirroredStrategy too."""
+    augment = ["--set", "augment_flip=true", "--set", "augment_shift=0.1", "--set", "augment_erasing=0.3"]
+    augment += ["--set", "precise_bn=64"]
+    args = ["--workers", "2", "--data", tiny_csv, "--storage", str(tmp_path), "--name", "drv", "--epochs", "5"]
+    args += ["--max-failures", "2", "--set", "keep_checkpoints=5", *SMOKE, *augment]
+    proc = job(args)
+    run = str(tmp_path / "drv")
+    wait_for(lambda: len(checkpoints(run)) >= 1, proc, what="the first checkpoint")
+    victims = train_workers(proc.pid)
+    assert len(victims) == 2, victims
+    killed_at = time.time()
+    victims[1].send_signal(signal.SIGKILL)
+
+    def written_since_the_kill() -> bool:  # by the replaced worker group, which logged its resume first
+        manifests = [os.path.join(run, "checkpoints", n, "manifest.json") for n in checkpoints(run)]
+        return any(os.stat(m).st_mtime > killed_at for m in manifests)
+
+    wait_for(written_since_the_kill, proc, timeout=400, what="a checkpoint after the worker's loss")
+    replaced_s = time.time() - killed_at
+    kill_session(proc)  # the driver and its whole local Ray cluster
+    first = proc.stdout.read()
+    assert "resumed from the checkpoint of epoch" in first, first[-4000:]  # the replaced worker group
+    rerun = job(args)  # same command without --resume: refused, nothing overwritten
+    out = finish(rerun, timeout=120)
+    assert rerun.returncode == 2 and "already exists" in out and "--resume" in out, out[-2000:]
+    resumed = job([*args, "--resume"])
+    out = finish(resumed)
+    assert resumed.returncode == 0, out[-4000:]
+    continued = int(re.search(r"continuing at epoch (\d+)", out).group(1))
+    assert continued >= 3, out[-4000:]  # two epochs were checkpointed before the kill
+    assert list(history(run)["epoch"]) == [1, 2, 3, 4, 5]  # continuous: every epoch once
+    assert json.loads(open(os.path.join(run, "metrics.json")).read())["epochs_run"] == 5
+    print(f"worker kill -> the next checkpoint {replaced_s:.0f} s later")
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(tmp_path_factory, tiny_csv, gcs_emulator) -> dict:
+    """One 2-worker run of 3 epochs (keeping 3 checkpoints) that reads its data from the bucket
+    and streams its run there (the GCS emulator), shared by the tests below that read it; a test
+    that changes it works on a copy. {"run" (its gs:// uri), "args", "out"}."""
+    prefix = f"gs://{gcs_emulator.bucket}/w2-{uuid.uuid4().hex}"
+    data = storage.join(prefix, "data", "tiny.csv")  # the data is read from the bucket too
+    with open(tiny_csv, "rb") as f:
+        storage.write_bytes(data, f.read())
+    args = ["--data", data, "--epochs", "3", *SMOKE, "--set", "global_batch_size=32", "--set", "precise_bn=224"]
+    args += ["--set", "keep_checkpoints=3"]
+    out = finish(job(["--workers", "2", "--storage", prefix, "--name", "w2", *args]))
+    return {"run": storage.join(prefix, "w2"), "args": args, "out": out}
+
+
+def test_two_workers_stream_to_gcs_and_load_back(tmp_path, two_worker_run):
+    run, out = two_worker_run["run"], two_worker_run["out"]
     assert "val_accuracy:" in out, out[-3000:]
     names = set(storage.listdir(run))
     assert {"config.json", "history.csv", "metrics.json", "model.keras", "saved_model", "val_confusion.csv"} <= names, (
         names
     )
-    assert len(checkpoints(run)) == 2
-    assert list(history(run)["epoch"]) == [1, 2]
+    assert checkpoints(run) == ["epoch_0001", "epoch_0002", "epoch_0003"], out[-3000:]
+    assert not [n for n in names if n.startswith("checkpoint_")]  # Ray uploaded no checkpoint
+    assert list(history(run)["epoch"]) == [1, 2, 3]
     metrics = json.loads(storage.read_text(storage.join(run, "metrics.json")))
     assert metrics["test_accuracy"] > 0.5  # 7 classes: chance is 0.14
     # The exported model and the checkpoints load back from the bucket.
@@ -123,91 +174,6 @@ def test_two_workers_stream_to_gcs_and_load_back(gcs_emulator, gcs_prefix, tmp_p
     assert json.loads(storage.read_text(storage.join(ckpt, "config.json")))["backbone"] == "compact"
 
 
-def test_killed_worker_is_replaced_and_the_run_completes(tmp_path, tiny_csv):
-    proc = job(
-        [
-            "--workers",
-            "2",
-            "--data",
-            tiny_csv,
-            "--storage",
-            str(tmp_path),
-            "--name",
-            "kill",
-            "--epochs",
-            "4",
-            "--max-failures",
-            "2",
-            *SMOKE,
-        ]
-    )
-    run = str(tmp_path / "kill")
-    wait_for(lambda: len(checkpoints(run)) >= 1, proc, what="the first checkpoint")
-    victims = train_workers(proc.pid)
-    assert len(victims) == 2, victims
-    killed_at = time.time()
-    victims[1].send_signal(signal.SIGKILL)
-    out = finish(proc)
-    assert proc.returncode == 0, out[-4000:]
-    h = history(run)
-    assert list(h["epoch"]) == [1, 2, 3, 4], h  # continuous: every epoch once
-    assert json.loads(open(os.path.join(run, "metrics.json")).read())["epochs_run"] == 4
-    assert "resumed from" in out, out[-4000:]
-    print(f"worker kill -> run finished {time.time() - killed_at:.0f} s later")
-
-
-def test_driver_killed_then_resume(tmp_path, tiny_csv):
-    # In-graph augmentation and PreciseBN on: both must run inside strategy.run under MultiWorkerMirroredStrategy too.
-    augment = [
-        "--set",
-        "augment_flip=true",
-        "--set",
-        "augment_shift=0.1",
-        "--set",
-        "augment_erasing=0.3",
-        "--set",
-        "precise_bn=64",
-    ]
-    args = [
-        "--workers",
-        "2",
-        "--data",
-        tiny_csv,
-        "--storage",
-        str(tmp_path),
-        "--name",
-        "drv",
-        "--epochs",
-        "4",
-        *SMOKE,
-        *augment,
-    ]
-    proc = job(args)
-    run = str(tmp_path / "drv")
-    wait_for(lambda: len(checkpoints(run)) >= 2, proc, what="two checkpoints")
-    kill_session(proc)  # the driver and its whole local Ray cluster
-    rerun = job(args)  # same command without --resume: refused, nothing overwritten
-    out = finish(rerun, timeout=120)
-    assert rerun.returncode == 2 and "already exists" in out and "--resume" in out, out[-2000:]
-    resumed = job([*args, "--resume"])
-    out = finish(resumed)
-    assert resumed.returncode == 0, out[-4000:]
-    continued = int(re.search(r"continuing at epoch (\d+)", out).group(1))
-    assert continued >= 3, out[-4000:]  # two epochs were checkpointed before the kill
-    assert list(history(run)["epoch"]) == [1, 2, 3, 4]
-
-
-@pytest.fixture(scope="module")
-def two_worker_run(tmp_path_factory, tiny_csv) -> dict:
-    """One 2-worker run of 3 epochs (keeping 3 checkpoints), shared by the tests below that read
-    it; a test that changes it works on a copy. {"storage", "name", "args", "out"}."""
-    storage_dir = str(tmp_path_factory.mktemp("w2"))
-    args = ["--data", tiny_csv, "--epochs", "3", *SMOKE, "--set", "global_batch_size=32", "--set", "precise_bn=224"]
-    args += ["--set", "keep_checkpoints=3"]
-    out = finish(job(["--workers", "2", "--storage", storage_dir, "--name", "w2", *args]))
-    return {"storage": storage_dir, "name": "w2", "args": args, "out": out}
-
-
 def test_one_and_two_workers_agree(tmp_path, tiny_csv, two_worker_run):
     """Same data and global batch size: final metrics within a stated tolerance.
 
@@ -220,7 +186,7 @@ def test_one_and_two_workers_agree(tmp_path, tiny_csv, two_worker_run):
     out1 = finish(job(["--workers", "1", "--name", "w1", "--storage", str(tmp_path), *two_worker_run["args"]]))
     out2 = two_worker_run["out"]
     h1 = history(str(tmp_path / "w1"))
-    h2 = history(os.path.join(two_worker_run["storage"], "w2"))
+    h2 = history(two_worker_run["run"])
     assert len(h1) == len(h2) == 3, (out1[-2000:], out2[-2000:])
     a, b = h1.iloc[-1], h2.iloc[-1]
     assert abs(a["val_accuracy"] - b["val_accuracy"]) <= 0.08, (a, b)
@@ -231,10 +197,8 @@ def test_one_and_two_workers_agree(tmp_path, tiny_csv, two_worker_run):
 def test_damaged_newest_checkpoint_on_ray_falls_back_to_a_whole_one(tmp_path, two_worker_run):
     """The chief verifies manifests, takes the newest whole checkpoint, and every worker resumes
     from it."""
-    shutil.copytree(os.path.join(two_worker_run["storage"], "w2"), tmp_path / "w2")
-    run = str(tmp_path / "w2")
+    run = storage.download_dir(two_worker_run["run"], str(tmp_path / "w2"))  # a local copy of the bucket's run
     assert checkpoints(run) == ["epoch_0001", "epoch_0002", "epoch_0003"], two_worker_run["out"][-3000:]
-    assert not [n for n in os.listdir(run) if n.startswith("checkpoint_")]  # Ray uploaded no checkpoint
     with open(os.path.join(run, "checkpoints", "epoch_0003", "optimizer.npz"), "r+b") as f:
         f.truncate(1000)  # as by an upload cut short
     args = two_worker_run["args"][:]

@@ -150,83 +150,6 @@ def bucket_csv(tmp_path_factory, gcs_emulator) -> str:
     return uri
 
 
-@pytest.mark.ray
-def test_train_adds_nodes_on_demand_and_survives_a_lost_node(local_cluster, gcs_prefix, bucket_csv):
-    """(a) `jobs/train.py --workers 2 --storage gs://...`: the autoscaler adds worker nodes for it
-    and the results land in the bucket; (c) one worker node's raylet SIGKILLed mid-run: every
-    epoch completes once, the history is continuous, and no checkpoint is lost."""
-    start = time.time()
-    assert cluster.fake_nodes(local_cluster) == [], "the cluster should start with its head alone"
-    args = ["--workers", "2", "--data", bucket_csv, "--storage", gcs_prefix, "--name", "lc", "--epochs", "3"]
-    args += ["--max-failures", "2", "--set", "keep_checkpoints=5", *SMOKE]
-    placements = Placements(local_cluster)
-    proc = run_job("train.py", args, local_cluster)
-    run = storage.join(gcs_prefix, "lc")
-    try:
-        wait_for(lambda: storage.exists(run) and len(checkpoints(run)) >= 1, proc, "the first checkpoint")
-        before_kill = checkpoints(run)
-        added = cluster.fake_nodes(local_cluster)
-        assert added and {n.node_type for n in added} == {"gpu_t4"}, added  # the only enabled worker type
-        on_workers = {node for node in placements.workers().values() if node != cluster.HEAD_NODE_ID}
-        assert on_workers, placements.seen  # Train workers run on the added nodes
-        victim = sorted(on_workers)[0]
-        killed_at = time.time()  # the raylet and every process of its node: a lost VM
-        cluster.kill_node(local_cluster, victim)
-        out = finish(proc, timeout=500)
-    finally:
-        placements.stop()
-    assert proc.returncode == 0, out[-5000:]
-    assert f"joined the cluster of RAY_ADDRESS={local_cluster.address} at" in out, out[-3000:]
-    h = history(run)
-    assert list(h["epoch"]) == [1, 2, 3], h  # continuous: every epoch once
-    assert "resumed from" in out, out[-4000:]
-    kept = checkpoints(run)
-    assert kept == ["epoch_0001", "epoch_0002", "epoch_0003"], kept
-    assert set(before_kill) <= set(kept)
-    for name in kept:
-        assert checkpoint.verify(storage.join(run, "checkpoints", name)) is None, name
-    names = set(storage.listdir(run))
-    assert {"config.json", "history.csv", "metrics.json", "model.keras", "saved_model"} <= names, names
-    # The replacement workers ran on a node other than the lost one.
-    after = {node for pid, node in placements.seen.items()} - {victim}
-    assert after, placements.seen
-    print(
-        f"\nnodes added: {[n.node_id[-5:] for n in added]}; killed {victim[-5:]} -> run finished "
-        f"{time.time() - killed_at:.0f} s later; test {time.time() - start:.0f} s; "
-        f"workers seen on {sorted({n[-5:] for n in placements.seen.values()})}"
-    )
-
-
-@pytest.mark.ray
-def test_tune_trials_run_on_different_nodes(local_cluster, gcs_prefix, bucket_csv):
-    """(b) a short `jobs/tune.py`: 2 concurrent trials of 1 worker (0.95 CPU each, the default,
-    beside a trial driver's 0.01; nodes have 1 CPU):
-    their Train workers run on two different worker nodes at once; results land in the bucket."""
-    start = time.time()
-    args = ["--preset", "smoke", "--data", bucket_csv, "--set", "epochs=2", "--samples", "2"]
-    args += ["--max-concurrent", "2", "--workers-per-trial", "1", "--grace-period", "2"]
-    args += ["--storage", gcs_prefix, "--name", "s"]
-    placements = Placements(local_cluster)
-    try:
-        out = finish(run_job("tune.py", args, local_cluster), timeout=500)
-    finally:
-        placements.stop()
-    search = storage.join(gcs_prefix, "s")
-    assert "results.csv" in storage.listdir(search), out[-5000:]
-    table = pd.read_csv(io.StringIO(storage.read_text(storage.join(search, "results.csv"))))
-    assert len(table) == 2 and (table["epochs_run"] == 2).all(), (table.to_dict("records"), out[-6000:])
-    for trial in table["trial"]:
-        assert storage.exists(storage.join(search, "trials", trial, "metrics.json")), trial
-    assert {"best_config.json", "best_model"} <= set(storage.listdir(search))
-    # Two trials' workers alive at the same moment, on two different worker nodes.
-    pairs = [nodes for nodes in placements.together if len(nodes) >= 2]
-    assert pairs, placements.together
-    assert any(set(nodes) - {cluster.HEAD_NODE_ID} for nodes in pairs), pairs  # an added node among them
-    print(
-        f"\ntrials' workers together on {sorted(sorted(n[-5:] for n in p) for p in pairs)}; test {time.time() - start:.0f} s"
-    )
-
-
 class Job:
     """A job on the local cluster whose output is read line by line while it runs."""
 
@@ -267,6 +190,90 @@ class Job:
 
 def worker_nodes(placements: Placements) -> list[str]:
     return sorted({node for node in placements.workers().values() if node != cluster.HEAD_NODE_ID})
+
+
+@pytest.mark.ray
+def test_elastic_train_adds_nodes_on_demand_and_survives_a_lost_node(local_cluster, gcs_prefix, bucket_csv):
+    """`jobs/train.py --workers 2:3 --storage gs://...` on a cluster of at most 3 CPUs (1 CPU on
+    the head, at most 2 worker nodes of 1 CPU) that starts with the head alone: (a) the autoscaler
+    adds worker nodes for it, it starts with what it gets (3 workers split the global batch of 32
+    unevenly) and the results land in the bucket; (c) one worker node's raylet SIGKILLed mid-run:
+    it restarts with what is ready then (the autoscaler replaces the node, so 2 or 3), every epoch
+    completes once, the history is continuous, and no checkpoint is lost. (A MAX above the
+    cluster's maximum is Ray's InsufficientClusterResourcesError when a resize reaches for it:
+    one `error:` line.)"""
+    start = time.time()
+    assert cluster.fake_nodes(local_cluster) == [], "the cluster should start with its head alone"
+    args = ["--workers", "2:3", "--data", bucket_csv, "--storage", gcs_prefix, "--name", "el", "--epochs", "3"]
+    args += ["--max-failures", "3", "--set", "keep_checkpoints=5", *SMOKE]
+    placements = Placements(local_cluster)
+    job = Job("train.py", args, local_cluster)
+    run = storage.join(gcs_prefix, "el")
+    try:
+        job.wait_until(lambda: storage.exists(run) and len(checkpoints(run)) >= 1, "the first checkpoint")
+        before_kill = checkpoints(run)
+        added = cluster.fake_nodes(local_cluster)
+        assert added and {n.node_type for n in added} == {"gpu_t4"}, added  # the only enabled worker type
+        on_workers = worker_nodes(placements)
+        assert on_workers, placements.seen  # Train workers run on the added nodes
+        victim = on_workers[0]
+        killed_at = time.time()  # the raylet and every process of its node: a lost VM
+        cluster.kill_node(local_cluster, victim)
+        out = job.finish(timeout=600)
+    finally:
+        placements.stop()
+    assert job.proc.returncode == 0, out[-5000:]
+    assert f"joined the cluster of RAY_ADDRESS={local_cluster.address} at" in out, out[-3000:]
+    assert "Ray Train: 2:3 worker(s) (elastic)" in out, out[-3000:]
+    assert "resumed from" in out, out[-4000:]
+    h = history(run)
+    assert list(h["epoch"]) == [1, 2, 3], h  # continuous: every epoch once
+    assert h["workers"].between(2, 3).all() and h["restarts"].iloc[-1] >= 1, h[["epoch", "workers", "restarts"]]
+    kept = checkpoints(run)
+    assert kept == ["epoch_0001", "epoch_0002", "epoch_0003"], kept
+    assert set(before_kill) <= set(kept)
+    for name in kept:
+        assert checkpoint.verify(storage.join(run, "checkpoints", name)) is None, name
+    names = set(storage.listdir(run))
+    assert {"config.json", "history.csv", "metrics.json", "model.keras", "saved_model"} <= names, names
+    # The replacement workers ran on a node other than the lost one.
+    assert set(placements.seen.values()) - {victim}, placements.seen
+    print(
+        f"\nnodes added: {[n.node_id[-5:] for n in added]}; killed {victim[-5:]} -> run finished "
+        f"{time.time() - killed_at:.0f} s later; test {time.time() - start:.0f} s; workers per epoch "
+        f"{list(h['workers'])}, restarts {list(h['restarts'])}; workers seen on "
+        f"{sorted({n[-5:] for n in placements.seen.values()})}"
+    )
+
+
+@pytest.mark.ray
+def test_tune_trials_run_on_different_nodes(local_cluster, gcs_prefix, bucket_csv):
+    """(b) a short `jobs/tune.py`: 2 concurrent trials of 1 worker (0.95 CPU each, the default,
+    beside a trial driver's 0.01; nodes have 1 CPU):
+    their Train workers run on two different worker nodes at once; results land in the bucket."""
+    start = time.time()
+    args = ["--preset", "smoke", "--data", bucket_csv, "--set", "epochs=2", "--samples", "2"]
+    args += ["--max-concurrent", "2", "--workers-per-trial", "1", "--grace-period", "2"]
+    args += ["--storage", gcs_prefix, "--name", "s"]
+    placements = Placements(local_cluster)
+    try:
+        out = finish(run_job("tune.py", args, local_cluster), timeout=500)
+    finally:
+        placements.stop()
+    search = storage.join(gcs_prefix, "s")
+    assert "results.csv" in storage.listdir(search), out[-5000:]
+    table = pd.read_csv(io.StringIO(storage.read_text(storage.join(search, "results.csv"))))
+    assert len(table) == 2 and (table["epochs_run"] == 2).all(), (table.to_dict("records"), out[-6000:])
+    for trial in table["trial"]:
+        assert storage.exists(storage.join(search, "trials", trial, "metrics.json")), trial
+    assert {"best_config.json", "best_model"} <= set(storage.listdir(search))
+    # Two trials' workers alive at the same moment, on two different worker nodes.
+    pairs = [nodes for nodes in placements.together if len(nodes) >= 2]
+    assert pairs, placements.together
+    assert any(set(nodes) - {cluster.HEAD_NODE_ID} for nodes in pairs), pairs  # an added node among them
+    print(
+        f"\ntrials' workers together on {sorted(sorted(n[-5:] for n in p) for p in pairs)}; test {time.time() - start:.0f} s"
+    )
 
 
 @pytest.mark.ray
@@ -311,34 +318,3 @@ def test_a_drained_node_gets_a_checkpoint_at_a_step_and_the_run_resumes_from_it(
         f"\nnotice seen {noticed_s:.1f} s after the drain, checkpoint at step {step} written in {written} s; "
         f"test {time.time() - start:.0f} s"
     )
-
-
-@pytest.mark.ray
-def test_elastic_workers_start_with_what_the_cluster_gives_and_survive_a_lost_node(
-    local_cluster, gcs_prefix, bucket_csv
-):
-    """`--workers 2:3` on a cluster of at most 3 CPUs (1 CPU on the head, at most 2 worker nodes of
-    1 CPU) that starts with the head alone: it starts with what it gets (3 workers split the
-    global batch of 32 unevenly), restarts after a lost node with what is ready then (the
-    autoscaler replaces the node, so 2 or 3), and the history stays continuous. (A MAX above
-    the cluster's maximum is Ray's InsufficientClusterResourcesError when a resize reaches for it:
-    one `error:` line.)"""
-    args = ["--workers", "2:3", "--data", bucket_csv, "--storage", gcs_prefix, "--name", "el", "--epochs", "4"]
-    args += ["--max-failures", "3", "--set", "keep_checkpoints=6", *SMOKE]
-    placements = Placements(local_cluster)
-    job = Job("train.py", args, local_cluster)
-    run = storage.join(gcs_prefix, "el")
-    try:
-        job.wait_until(lambda: storage.exists(run) and len(checkpoints(run)) >= 1, "the first checkpoint")
-        nodes = worker_nodes(placements)
-        assert nodes, placements.seen
-        cluster.kill_node(local_cluster, nodes[0])
-        out = job.finish(timeout=600)
-    finally:
-        placements.stop()
-    assert job.proc.returncode == 0, out[-5000:]
-    assert "Ray Train: 2:3 worker(s) (elastic)" in out, out[-3000:]
-    h = history(run)
-    assert list(h["epoch"]) == [1, 2, 3, 4], h
-    assert h["workers"].between(2, 3).all() and h["restarts"].iloc[-1] >= 1, h[["epoch", "workers", "restarts"]]
-    print(f"\nworkers per epoch {list(h['workers'])}, restarts {list(h['restarts'])}")
