@@ -23,8 +23,8 @@ def _pad_the_heap(megabytes: int = 64) -> None:
     """glibc malloc keeps `megabytes` of headroom each time its heap grows (M_TOP_PAD). Without
     it, a MultiWorkerMirroredStrategy worker (once its distributed input iterator exists) maps
     and unmaps each step's multi-MB tensors afresh, paying a page fault per 4 KB: the seed
-    recipe's step at batch 32 on one thread took 286 ms against 223 ms with the pad, the same as
-    one process without a strategy (`benchmarks/malloc_pad.py`). FER_DIST_HEAP_PAD=0 leaves
+    recipe's step at batch 32 on one thread took 283 ms against 217 ms with the pad, about what
+    one process without a strategy takes (222 ms; `benchmarks/malloc_pad.py`). FER_DIST_HEAP_PAD=0 leaves
     malloc as it is; elsewhere (not glibc) a no-op."""
     import ctypes
     import sys
