@@ -66,6 +66,34 @@ def run(name: str, args: list[str], storage: str) -> dict:
     }
 
 
+def write_report(args, argv, described: str, results: list[dict]) -> list[dict]:
+    """benchmarks/compression_accuracy.json with the runs so far; returns the summary (mean and
+    spread of the best val accuracy over the seeds, per optimizer and mode)."""
+    summary = []
+    for optimizer in args.optimizers.split(","):
+        for mode in args.modes.split(","):
+            best = [r["best_val_accuracy"] for r in results if r["optimizer"] == optimizer and r["mode"] == mode]
+            if best:
+                spread = statistics.pstdev(best) if len(best) > 1 else 0.0
+                summary.append(
+                    {
+                        "optimizer": optimizer,
+                        "mode": mode,
+                        "seeds": len(best),
+                        "mean": statistics.mean(best),
+                        "sd": spread,
+                    }
+                )
+    report = {
+        "data": described,
+        "command": "python benchmarks/compression_accuracy.py " + " ".join(argv or sys.argv[1:]),
+    }
+    report.update(vars(args), runs=results, summary=summary)
+    with open(args.output, "w") as f:
+        json.dump(report, f, indent=1)
+    return summary
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=DEFAULT_DATA)
@@ -78,7 +106,7 @@ def main(argv=None) -> int:
     parser.add_argument("--start-step", type=int, default=50, help="powersgd_start_step of the compressed runs")
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "compression_accuracy.json"))
     args = parser.parse_args(argv)
-    results = []
+    results, summary = [], []
     with tempfile.TemporaryDirectory(prefix="fer_compression_") as work:
         data, described = args.data, f"{args.data}: Training rows, PublicTest as validation"
         common = [*BASE, "--data", data, "--epochs", str(args.epochs), "--set", f"steps_per_epoch={args.steps}"]
@@ -91,22 +119,10 @@ def main(argv=None) -> int:
                     row = {"optimizer": optimizer, "seed": seed, "mode": mode, **run(name, [*common, *extra], work)}
                     results.append(row)
                     print(json.dumps(row), flush=True)
-    summary = []
-    for optimizer in args.optimizers.split(","):
-        for mode in args.modes.split(","):
-            best = [r["best_val_accuracy"] for r in results if r["optimizer"] == optimizer and r["mode"] == mode]
-            spread = statistics.pstdev(best) if len(best) > 1 else 0.0
-            summary.append({"optimizer": optimizer, "mode": mode, "mean": statistics.mean(best), "sd": spread})
-    report = {
-        "data": described,
-        "command": "python benchmarks/compression_accuracy.py " + " ".join(argv or sys.argv[1:]),
-    }
-    report.update(vars(args), runs=results, summary=summary)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=1)
-    print("| optimizer | mode | best val accuracy, mean over seeds | sd |\n|---|---|---|---|")
+                    summary = write_report(args, argv, described, results)  # after every run: a partial one counts
+    print("| optimizer | mode | seeds | best val accuracy, mean over seeds | sd |\n|---|---|---|---|---|")
     for s in summary:
-        print(f"| {s['optimizer']} | {s['mode']} | {s['mean']:.4f} | {s['sd']:.4f} |")
+        print(f"| {s['optimizer']} | {s['mode']} | {s['seeds']} | {s['mean']:.4f} | {s['sd']:.4f} |")
     return 0
 
 

@@ -76,16 +76,15 @@ def build(model_name: str, cfg):
     from fer_dist import optim
 
     if model_name == "seed":
-        model = M.build(cfg)
-        net, shape = F.split_model(model, cfg)[0].remainder, None
-        shape = tuple(net.inputs[0].shape[1:])
+        split, _ = F.split_model(M.build(cfg), cfg)
+        net, shape = split.remainder, tuple(split.feature_shape)
     else:
         inputs = keras.Input((2048,))
         h = inputs
         for _ in range(3):
             h = keras.layers.Dense(1152, activation="relu")(h)
             h = keras.layers.Dense(2048, activation="relu")(h)
-        net = model = keras.Model(inputs, keras.layers.Dense(7)(h))
+        net = keras.Model(inputs, keras.layers.Dense(7)(h))
         shape = (2048,)
     opt = optim.make_optimizer(cfg)
     opt.build(net.trainable_variables)
