@@ -85,3 +85,24 @@ def test_the_heap_pad_ends_the_page_faults_of_a_step_under_mwms(repo_root, tmp_p
     assert set(rows) == {True, False} and all(r["strategy"] == "mwms" for r in rows.values())
     assert rows[False]["page_faults_per_step"] > 10_000, rows  # 9.4 MB tensors mapped afresh, 4 KB at a time
     assert rows[True]["page_faults_per_step"] < rows[False]["page_faults_per_step"] / 5, rows
+
+
+def test_the_bare_two_worker_step_runs_every_mode_and_names_the_best(repo_root, tmp_path):
+    """benchmarks/mwms_pair.py: two processes joined by TF_CONFIG (no Ray) run the compiled
+    step per wire mode; each row's figures come from both workers, and a wrong mode is one
+    error line. A plumbing check on the dense model (no timing assertions)."""
+    out = tmp_path / "pair.json"
+    cmd = [sys.executable, "benchmarks/mwms_pair.py", "--model", "dense", "--steps", "3"]
+    cmd += ["--modes", "float32,powersgd1", "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["mode"] for r in report["rows"]] == ["float32", "powersgd1"]
+    for row in report["rows"]:
+        assert len(row["workers"]) == 2 and row["ms_per_step"] == max(w["ms_per_step"] for w in row["workers"])
+        assert row["efficiency"] == round(report["p1"]["ms_per_step"] / row["ms_per_step"], 3)
+    assert "efficiency of the bare 2-worker step at global batch 64 (" in proc.stdout.splitlines()[-1]
+    bad = subprocess.run([*cmd[:2], "--modes", "float64"], cwd=repo_root, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: --modes: unknown float64 (choose from float32, bfloat16, powersgd1, powersgd4)"
+    ]

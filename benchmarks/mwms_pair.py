@@ -1,0 +1,169 @@
+"""python benchmarks/mwms_pair.py [--modes float32,bfloat16,powersgd1,powersgd4] [--steps 30] [--model seed|dense] [--output benchmarks/mwms_pair.json]
+
+The 2-worker step alone, without Ray Train and without the training loop: two local processes
+joined by TF_CONFIG (MultiWorkerMirroredStrategy over localhost gRPC, one thread each, as the
+two Ray workers of `benchmarks/scaling.py` have) run the compiled train step of
+`Distributed.build_steps` on random inputs of the recipe's shape, once per wire mode (float32,
+bfloat16, or PowerSGD at rank R from the first step). Against it:
+
+  p1  one process, no strategy, 2 threads (the whole machine), global batch 64;
+  c1  one process, no strategy, 1 thread, batch 32: one worker's compute with no collective.
+
+Per case: the median ms of `--steps` steps after 3 warm-up ones (per-step times, no host sync
+beyond the loss read each step), their 10th/90th percentiles, and page faults per step (the
+process's minor faults). Efficiency = p1 ms / 2-worker ms, as `scaling.py` defines it from
+images/s. `scaling.py` measures the whole run inside Ray Train; the two together separate what
+the step costs from what running it inside Ray Train adds. `--model seed` is the seed recipe's
+cached remainder (conv5 + head, 23.9M trainable, weights none); `--model dense` a stack of
+9.4 MB dense layers that builds in seconds (a plumbing check). ~3 min for every mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for path in (REPO, os.path.dirname(os.path.abspath(__file__))):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+MODES = ("float32", "bfloat16", "powersgd1", "powersgd4")
+
+
+def mode_overrides(mode: str) -> dict:
+    """A wire mode's config: an allreduce_dtype, or powersgdR (rank R from the first step)."""
+    if mode.startswith("powersgd"):
+        rank = mode.removeprefix("powersgd") or "4"
+        return {"gradient_compression": "powersgd", "powersgd_rank": rank, "powersgd_start_step": "0"}
+    return {"allreduce_dtype": mode}
+
+
+def child(mode: str, model_name: str, steps: int, threads: int, batch: int) -> dict:
+    """One process's part (a worker of the pair when TF_CONFIG names two): ms per step."""
+    import resource
+
+    import numpy as np
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    from malloc_pad import build
+
+    from fer_dist import config as C
+    from fer_dist.steps import Distributed
+
+    overrides = {"weights": "none", "global_batch_size": "64", "deterministic": "false"}
+    cfg = C.resolve("seed", dict(overrides, **mode_overrides(mode)))
+    dist = Distributed.create(cfg)
+    with dist.scope():
+        net, trainable, shape, opt = build(model_name, cfg)
+    rng = np.random.default_rng(dist.rank)
+    x = rng.random((batch * 8, *shape), dtype=np.float32)
+    y = rng.integers(0, 7, batch * 8).astype(np.int32)
+    batches = iter(dist.dataset(lambda ctx: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat()))
+    train = dist.build_steps(net, trainable, opt, cfg, class_weights=None, in_graph=False).train
+    for _ in range(3):
+        float(train(batches)[0])
+    faults, times = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, []
+    for _ in range(steps):
+        start = time.perf_counter()
+        float(train(batches)[0])
+        times.append(time.perf_counter() - start)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    times.sort()
+    return {
+        "ms_per_step": round(1e3 * times[len(times) // 2], 1),
+        "p10_p90_ms": [round(1e3 * times[len(times) // 10], 1), round(1e3 * times[9 * len(times) // 10], 1)],
+        "page_faults_per_step": round(faults / steps),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_case(mode: str, args, workers: int, threads: int, batch: int) -> list[dict]:
+    """`workers` processes of one case, started together; each one's `child` figures."""
+    cmd = [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps)]
+    cmd += ["--child", mode, str(threads), str(batch)]
+    env = dict(os.environ, TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
+    env.pop("TF_CONFIG", None)
+    ports = [free_port() for _ in range(workers)]
+    procs = []
+    for index in range(workers):
+        if workers > 1:
+            cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+            env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=900)
+        if proc.returncode:
+            raise SystemExit(f"error: the case {mode} ({workers} process(es)) failed:\n{err.decode()[-3000:]}")
+        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modes", default=",".join(MODES), help="wire modes of the pair: " + ", ".join(MODES))
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--model", choices=["seed", "dense"], default="seed")
+    parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "mwms_pair.json"))
+    parser.add_argument("--child", nargs=3, metavar=("MODE", "THREADS", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        mode, threads, batch = args.child[0], int(args.child[1]), int(args.child[2])
+        print(json.dumps(child(mode, args.model, args.steps, threads, batch)))
+        return 0
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        print(f"error: --modes: unknown {', '.join(unknown)} (choose from {', '.join(MODES)})", file=sys.stderr)
+        return 2
+    p1 = run_case("float32", args, workers=1, threads=2, batch=64)[0]
+    c1 = run_case("float32", args, workers=1, threads=1, batch=32)[0]
+    print(json.dumps({"p1": p1, "c1": c1}), flush=True)
+    rows = []
+    for mode in modes:
+        pair = run_case(mode, args, workers=2, threads=1, batch=32)
+        step = max(w["ms_per_step"] for w in pair)
+        rows.append(
+            {
+                "mode": mode,
+                "ms_per_step": step,
+                "efficiency": round(p1["ms_per_step"] / step, 3),
+                "beyond_compute_ms": round(step - c1["ms_per_step"], 1),
+                "workers": pair,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    command = "python benchmarks/mwms_pair.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    report = {
+        "command": command,
+        "model": args.model,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+        "p1": p1,
+        "c1": c1,
+        "rows": rows,
+    }
+    with open(args.output, "w") as f:
+        json.dump(report, f, indent=1)
+    best = max(rows, key=lambda r: r["efficiency"])
+    print(f"efficiency of the bare 2-worker step at global batch 64 ({best['mode']}): {best['efficiency']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
