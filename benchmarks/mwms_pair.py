@@ -1,4 +1,4 @@
-"""python benchmarks/mwms_pair.py [--modes float32,bfloat16,powersgd1,powersgd4] [--steps 30] [--model seed|dense] [--output benchmarks/mwms_pair.json]
+"""python benchmarks/mwms_pair.py [--modes float32,bfloat16,powersgd1,powersgd4] [--steps 30] [--model seed|dense] [--ray] [--pair-only] [--output benchmarks/mwms_pair.json]
 
 The 2-worker step alone, without Ray Train and without the training loop: two local processes
 joined by TF_CONFIG (MultiWorkerMirroredStrategy over localhost gRPC, one thread each, as the
@@ -16,6 +16,12 @@ images/s. `scaling.py` measures the whole run inside Ray Train; the two together
 the step costs from what running it inside Ray Train adds. `--model seed` is the seed recipe's
 cached remainder (conv5 + head, 23.9M trainable, weights none); `--model dense` a stack of
 9.4 MB dense layers that builds in seconds (a plumbing check). ~3 min for every mode.
+
+`--ray` runs the pair as two plain Ray tasks (1 CPU each, a fresh worker process each) on a
+private local cluster that fer_dist starts as a training job does (`ray_cluster.ensure_ray`, its
+worker environment included), still without Ray Train or the loop: what a Ray worker process
+itself changes (`FER_DIST_HEAP_PAD=0` drops fer_dist's heap settings there, to compare; output
+benchmarks/mwms_pair_ray.json). `--pair-only` skips p1 and c1 (no efficiency).
 """
 
 from __future__ import annotations
@@ -113,12 +119,42 @@ def run_case(mode: str, args, workers: int, threads: int, batch: int) -> list[di
     return results
 
 
+def run_pair_in_ray(modes: list[str], args) -> dict[str, list[dict]]:
+    """Each mode's pair as two Ray tasks on one private local cluster, shut down at the end."""
+    import ray
+
+    from fer_dist import ray_cluster
+
+    ray_cluster.ensure_ray(ray_cluster.PRIVATE, num_cpus=2)
+    try:
+        task = ray.remote(num_cpus=1, max_calls=1)(ray_worker)  # a fresh process: one MWMS per process
+        results = {}
+        for mode in modes:
+            ports = [free_port() for _ in range(2)]
+            results[mode] = ray.get([task.remote(i, ports, mode, args.model, args.steps) for i in range(2)])
+        return results
+    finally:
+        ray.shutdown()
+
+
+def ray_worker(index: int, ports: list[int], mode: str, model_name: str, steps: int) -> dict:
+    """One worker of the pair, in a Ray worker process."""
+    bench = os.path.join(REPO, "benchmarks")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    os.environ["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+    return child(mode, model_name, steps, 1, 32)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", default=",".join(MODES), help="wire modes of the pair: " + ", ".join(MODES))
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--model", choices=["seed", "dense"], default="seed")
-    parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "mwms_pair.json"))
+    parser.add_argument("--ray", action="store_true", help="the pair as two plain Ray tasks")
+    parser.add_argument("--pair-only", action="store_true", help="skip the one-process baselines")
+    parser.add_argument("--output", help="default: benchmarks/mwms_pair.json (--ray: mwms_pair_ray.json)")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "THREADS", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -130,23 +166,23 @@ def main(argv=None) -> int:
     if unknown:
         print(f"error: --modes: unknown {', '.join(unknown)} (choose from {', '.join(MODES)})", file=sys.stderr)
         return 2
-    p1 = run_case("float32", args, workers=1, threads=2, batch=64)[0]
-    c1 = run_case("float32", args, workers=1, threads=1, batch=32)[0]
-    print(json.dumps({"p1": p1, "c1": c1}), flush=True)
+    p1 = c1 = None
+    if not args.pair_only:
+        p1 = run_case("float32", args, workers=1, threads=2, batch=64)[0]
+        c1 = run_case("float32", args, workers=1, threads=1, batch=32)[0]
+        print(json.dumps({"p1": p1, "c1": c1}), flush=True)
+    pairs = run_pair_in_ray(modes, args) if args.ray else {}
     rows = []
     for mode in modes:
-        pair = run_case(mode, args, workers=2, threads=1, batch=32)
+        pair = pairs[mode] if args.ray else run_case(mode, args, workers=2, threads=1, batch=32)
         step = max(w["ms_per_step"] for w in pair)
-        rows.append(
-            {
-                "mode": mode,
-                "ms_per_step": step,
-                "efficiency": round(p1["ms_per_step"] / step, 3),
-                "beyond_compute_ms": round(step - c1["ms_per_step"], 1),
-                "workers": pair,
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
+        row = {"mode": mode, "ms_per_step": step, "workers": pair}
+        if p1 is not None:
+            row.update(
+                efficiency=round(p1["ms_per_step"] / step, 3), beyond_compute_ms=round(step - c1["ms_per_step"], 1)
+            )
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     command = "python benchmarks/mwms_pair.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
     report = {
         "command": command,
@@ -154,14 +190,19 @@ def main(argv=None) -> int:
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d"),
+        "ray": args.ray,
+        "heap_settings": os.environ.get("FER_DIST_HEAP_PAD") != "0",
         "p1": p1,
         "c1": c1,
         "rows": rows,
     }
-    with open(args.output, "w") as f:
+    output = args.output or os.path.join(REPO, "benchmarks", "mwms_pair_ray.json" if args.ray else "mwms_pair.json")
+    with open(output, "w") as f:
         json.dump(report, f, indent=1)
-    best = max(rows, key=lambda r: r["efficiency"])
-    print(f"efficiency of the bare 2-worker step at global batch 64 ({best['mode']}): {best['efficiency']:.2f}")
+    if p1 is not None:
+        best = max(rows, key=lambda r: r["efficiency"])
+        where = "in Ray tasks" if args.ray else "bare"
+        print(f"efficiency of the {where} 2-worker step at global batch 64 ({best['mode']}): {best['efficiency']:.2f}")
     return 0
 
 

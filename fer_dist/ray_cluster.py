@@ -38,9 +38,24 @@ PROPAGATED_ENV = (
 WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
+# glibc malloc's settings for every Ray worker process, read when it starts: tensors under 32 MB
+# come from malloc's heaps (not mapped afresh each), freed memory is kept up to 1 GB, and each
+# heap grows with 64 MB to spare. `import fer_dist` pads the heap at run time (`_pad_the_heap`),
+# which is enough in one process but not in a Ray worker: there a 2-worker step still faulted in
+# 42k fresh pages (~170 MB) and took ~380 ms, against ~1k and ~300 ms with these
+# (`python benchmarks/mwms_pair.py --ray`). Not set where FER_DIST_HEAP_PAD=0 or where the
+# driver has its own GLIBC_TUNABLES (propagated instead); ignored off glibc.
+HEAP_TUNABLES = (
+    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824:glibc.malloc.top_pad=67108864"
+)
+
+
 def worker_env() -> dict:
     """The environment variables every Ray worker of a job gets."""
-    return dict(WORKER_ENV, **{k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ})
+    env = dict(WORKER_ENV, **{k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ})
+    if os.environ.get("FER_DIST_HEAP_PAD") != "0":
+        env["GLIBC_TUNABLES"] = os.environ.get("GLIBC_TUNABLES", HEAP_TUNABLES)
+    return env
 
 
 PRIVATE = "local"  # ray.init's address for a new cluster of this job's own, whatever else runs here

@@ -46,6 +46,21 @@ def test_fits_counts_the_nodes_an_autoscaler_may_add():
     assert yaml_types == [({"CPU": 8, "GPU": 1}, 8), ({"CPU": 12, "GPU": 1}, 0)]
 
 
+def test_every_ray_worker_starts_with_the_heap_settings_unless_told_not(monkeypatch):
+    """glibc reads GLIBC_TUNABLES only when a process starts: the workers get it in their
+    runtime environment (the effect: tests/test_benchmark.py's Ray pair)."""
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.delenv("FER_DIST_HEAP_PAD", raising=False)
+    assert ray_cluster.worker_env()["GLIBC_TUNABLES"] == ray_cluster.HEAP_TUNABLES
+    assert "glibc.malloc.mmap_threshold=33554432" in ray_cluster.HEAP_TUNABLES
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")  # the user's own: theirs, not ours
+    assert ray_cluster.worker_env()["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
+    monkeypatch.setenv("FER_DIST_HEAP_PAD", "0")
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    env = ray_cluster.worker_env()
+    assert "GLIBC_TUNABLES" not in env and env["FER_DIST_HEAP_PAD"] == "0"
+
+
 def test_describe_resources():
     described = ray_cluster.describe_resources(
         {"CPU": 9.0, "GPU": 8.0, "memory": 1e9, "node:1.2.3.4": 1, "fake_GPU": 2}
