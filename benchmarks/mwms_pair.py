@@ -20,8 +20,9 @@ cached remainder (conv5 + head, 23.9M trainable, weights none); `--model dense` 
 `--ray` runs the pair as two plain Ray tasks (1 CPU each, a fresh worker process each) on a
 private local cluster that fer_dist starts as a training job does (`ray_cluster.ensure_ray`, its
 worker environment included), still without Ray Train or the loop: what a Ray worker process
-itself changes (`FER_DIST_HEAP_PAD=0` drops fer_dist's heap settings there, to compare; output
-benchmarks/mwms_pair_ray.json). `--pair-only` skips p1 and c1 (no efficiency).
+itself changes. Each worker reports the GLIBC_TUNABLES it started with (`GLIBC_TUNABLES=` with
+nothing after it sends glibc's defaults instead of `ray_cluster.HEAP_TUNABLES`, to compare;
+output benchmarks/mwms_pair_ray.json). `--pair-only` skips p1 and c1 (no efficiency).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,13 +59,13 @@ def child(mode: str, model_name: str, steps: int, threads: int, batch: int) -> d
 
     import numpy as np
     import tensorflow as tf
+    from malloc_pad import build
+
+    from fer_dist import config as C  # fer_dist first: it sets TensorFlow's environment
+    from fer_dist.steps import Distributed
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
-    from malloc_pad import build
-
-    from fer_dist import config as C
-    from fer_dist.steps import Distributed
 
     overrides = {"weights": "none", "global_batch_size": "64", "deterministic": "false"}
     cfg = C.resolve("seed", dict(overrides, **mode_overrides(mode)))
@@ -104,19 +106,30 @@ def run_case(mode: str, args, workers: int, threads: int, batch: int) -> list[di
     env = dict(os.environ, TF_NUM_INTRAOP_THREADS=str(threads), TF_NUM_INTEROP_THREADS=str(threads))
     env.pop("TF_CONFIG", None)
     ports = [free_port() for _ in range(workers)]
-    procs = []
-    for index in range(workers):
-        if workers > 1:
-            cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-            env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=900)
-        if proc.returncode:
-            raise SystemExit(f"error: the case {mode} ({workers} process(es)) failed:\n{err.decode()[-3000:]}")
-        results.append(json.loads(out.decode().strip().splitlines()[-1]))
-    return results
+    procs, logs = [], []
+    try:
+        for index in range(workers):
+            if workers > 1:
+                cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+                env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            logs.append(tempfile.TemporaryFile())  # not a pipe: a chatty worker never blocks its peer
+            procs.append(subprocess.Popen(cmd, cwd=REPO, env=dict(env), stdout=subprocess.PIPE, stderr=logs[-1]))
+        results = []
+        for proc, log in zip(procs, logs):
+            out, _ = proc.communicate(timeout=900)
+            if proc.returncode:
+                log.seek(0)
+                tail = log.read().decode(errors="replace")[-3000:]
+                raise SystemExit(f"error: the case {mode} ({workers} process(es)) failed:\n{tail}")
+            results.append(json.loads(out.decode().strip().splitlines()[-1]))
+        return results
+    finally:
+        for proc in procs:  # a failed or timed-out worker's peer waits in a collective: end it too
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for log in logs:
+            log.close()
 
 
 def run_pair_in_ray(modes: list[str], args) -> dict[str, list[dict]]:
@@ -131,10 +144,11 @@ def run_pair_in_ray(modes: list[str], args) -> dict[str, list[dict]]:
         results = {}
         for mode in modes:
             ports = [free_port() for _ in range(2)]
-            results[mode] = ray.get([task.remote(i, ports, mode, args.model, args.steps) for i in range(2)])
+            pair = [task.remote(i, ports, mode, args.model, args.steps) for i in range(2)]
+            results[mode] = ray.get(pair, timeout=900)
         return results
     finally:
-        ray.shutdown()
+        ray_cluster.leave()  # the private cluster stops with it
 
 
 def ray_worker(index: int, ports: list[int], mode: str, model_name: str, steps: int) -> dict:
@@ -144,7 +158,7 @@ def ray_worker(index: int, ports: list[int], mode: str, model_name: str, steps: 
         sys.path.insert(0, bench)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     os.environ["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-    return child(mode, model_name, steps, 1, 32)
+    return dict(child(mode, model_name, steps, 1, 32), glibc_tunables=os.environ.get("GLIBC_TUNABLES"))
 
 
 def main(argv=None) -> int:
@@ -191,7 +205,7 @@ def main(argv=None) -> int:
         "cores": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d"),
         "ray": args.ray,
-        "heap_settings": os.environ.get("FER_DIST_HEAP_PAD") != "0",
+        "heap_pad": os.environ.get("FER_DIST_HEAP_PAD") != "0",
         "p1": p1,
         "c1": c1,
         "rows": rows,

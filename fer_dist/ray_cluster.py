@@ -41,10 +41,10 @@ WORKER_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 # glibc malloc's settings for every Ray worker process, read when it starts: tensors under 32 MB
 # come from malloc's heaps (not mapped afresh each), freed memory is kept up to 1 GB, and each
 # heap grows with 64 MB to spare. `import fer_dist` pads the heap at run time (`_pad_the_heap`),
-# which is enough in one process but not in a Ray worker: there a 2-worker step still faulted in
-# 42k fresh pages (~170 MB) and took ~380 ms, against ~1k and ~300 ms with these
-# (`python benchmarks/mwms_pair.py --ray`). Not set where FER_DIST_HEAP_PAD=0 or where the
-# driver has its own GLIBC_TUNABLES (propagated instead); ignored off glibc.
+# which is enough in one process but not in a Ray worker: there the seed recipe's 2-worker step
+# faulted in ~42k fresh pages (~170 MB) and took 397.6 ms, against ~160 faults and 314.6 ms with
+# these (`python benchmarks/mwms_pair.py --ray`, benchmarks/mwms_pair_ray*.json). Not set with FER_DIST_HEAP_PAD=0; a
+# driver's own GLIBC_TUNABLES is sent instead (empty: glibc's defaults); ignored off glibc.
 HEAP_TUNABLES = (
     "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824:glibc.malloc.top_pad=67108864"
 )
@@ -53,8 +53,10 @@ HEAP_TUNABLES = (
 def worker_env() -> dict:
     """The environment variables every Ray worker of a job gets."""
     env = dict(WORKER_ENV, **{k: os.environ[k] for k in PROPAGATED_ENV if k in os.environ})
-    if os.environ.get("FER_DIST_HEAP_PAD") != "0":
-        env["GLIBC_TUNABLES"] = os.environ.get("GLIBC_TUNABLES", HEAP_TUNABLES)
+    if "GLIBC_TUNABLES" in os.environ:  # the user's own, also to workers that do not inherit it
+        env["GLIBC_TUNABLES"] = os.environ["GLIBC_TUNABLES"]
+    elif os.environ.get("FER_DIST_HEAP_PAD") != "0":
+        env["GLIBC_TUNABLES"] = HEAP_TUNABLES
     return env
 
 

@@ -55,7 +55,10 @@ def test_every_ray_worker_starts_with_the_heap_settings_unless_told_not(monkeypa
     assert "glibc.malloc.mmap_threshold=33554432" in ray_cluster.HEAP_TUNABLES
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")  # the user's own: theirs, not ours
     assert ray_cluster.worker_env()["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2"
-    monkeypatch.setenv("FER_DIST_HEAP_PAD", "0")
+    monkeypatch.setenv("GLIBC_TUNABLES", "")  # empty: glibc's defaults, sent as such
+    assert ray_cluster.worker_env()["GLIBC_TUNABLES"] == ""
+    monkeypatch.setenv("FER_DIST_HEAP_PAD", "0")  # no heap settings of ours, the user's still go
+    assert ray_cluster.worker_env()["GLIBC_TUNABLES"] == ""
     monkeypatch.delenv("GLIBC_TUNABLES")
     env = ray_cluster.worker_env()
     assert "GLIBC_TUNABLES" not in env and env["FER_DIST_HEAP_PAD"] == "0"
