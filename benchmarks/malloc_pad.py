@@ -91,6 +91,18 @@ def build(model_name: str, cfg):
     return net, net.trainable_variables, shape, opt
 
 
+def report_header(script: str, argv, model_name: str) -> dict:
+    """What a benchmark JSON of this folder starts with: its command line, model and machine."""
+    args = argv if argv is not None else sys.argv[1:]
+    return {
+        "command": f"python benchmarks/{script}" + "".join(f" {a}" for a in args),
+        "model": model_name,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["seed", "dense"], default="seed")
@@ -113,15 +125,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: the case {strategy} pad {pad} failed:\n{proc.stderr[-3000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    command = "python benchmarks/malloc_pad.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
-    report = {
-        "command": command,
-        "model": args.model,
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d"),
-        "rows": rows,
-    }
+    report = dict(report_header("malloc_pad.py", argv, args.model), rows=rows)
     with open(args.output, "w") as f:
         json.dump(report, f, indent=1)
     return 0

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -197,13 +196,10 @@ def main(argv=None) -> int:
             )
         rows.append(row)
         print(json.dumps(row), flush=True)
-    command = "python benchmarks/mwms_pair.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    from malloc_pad import report_header
+
     report = {
-        "command": command,
-        "model": args.model,
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d"),
+        **report_header("mwms_pair.py", argv, args.model),
         "ray": args.ray,
         "heap_pad": os.environ.get("FER_DIST_HEAP_PAD") != "0",
         "p1": p1,
