@@ -48,7 +48,7 @@ def test_fits_counts_the_nodes_an_autoscaler_may_add():
 
 def test_every_ray_worker_starts_with_the_heap_settings_unless_told_not(monkeypatch):
     """glibc reads GLIBC_TUNABLES only when a process starts: the workers get it in their
-    runtime environment (the effect: tests/test_benchmark.py's Ray pair)."""
+    runtime environment (their effect: benchmarks/mwms_pair.py --ray, docs/performance.md)."""
     monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.delenv("FER_DIST_HEAP_PAD", raising=False)
     assert ray_cluster.worker_env()["GLIBC_TUNABLES"] == ray_cluster.HEAP_TUNABLES
