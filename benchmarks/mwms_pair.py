@@ -41,6 +41,8 @@ for path in (REPO, os.path.dirname(os.path.abspath(__file__))):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+import fer_dist  # noqa: E402,F401  (before TensorFlow, in every process of the benchmark: it sets TF's environment)
+
 MODES = ("float32", "bfloat16", "powersgd1", "powersgd4")
 
 
@@ -60,7 +62,7 @@ def child(mode: str, model_name: str, steps: int, threads: int, batch: int) -> d
     import tensorflow as tf
     from malloc_pad import build
 
-    from fer_dist import config as C  # fer_dist first: it sets TensorFlow's environment
+    from fer_dist import config as C
     from fer_dist.steps import Distributed
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
