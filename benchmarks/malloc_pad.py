@@ -33,9 +33,6 @@ CASES = [("mwms", True), ("mwms", False), ("none", True), ("none", False)]  # (s
 
 def child(strategy: str, pad: bool, model_name: str, steps: int) -> dict:
     """One case, in this (fresh) process: fer_dist padded the heap unless FER_DIST_HEAP_PAD=0."""
-    import resource
-
-    import numpy as np
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -46,29 +43,45 @@ def child(strategy: str, pad: bool, model_name: str, steps: int) -> dict:
     s = tf.distribute.MultiWorkerMirroredStrategy() if strategy == "mwms" else tf.distribute.get_strategy()
     dist = Distributed(s, 0, 1, 1)
     cfg = C.resolve("seed", {"weights": "none", "global_batch_size": "32"})
-    with dist.scope():
-        net, trainable, shape, opt = build(model_name, cfg)
-    x = np.random.default_rng(0).random((32 * 8, *shape), dtype=np.float32)
-    y = np.random.default_rng(1).integers(0, 7, 32 * 8).astype(np.int32)
-    batches = iter(dist.dataset(lambda ctx: tf.data.Dataset.from_tensor_slices((x, y)).batch(32).repeat()))
-    train = dist.build_steps(net, trainable, opt, cfg, class_weights=None, in_graph=False).train
-    for _ in range(3):
-        float(train(batches)[0])
-    faults, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-    for _ in range(steps):
-        float(train(batches)[0])
-    seconds = time.perf_counter() - start
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    times, faults = timed_steps(dist, cfg, model_name, 32, steps)
     return {
         "strategy": strategy,
         "heap_pad": pad,
-        "ms_per_step": round(seconds / steps * 1e3, 1),
+        "ms_per_step": round(sum(times) / steps * 1e3, 1),
         "page_faults_per_step": round(faults / steps),
     }
 
 
+def timed_steps(dist, cfg, model_name: str, batch: int, steps: int, warmup: int = 3) -> tuple[list[float], int]:
+    """`model_name` built in `dist`'s scope, its compiled train step (`Distributed.build_steps`)
+    run on random inputs: `warmup` steps, then `steps` timed one by one (each ends in a host
+    sync). (seconds of each timed step, the process's minor page faults over them)."""
+    import resource
+
+    import numpy as np
+    import tensorflow as tf
+
+    with dist.scope():
+        net, trainable, shape, opt = build(model_name, cfg)
+    rng = np.random.default_rng(dist.rank)
+    x = rng.random((batch * 8, *shape), dtype=np.float32)
+    y = rng.integers(0, 7, batch * 8).astype(np.int32)
+    batches = iter(dist.dataset(lambda ctx: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat()))
+    train = dist.build_steps(net, trainable, opt, cfg, class_weights=None, in_graph=False).train
+    for _ in range(warmup):
+        float(train(batches)[0])
+    faults, times = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, []
+    for _ in range(steps):
+        start = time.perf_counter()
+        float(train(batches)[0])
+        times.append(time.perf_counter() - start)
+    return times, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+
+
 def build(model_name: str, cfg):
-    """(net, trainable variables, input shape, optimizer), made in the current scope."""
+    """(net, trainable variables, input shape, optimizer), made in the current scope: `seed` the
+    seed recipe's cached remainder (what its step trains on cached features), `finetune` the
+    whole model in its second phase (every layer trainable), `dense` a quick stand-in."""
     import keras
 
     from fer_dist import features as F
@@ -78,6 +91,9 @@ def build(model_name: str, cfg):
     if model_name == "seed":
         split, _ = F.split_model(M.build(cfg), cfg)
         net, shape = split.remainder, tuple(split.feature_shape)
+    elif model_name == "finetune":
+        net, shape = M.build(cfg), (cfg.image_size, cfg.image_size, 3)
+        M.set_phase(net, cfg, 2)
     else:
         inputs = keras.Input((2048,))
         h = inputs

@@ -34,7 +34,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for path in (REPO, os.path.dirname(os.path.abspath(__file__))):
@@ -42,25 +41,21 @@ for path in (REPO, os.path.dirname(os.path.abspath(__file__))):
         sys.path.insert(0, path)
 
 import fer_dist  # noqa: E402,F401  (before TensorFlow, in every process of the benchmark: it sets TF's environment)
+from fer_dist import scaling  # noqa: E402
 
-MODES = ("float32", "bfloat16", "powersgd1", "powersgd4")
+MODES = scaling.ADVISED_MODES
 
 
 def mode_overrides(mode: str) -> dict:
-    """A wire mode's config: an allreduce_dtype, or powersgdR (rank R from the first step)."""
-    if mode.startswith("powersgd"):
-        rank = mode.removeprefix("powersgd") or "4"
-        return {"gradient_compression": "powersgd", "powersgd_rank": rank, "powersgd_start_step": "0"}
-    return {"allreduce_dtype": mode}
+    """A wire mode's config (`scaling.wire_settings`), PowerSGD from the first step."""
+    settings = scaling.wire_settings(mode)
+    return dict(settings, powersgd_start_step=0) if settings["gradient_compression"] == "powersgd" else settings
 
 
 def child(mode: str, model_name: str, steps: int, threads: int, batch: int) -> dict:
     """One process's part (a worker of the pair when TF_CONFIG names two): ms per step."""
-    import resource
-
-    import numpy as np
     import tensorflow as tf
-    from malloc_pad import build
+    from malloc_pad import timed_steps
 
     from fer_dist import config as C
     from fer_dist.steps import Distributed
@@ -71,21 +66,7 @@ def child(mode: str, model_name: str, steps: int, threads: int, batch: int) -> d
     overrides = {"weights": "none", "global_batch_size": "64", "deterministic": "false"}
     cfg = C.resolve("seed", dict(overrides, **mode_overrides(mode)))
     dist = Distributed.create(cfg)
-    with dist.scope():
-        net, trainable, shape, opt = build(model_name, cfg)
-    rng = np.random.default_rng(dist.rank)
-    x = rng.random((batch * 8, *shape), dtype=np.float32)
-    y = rng.integers(0, 7, batch * 8).astype(np.int32)
-    batches = iter(dist.dataset(lambda ctx: tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat()))
-    train = dist.build_steps(net, trainable, opt, cfg, class_weights=None, in_graph=False).train
-    for _ in range(3):
-        float(train(batches)[0])
-    faults, times = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, []
-    for _ in range(steps):
-        start = time.perf_counter()
-        float(train(batches)[0])
-        times.append(time.perf_counter() - start)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    times, faults = timed_steps(dist, cfg, model_name, batch, steps)
     times.sort()
     return {
         "ms_per_step": round(1e3 * times[len(times) // 2], 1),

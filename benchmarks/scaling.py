@@ -1,4 +1,4 @@
-"""python benchmarks/scaling.py [--data PATH] [--batches 32,64,128] [--steps N] [--windows W] [--smoke] [--output benchmarks/scaling.json]
+"""python benchmarks/scaling.py [--data PATH] [--batches 32,64,128] [--steps N] [--windows W] [--rounds R] [--smoke] [--output benchmarks/scaling.json]
 
 One process against 2 Ray Train workers (MultiWorkerMirroredStrategy, 1 CPU each) at the same
 global batch, on the same input path (FER-2013 Training rows, the frozen-trunk feature cache),
@@ -18,7 +18,8 @@ The 2-worker step time (B / w2 img/s) is split into
                  `vote_every_steps` steps, per step;
   sync & wait  = the rest: host synchronisation, stragglers, and what the collectives cost
                  beyond their time alone (the two workers share 2 cores).
-Efficiency = w2 img/s / p1 img/s. Each run trains 1 + W epochs of N steps; the first (tracing,
+Efficiency = w2 img/s / p1 img/s (with `--rounds R`, p1 and the w2 runs are interleaved R times
+and the figure is the median of each round's ratio; the rounds' ratios are in the JSON). Each run trains 1 + W epochs of N steps; the first (tracing,
 warm-up, the probe) is excluded and the figure is the median images/s of the other W. The
 benchmark fixes its own determinism (`deterministic=false`) and threads, so a change of defaults
 elsewhere does not move it. `finetune96` is the full-ResNet50-trainable shape (96 px, random
@@ -80,17 +81,20 @@ def train(name: str, args: list[str], storage: str, env: dict, workers: int = 0)
 
 
 def mode_args(mode: str) -> list[str]:
-    """A wire mode's settings: an allreduce_dtype (float32, bfloat16, float16), or powersgdR
-    (PowerSGD at rank R from the first step, the other gradients in float32)."""
-    if mode.startswith("powersgd"):
-        rank = int(mode.removeprefix("powersgd") or 4)
-        sets = ["gradient_compression=powersgd", f"powersgd_rank={rank}", "powersgd_start_step=0"]
-        return [a for s in sets for a in ("--set", s)]
-    return ["--set", f"allreduce_dtype={mode}"]
+    """A wire mode's settings (`fer_dist.scaling.wire_settings`: an allreduce_dtype, or powersgdR:
+    PowerSGD at rank R, here from the first step, the other gradients in float32)."""
+    from fer_dist.scaling import wire_settings
+
+    settings = wire_settings(mode)
+    if settings["gradient_compression"] == "powersgd":
+        settings["powersgd_start_step"] = 0
+    return [a for key, value in settings.items() for a in ("--set", f"{key}={value}")]
 
 
 def measure(recipe: str, batch: int, args, data: str, storage: str, dtypes: list[str]) -> list[dict]:
-    """Rows for one recipe and global batch: p1 and c2 once, w2 once per wire mode."""
+    """Rows for one recipe and global batch: c2 once; then `--rounds` rounds of p1 followed by w2
+    once per wire mode, interleaved, so a machine whose speed drifts moves both sides. A row's
+    efficiency is the median over the rounds of w2 / p1 of the same round."""
     common = [*RECIPES[recipe], *FIXED, "--data", data, "--epochs", str(1 + args.windows)]
     common += ["--set", f"steps_per_epoch={args.steps}", "--set", f"global_batch_size={batch}"]
     common += ["--set", f"vote_every_steps={args.vote_every}"]
@@ -98,39 +102,46 @@ def measure(recipe: str, batch: int, args, data: str, storage: str, dtypes: list
     base.pop("RAY_ADDRESS", None)
     one_thread = dict(base, TF_NUM_INTRAOP_THREADS="1", TF_NUM_INTEROP_THREADS="1")
     tag = f"{recipe}-b{batch}"
-    p1 = train(f"{tag}-p1", common, storage, base)
     half = [a if a != f"global_batch_size={batch}" else f"global_batch_size={batch // 2}" for a in common]
     c2 = train(f"{tag}-c2", half, storage, one_thread)
+    p1s, w2s = [], {dtype: [] for dtype in dtypes}
+    for r in range(args.rounds):
+        p1s.append(train(f"{tag}-p1-r{r}", common, storage, base))
+        for dtype in dtypes:
+            w2s[dtype].append(train(f"{tag}-w2-{dtype}-r{r}", [*common, *mode_args(dtype)], storage, base, workers=2))
+    return [row(recipe, batch, dtype, p1s, w2s[dtype], c2, args.vote_every) for dtype in dtypes]
+
+
+def row(recipe: str, batch: int, dtype: str, p1s: list[dict], w2s: list[dict], c2: dict, vote_every: int) -> dict:
+    """One wire mode's row: medians over the rounds, and the 2-worker step's split."""
+    p1 = statistics.median(r["images_per_second"] for r in p1s)
+    w2 = statistics.median(r["images_per_second"] for r in w2s)
+    ratios = [round(w["images_per_second"] / p["images_per_second"], 3) for p, w in zip(p1s, w2s)]
+    comm = w2s[0]["communication"] or {}
     compute = (batch // 2) / c2["images_per_second"]
-    rows = []
-    for dtype in dtypes:
-        w2 = train(f"{tag}-w2-{dtype}", [*common, *mode_args(dtype)], storage, base, workers=2)
-        comm = w2["communication"] or {}
-        step = batch / w2["images_per_second"]
-        allreduce = comm.get("allreduce_s", 0.0)
-        votes = comm.get("vote_s", 0.0) / max(1, args.vote_every)
-        split = {
-            "compute_ms": round(compute * 1e3, 1),
-            "allreduce_ms": round(allreduce * 1e3, 1),
-            "votes_ms": round(votes * 1e3, 2),
-            "sync_and_wait_ms": round((step - compute - allreduce - votes) * 1e3, 1),
-            "step_ms": round(step * 1e3, 1),
-        }
-        rows.append(
-            {
-                "recipe": recipe,
-                "global_batch": batch,
-                "allreduce_dtype": dtype,
-                "p1_images_per_second": p1["images_per_second"],
-                "w2_images_per_second": w2["images_per_second"],
-                "efficiency": round(w2["images_per_second"] / p1["images_per_second"], 3),
-                "allreduce_values": comm.get("values"),
-                "allreduce_bytes_per_step": comm.get("wire_bytes"),
-                "split_2_workers": split,
-                "runs": {"p1": p1, "w2": w2, "c2": c2},
-            }
-        )
-    return rows
+    step = batch / w2
+    allreduce = statistics.median((w["communication"] or {}).get("allreduce_s", 0.0) for w in w2s)
+    votes = comm.get("vote_s", 0.0) / max(1, vote_every)
+    split = {
+        "compute_ms": round(compute * 1e3, 1),
+        "allreduce_ms": round(allreduce * 1e3, 1),
+        "votes_ms": round(votes * 1e3, 2),
+        "sync_and_wait_ms": round((step - compute - allreduce - votes) * 1e3, 1),
+        "step_ms": round(step * 1e3, 1),
+    }
+    return {
+        "recipe": recipe,
+        "global_batch": batch,
+        "allreduce_dtype": dtype,
+        "p1_images_per_second": round(p1, 2),
+        "w2_images_per_second": round(w2, 2),
+        "efficiency": round(statistics.median(ratios), 3),
+        "efficiency_rounds": ratios,
+        "allreduce_values": comm.get("values"),
+        "allreduce_bytes_per_step": comm.get("wire_bytes"),
+        "split_2_workers": split,
+        "runs": {"p1": p1s, "w2": w2s, "c2": c2},
+    }
 
 
 def prepare_data(args, workdir: str) -> tuple[str, str]:
@@ -152,9 +163,10 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         s = r["split_2_workers"]
         mb = (r["allreduce_bytes_per_step"] or 0) / 1e6
+        mb_text = f"{mb:.0f}" if mb >= 10 else f"{mb:.2f}"
         lines.append(
             f"| {r['recipe']} | {r['global_batch']} | {r['allreduce_dtype']} | {r['p1_images_per_second']:.1f} | {r['w2_images_per_second']:.1f} "
-            f"| {r['efficiency']:.2f} | {mb:.0f} | {s['step_ms']:.0f}: {s['compute_ms']:.0f} / {s['allreduce_ms']:.0f} / "
+            f"| {r['efficiency']:.2f} | {mb_text} | {s['step_ms']:.0f}: {s['compute_ms']:.0f} / {s['allreduce_ms']:.0f} / "
             f"{s['votes_ms']:.1f} / {s['sync_and_wait_ms']:.0f} |"
         )
     return "\n".join(lines)
@@ -167,6 +179,7 @@ def main(argv=None) -> int:
     parser.add_argument("--recipes", default="seed,finetune96")
     parser.add_argument("--steps", type=int, default=30, help="steps per timed epoch")
     parser.add_argument("--windows", type=int, default=2, help="timed epochs after the warm-up epoch")
+    parser.add_argument("--rounds", type=int, default=1, help="p1 and w2 runs interleaved this many times")
     parser.add_argument("--finetune-steps", type=int, default=4)
     parser.add_argument("--vote-every", type=int, default=20, help="vote_every_steps of the runs (20: the default)")
     parser.add_argument(
@@ -183,6 +196,8 @@ def main(argv=None) -> int:
     recipes = args.recipes.split(",")
     if args.smoke:
         args.steps, args.windows, args.finetune_steps, batches, recipes = 3, 1, 2, [16], ["seed"]
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     rows = []
     with tempfile.TemporaryDirectory(prefix="fer_scaling_") as work:
         data, described = prepare_data(args, work)
@@ -195,7 +210,15 @@ def main(argv=None) -> int:
                 for row in measure(recipe, batch, run_args, data, storage, [d for d in dtypes if d]):
                     rows.append(row)
                     print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
-    report = {"data": described, "cpus": os.cpu_count(), "steps": args.steps, "windows": args.windows, "rows": rows}
+    report = {
+        "command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "data": described,
+        "cpus": os.cpu_count(),
+        "steps": args.steps,
+        "windows": args.windows,
+        "rounds": args.rounds,
+        "rows": rows,
+    }
     with open(args.output, "w") as f:
         json.dump(report, f, indent=1)
     print(format_table(rows))

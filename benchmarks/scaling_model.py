@@ -43,7 +43,7 @@ WORKERS = (1, 2, 4, 8)
 BATCHES = (64, 512)
 
 
-MODES = ("float32", "bfloat16", "powersgd1", "powersgd4")
+MODES = scaling.ADVISED_MODES
 
 
 def wire(shapes: list, mode: str) -> tuple[int, int]:
@@ -51,11 +51,7 @@ def wire(shapes: list, mode: str) -> tuple[int, int]:
     from fer_dist import config as C
     from fer_dist import steps
 
-    if mode.startswith("powersgd"):
-        sets = {"gradient_compression": "powersgd", "powersgd_rank": mode.removeprefix("powersgd")}
-    else:
-        sets = {"allreduce_dtype": mode}
-    config = C.resolve("seed", sets)
+    config = C.resolve("seed", scaling.wire_settings(mode))
     return steps.wire_bytes(shapes, config)[1], len(steps.wire_groups(shapes, config))
 
 

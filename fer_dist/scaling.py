@@ -16,6 +16,14 @@ as workers are added (the global batch is fixed). Two uses:
 
 "Communication dominates" when it is over half of the step: then adding workers slows the run,
 and `jobs/tune.py` runs one worker per trial (its default) and packs trials across the cluster.
+
+The run's advice (`CommunicationShare.advice`, logged after its first epoch and at its end) puts
+the run's own figures into that model: the link's latency per ring hop from the timed vote (a
+one-value all-reduce is latency alone), its bandwidth from the timed float32 gradient buffer, the
+compute from the step time less its all-reduce; then, for every wire mode (`ADVISED_MODES`), the
+predicted speed-up per worker at 2, 4 and 8 workers, and the mode and largest worker count that
+still reach `PAYS`. It assumes every worker has a device of its own (a cluster; not several
+workers sharing one machine's cores, where the measured efficiency is the figure to read).
 """
 
 from __future__ import annotations
@@ -23,6 +31,51 @@ from __future__ import annotations
 import dataclasses
 
 DOMINATES = 0.5  # communication over half of the step time
+PAYS = 0.75  # predicted speed-up per worker at which one more worker is still worth its price
+ADVISED_MODES = ("float32", "bfloat16", "powersgd1", "powersgd4")  # the wire modes the advice compares
+ADVISED_WORKERS = (2, 4, 8)
+
+
+def wire_settings(mode: str) -> dict:
+    """A wire mode's config settings: an all-reduce dtype (`float32`, `bfloat16`, `float16`),
+    or `powersgdR` (PowerSGD at rank R, the other gradients in float32)."""
+    if mode.startswith("powersgd"):
+        rank = int(mode.removeprefix("powersgd") or 4)
+        return {"gradient_compression": "powersgd", "powersgd_rank": rank, "allreduce_dtype": "float32"}
+    return {"gradient_compression": "none", "allreduce_dtype": mode}
+
+
+def wire_flags(mode: str) -> str:
+    """The `--set` flags of a wire mode, as a user types them."""
+    settings = wire_settings(mode)
+    if settings["gradient_compression"] == "none":
+        return f"--set allreduce_dtype={settings['allreduce_dtype']}"
+    return f"--set gradient_compression=powersgd --set powersgd_rank={settings['powersgd_rank']}"
+
+
+@dataclasses.dataclass
+class Advice:
+    mode: str  # the wire mode predicted fastest at the run's worker count
+    workers: int  # the most workers (of ADVISED_WORKERS) at which it still reaches PAYS; 1: none
+    predicted: dict  # mode -> {workers: predicted speed-up per worker}
+    compute_s: float  # one worker's compute per step at the global batch (step less all-reduce, times N)
+    gbit_per_s: float  # the link's bandwidth, read off the timed float32 all-reduce
+    latency_s: float  # one ring hop, read off the timed vote
+
+    def line(self) -> str:
+        counts = sorted({n for table in self.predicted.values() for n in table})
+        table = ", ".join(f"{mode} {' / '.join(f'{by[n]:.2f}' for n in counts)}" for mode, by in self.predicted.items())
+        head = (
+            f"advice: predicted speed-up per worker at {' / '.join(map(str, counts))} workers, each with a device "
+            f"of its own ({self.compute_s * 1e3:.0f} ms of compute a step split N ways; the measured link: "
+            f"{self.gbit_per_s:.1f} Gbit/s, {self.latency_s * 1e6:.0f} us a hop): {table}"
+        )
+        if self.workers < 2:
+            return head + f"; no mode reaches {PAYS} with 2 workers: train on one, or raise global_batch_size"
+        return head + f"; pays (>= {PAYS}) up to {self.workers} workers: {self.mode} ({wire_flags(self.mode)})"
+
+    def as_metrics(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass
@@ -34,6 +87,10 @@ class CommunicationShare:
     allreduce_s: float  # one all-reduce of the real gradient buffer, alone (median of a few)
     vote_s: float = 0.0  # one cross-worker vote (a one-value all-reduce), alone
     step_s: float = 0.0  # the run's step time (the last epoch's), once known
+    collectives: int = 1  # the run's gradient collectives per step (PowerSGD: 3)
+    float32_s: float = 0.0  # the whole gradient buffer in float32, one all-reduce, alone (the link's bandwidth)
+    float32_bytes: int = 0
+    modes: dict = dataclasses.field(default_factory=dict)  # ADVISED_MODES -> [wire bytes, collectives]
 
     @property
     def share(self) -> float:
@@ -63,13 +120,34 @@ class CommunicationShare:
             )
         return line
 
+    def advice(self) -> Advice | None:
+        """The model's prediction for every advised mode at 2, 4, 8 workers and the run's own
+        count, from this run's measured figures; None until the step time is known."""
+        if self.step_s <= 0 or self.float32_s <= 0 or not self.modes or self.workers < 2:
+            return None
+        hops = 2 * (self.workers - 1)
+        latency = self.vote_s / hops
+        moving = max(self.float32_s - hops * latency, 1e-6)
+        gbit = 2 * (self.workers - 1) / self.workers * self.float32_bytes * 8 / moving / 1e9
+        compute = self.workers * max(self.step_s - self.allreduce_s, 0.1 * self.step_s)
+        counts = sorted({*ADVISED_WORKERS, self.workers})
+        predicted = {
+            mode: {n: round(predicted_speedup_per_worker(n, compute, sent, gbit, calls, latency), 3) for n in counts}
+            for mode, (sent, calls) in self.modes.items()
+        }
+        best = max(predicted, key=lambda mode: predicted[mode][self.workers])
+        workers = max((n for n in counts if predicted[best][n] >= PAYS), default=1)
+        return Advice(best, workers, predicted, compute, gbit, latency)
+
     @classmethod
     def from_dict(cls, fields: dict) -> CommunicationShare:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in fields.items() if k in known})
 
     def as_metrics(self) -> dict:
-        return dict(dataclasses.asdict(self), share=round(self.share, 4), dominates=self.dominates)
+        advice = self.advice()
+        metrics = dict(dataclasses.asdict(self), share=round(self.share, 4), dominates=self.dominates)
+        return dict(metrics, advice=advice.as_metrics()) if advice else metrics
 
 
 LATENCY_S = 100e-6  # one hop of a ring all-reduce between VMs of one zone (an assumption, not a measurement)
@@ -88,19 +166,29 @@ def ring_allreduce_seconds(
 
 
 def predicted_step_seconds(
-    workers: int, compute_s: float, wire_bytes: float, gbit_per_s: float, collectives: int = 1
+    workers: int,
+    compute_s: float,
+    wire_bytes: float,
+    gbit_per_s: float,
+    collectives: int = 1,
+    latency_s: float = LATENCY_S,
 ) -> float:
     """A data-parallel step at a fixed global batch: compute split N ways plus the all-reduce
     (no overlap: the step all-reduces after the backward pass)."""
-    return compute_s / workers + ring_allreduce_seconds(wire_bytes, workers, gbit_per_s, collectives)
+    return compute_s / workers + ring_allreduce_seconds(wire_bytes, workers, gbit_per_s, collectives, latency_s)
 
 
 def predicted_speedup_per_worker(
-    workers: int, compute_s: float, wire_bytes: float, gbit_per_s: float, collectives: int = 1
+    workers: int,
+    compute_s: float,
+    wire_bytes: float,
+    gbit_per_s: float,
+    collectives: int = 1,
+    latency_s: float = LATENCY_S,
 ) -> float:
     """The model's speed-up over one worker divided by N (1.0: perfect scaling). Measured runs
     call theirs "efficiency" (images/s of N workers over one process's)."""
-    step = predicted_step_seconds(workers, compute_s, wire_bytes, gbit_per_s, collectives)
+    step = predicted_step_seconds(workers, compute_s, wire_bytes, gbit_per_s, collectives, latency_s)
     return compute_s / (workers * step)
 
 

@@ -226,7 +226,10 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
         run.reporter.close()
     release_inputs(run, phase)
     if run.state.communication.get("step_s"):
-        run.reporter.info("%s", scaling.CommunicationShare.from_dict(run.state.communication).end_line())
+        share = scaling.CommunicationShare.from_dict(run.state.communication)
+        run.reporter.info("%s", share.end_line())
+        if share.advice():
+            run.reporter.info("%s", share.advice().line())
     return result(run)
 
 
@@ -348,18 +351,40 @@ def enter_phase(run: Run, epoch: int) -> Phase:
 
 
 def measure_communication(run: Run) -> None:
-    """Several workers: time the all-reduce of the step's gradient buffer alone (once per worker
-    count; kept in the loop state, so a resumed run does not measure again)."""
-    dist, state = run.dist, run.state
+    """Several workers: time the all-reduce of the step's gradient buffer alone, and of the whole
+    buffer in float32 (the link's bandwidth, for the advice) where the run sends something else
+    (once per worker count; kept in the loop state, so a resumed run does not measure again)."""
+    dist, state, config = run.dist, run.state, run.config
     workers = dist.replicas // dist.local_replicas
     if workers == 1 or state.communication.get("workers") == workers:
         return
     variables = run.model.trainable_variables
-    seconds, vote = dist.time_all_reduce(variables, run.config)
-    values, sent = steps_lib.wire_bytes([v.shape for v in variables], run.config)
-    share = scaling.CommunicationShare(workers, values, sent, steps_lib.wire_name(run.config), seconds, vote)
+    shapes = [v.shape for v in variables]
+    seconds, vote = dist.time_all_reduce(variables, config)
+    whole = dataclasses.replace(config, **scaling.wire_settings("float32"))
+    same = steps_lib.wire_name(config) == steps_lib.wire_name(whole)
+    float32_s = seconds if same else dist.time_all_reduce(variables, whole)[0]
+    values, sent = steps_lib.wire_bytes(shapes, config)
+    share = scaling.CommunicationShare(
+        workers,
+        values,
+        sent,
+        steps_lib.wire_name(config),
+        seconds,
+        vote,
+        collectives=len(steps_lib.wire_groups(shapes, config)),
+        float32_s=float32_s,
+        float32_bytes=steps_lib.wire_bytes(shapes, whole)[1],
+        modes={mode: wire_of(shapes, config, mode) for mode in scaling.ADVISED_MODES},
+    )
     state.communication = share.as_metrics()
     run.reporter.info("%s", share.start_line())
+
+
+def wire_of(shapes: list, config: TrainConfig, mode: str) -> list[int]:
+    """[bytes, collectives] of one step's gradients in another wire mode (`scaling.wire_settings`)."""
+    other = dataclasses.replace(config, **scaling.wire_settings(mode))
+    return [steps_lib.wire_bytes(shapes, other)[1], len(steps_lib.wire_groups(shapes, other))]
 
 
 def train_epoch(run: Run, phase: Phase, epoch: int) -> EpochTotals:
@@ -486,8 +511,12 @@ def end_epoch(run: Run, row: dict) -> bool:
     improved, stop = state.update(row, config)
     if state.communication and row["images_per_second"] > 0:
         share = scaling.CommunicationShare.from_dict(state.communication)
+        first = not share.step_s  # the first epoch at this worker count: the advice, once
         share.step_s = config.global_batch_size / row["images_per_second"]
         state.communication = share.as_metrics()
+        advice = share.advice()
+        if first and advice:
+            run.reporter.info("%s", advice.line())
     if improved:
         run.best_weights = snapshot(run.model)
     run.reporter.epoch_end(state, improved)

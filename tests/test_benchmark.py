@@ -106,3 +106,31 @@ def test_the_bare_two_worker_step_runs_every_mode_and_names_the_best(repo_root, 
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "error: --modes: unknown float64 (choose from float32, bfloat16, powersgd1, powersgd4)"
     ]
+
+
+def test_the_gpu_benchmark_needs_a_gpu_or_says_so_and_runs_its_cases_on_the_cpu_when_told(repo_root, tmp_path):
+    """benchmarks/gpu.py: without a GPU, one error line and exit 2; with --allow-cpu, a case (the
+    seed recipe's step under mixed precision and XLA, in its own process) runs and is written. A
+    plumbing check: no timing assertions."""
+    out = tmp_path / "gpu.json"
+    cmd = [sys.executable, "benchmarks/gpu.py", "--output", str(out)]
+    bad = subprocess.run(
+        [*cmd, "--variants", "float32,fp8"], cwd=repo_root, capture_output=True, text=True, timeout=300
+    )
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "error: --variants: unknown fp8 (choose from float32, mixed, xla, mixed_xla)"
+    ]
+    refused = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    if refused.returncode == 0:
+        pytest.skip("this machine has a GPU: the benchmark ran for real")
+    assert refused.returncode == 2 and not out.exists()
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: no GPU visible to TensorFlow")
+    cmd += "--allow-cpu --recipes seed --variants mixed_xla --steps 2 --warmup 1 --batch 16".split()
+    proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["gpu"] is None and report["command"].startswith("python benchmarks/gpu.py")
+    (case,) = report["cases"]
+    assert (case["recipe"], case["variant"], case["batch"], case["peak_gpu_mb"]) == ("seed", "mixed_xla", 16, None)
+    assert case["images_per_second"] == pytest.approx(16 / case["ms_per_step"] * 1e3, rel=0.01)
+    assert "fastest for seed: mixed_xla" in proc.stdout

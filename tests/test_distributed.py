@@ -22,7 +22,7 @@ import uuid
 import pandas as pd
 import pytest
 
-from fer_dist import storage
+from fer_dist import scaling, storage
 from tests.ray_workers import train_workers
 
 pytestmark = pytest.mark.ray
@@ -161,6 +161,11 @@ def test_two_workers_stream_to_gcs_and_load_back(tmp_path, two_worker_run):
     assert list(history(run)["epoch"]) == [1, 2, 3]
     metrics = json.loads(storage.read_text(storage.join(run, "metrics.json")))
     assert metrics["test_accuracy"] > 0.5  # 7 classes: chance is 0.14
+    # The run read its link off its own timed collectives and advised a wire mode and worker count.
+    advice = metrics["communication"]["advice"]
+    assert set(advice["predicted"]) == set(scaling.ADVISED_MODES) and advice["mode"] in scaling.ADVISED_MODES
+    assert advice["gbit_per_s"] > 0 and advice["compute_s"] > 0 and advice["workers"] in (1, 2, 4, 8)
+    assert out.count("advice: predicted speed-up per worker") == 2, out[-3000:]  # after epoch 1, at the end
     # The exported model and the checkpoints load back from the bucket.
     evaluated = subprocess.run(
         [sys.executable, "jobs/evaluate.py", run, "--output", str(tmp_path / "eval")],
