@@ -121,7 +121,7 @@ def row(recipe: str, batch: int, dtype: str, p1s: list[dict], w2s: list[dict], c
     compute = (batch // 2) / c2["images_per_second"]
     step = batch / w2
     allreduce = statistics.median((w["communication"] or {}).get("allreduce_s", 0.0) for w in w2s)
-    votes = comm.get("vote_s", 0.0) / max(1, vote_every)
+    votes = statistics.median((w["communication"] or {}).get("vote_s", 0.0) for w in w2s) / max(1, vote_every)
     split = {
         "compute_ms": round(compute * 1e3, 1),
         "allreduce_ms": round(allreduce * 1e3, 1),
@@ -191,13 +191,23 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--smoke", action="store_true", help="a seconds-scale plumbing check (numbers meaningless)")
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "scaling.json"))
+    parser.error = lambda message: parser.exit(2, f"error: {message}\n")  # one line, as the jobs' CLIs
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
     recipes = args.recipes.split(",")
     if args.smoke:
         args.steps, args.windows, args.finetune_steps, batches, recipes = 3, 1, 2, [16], ["seed"]
+    from fer_dist.scaling import wire_settings
+
+    try:
+        for mode in filter(None, args.extra_dtypes.split(",")):
+            wire_settings(mode)
+    except ValueError as e:
+        print(f"error: --extra-modes: {e}", file=sys.stderr)
+        return 2
     if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+        print("error: --rounds: must be at least 1", file=sys.stderr)
+        return 2
     rows = []
     with tempfile.TemporaryDirectory(prefix="fer_scaling_") as work:
         data, described = prepare_data(args, work)
@@ -207,9 +217,9 @@ def main(argv=None) -> int:
             for batch in batches if recipe == "seed" else [min(batches)]:
                 dtypes = ["float32", *args.extra_dtypes.split(",")] if batch == 64 and recipe == "seed" else ["float32"]
                 run_args = argparse.Namespace(**dict(vars(args), steps=steps))
-                for row in measure(recipe, batch, run_args, data, storage, [d for d in dtypes if d]):
-                    rows.append(row)
-                    print(json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
+                for measured in measure(recipe, batch, run_args, data, storage, [d for d in dtypes if d]):
+                    rows.append(measured)
+                    print(json.dumps({k: v for k, v in measured.items() if k != "runs"}), flush=True)
     report = {
         "command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "data": described,

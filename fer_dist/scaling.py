@@ -21,8 +21,8 @@ The run's advice (`CommunicationShare.advice`, logged after its first epoch and 
 the run's own figures into that model: the link's latency per ring hop from the timed vote (a
 one-value all-reduce is latency alone), its bandwidth from the timed float32 gradient buffer, the
 compute from the step time less its all-reduce; then, for every wire mode (`ADVISED_MODES`), the
-predicted speed-up per worker at 2, 4 and 8 workers, and the mode and largest worker count that
-still reach `PAYS`. It assumes every worker has a device of its own (a cluster; not several
+predicted speed-up per worker at 2, 4 and 8 workers, and the mode that still reaches `PAYS` at the
+most workers, with that count. It assumes every worker has a device of its own (a cluster; not several
 workers sharing one machine's cores, where the measured efficiency is the figure to read).
 """
 
@@ -38,24 +38,27 @@ ADVISED_WORKERS = (2, 4, 8)
 
 def wire_settings(mode: str) -> dict:
     """A wire mode's config settings: an all-reduce dtype (`float32`, `bfloat16`, `float16`),
-    or `powersgdR` (PowerSGD at rank R, the other gradients in float32)."""
-    if mode.startswith("powersgd"):
-        rank = int(mode.removeprefix("powersgd") or 4)
-        return {"gradient_compression": "powersgd", "powersgd_rank": rank, "allreduce_dtype": "float32"}
-    return {"gradient_compression": "none", "allreduce_dtype": mode}
+    or `powersgdR` (PowerSGD at rank R >= 1, the other gradients in float32). ValueError names
+    what a mode may be."""
+    from fer_dist.config import ALLREDUCE_DTYPES
+
+    rank = mode.removeprefix("powersgd")
+    if mode.startswith("powersgd") and rank.isdigit() and int(rank) >= 1:
+        return {"gradient_compression": "powersgd", "powersgd_rank": int(rank), "allreduce_dtype": "float32"}
+    if mode in ALLREDUCE_DTYPES:
+        return {"gradient_compression": "none", "allreduce_dtype": mode}
+    raise ValueError(f"unknown wire mode {mode!r} (one of {', '.join(ALLREDUCE_DTYPES)}, or powersgdR: rank R >= 1)")
 
 
 def wire_flags(mode: str) -> str:
-    """The `--set` flags of a wire mode, as a user types them."""
-    settings = wire_settings(mode)
-    if settings["gradient_compression"] == "none":
-        return f"--set allreduce_dtype={settings['allreduce_dtype']}"
-    return f"--set gradient_compression=powersgd --set powersgd_rank={settings['powersgd_rank']}"
+    """The `--set` flags of a wire mode, as a user types them (every setting: a run of another
+    mode that adds them gets exactly this one)."""
+    return " ".join(f"--set {key}={value}" for key, value in wire_settings(mode).items())
 
 
 @dataclasses.dataclass
 class Advice:
-    mode: str  # the wire mode predicted fastest at the run's worker count
+    mode: str  # the wire mode that pays at the most workers (ties: the fastest at the run's count)
     workers: int  # the most workers (of ADVISED_WORKERS) at which it still reaches PAYS; 1: none
     predicted: dict  # mode -> {workers: predicted speed-up per worker}
     compute_s: float  # one worker's compute per step at the global batch (step less all-reduce, times N)
@@ -123,21 +126,23 @@ class CommunicationShare:
     def advice(self) -> Advice | None:
         """The model's prediction for every advised mode at 2, 4, 8 workers and the run's own
         count, from this run's measured figures; None until the step time is known."""
-        if self.step_s <= 0 or self.float32_s <= 0 or not self.modes or self.workers < 2:
-            return None
+        if self.step_s <= 0 or not self.modes or self.workers < 2 or self.float32_s <= self.vote_s:
+            return None  # no step time yet, or the float32 buffer's time is all latency: no bandwidth to read
         hops = 2 * (self.workers - 1)
         latency = self.vote_s / hops
-        moving = max(self.float32_s - hops * latency, 1e-6)
-        gbit = 2 * (self.workers - 1) / self.workers * self.float32_bytes * 8 / moving / 1e9
+        gbit = 2 * (self.workers - 1) / self.workers * self.float32_bytes * 8 / (self.float32_s - hops * latency) / 1e9
         compute = self.workers * max(self.step_s - self.allreduce_s, 0.1 * self.step_s)
         counts = sorted({*ADVISED_WORKERS, self.workers})
         predicted = {
             mode: {n: round(predicted_speedup_per_worker(n, compute, sent, gbit, calls, latency), 3) for n in counts}
             for mode, (sent, calls) in self.modes.items()
         }
-        best = max(predicted, key=lambda mode: predicted[mode][self.workers])
-        workers = max((n for n in counts if predicted[best][n] >= PAYS), default=1)
-        return Advice(best, workers, predicted, compute, gbit, latency)
+
+        def paying(mode: str) -> int:
+            return max((n for n in counts if predicted[mode][n] >= PAYS), default=1)
+
+        best = max(predicted, key=lambda mode: (paying(mode), predicted[mode][self.workers]))
+        return Advice(best, paying(best), predicted, compute, gbit, latency)
 
     @classmethod
     def from_dict(cls, fields: dict) -> CommunicationShare:

@@ -353,18 +353,19 @@ def enter_phase(run: Run, epoch: int) -> Phase:
 def measure_communication(run: Run) -> None:
     """Several workers: time the all-reduce of the step's gradient buffer alone, and of the whole
     buffer in float32 (the link's bandwidth, for the advice) where the run sends something else
-    (once per worker count; kept in the loop state, so a resumed run does not measure again)."""
+    (once per worker count and trainable set; kept in the loop state, so a resumed run does not
+    measure again)."""
     dist, state, config = run.dist, run.state, run.config
     workers = dist.replicas // dist.local_replicas
-    if workers == 1 or state.communication.get("workers") == workers:
-        return
     variables = run.model.trainable_variables
     shapes = [v.shape for v in variables]
+    values, sent = steps_lib.wire_bytes(shapes, config)  # a phase that unfreezes layers sends more: measure again
+    if workers == 1 or (state.communication.get("workers"), state.communication.get("values")) == (workers, values):
+        return
     seconds, vote = dist.time_all_reduce(variables, config)
     whole = dataclasses.replace(config, **scaling.wire_settings("float32"))
     same = steps_lib.wire_name(config) == steps_lib.wire_name(whole)
     float32_s = seconds if same else dist.time_all_reduce(variables, whole)[0]
-    values, sent = steps_lib.wire_bytes(shapes, config)
     share = scaling.CommunicationShare(
         workers,
         values,
@@ -509,8 +510,8 @@ def end_epoch(run: Run, row: dict) -> bool:
     if not state.out_of_time and row["epoch"] < config.epochs:
         state.out_of_time = run.budget.used_up(state.loop_seconds)
     improved, stop = state.update(row, config)
-    if state.communication and row["images_per_second"] > 0:
-        share = scaling.CommunicationShare.from_dict(state.communication)
+    if state.communication.get("workers") == row["workers"] and row["images_per_second"] > 0:
+        share = scaling.CommunicationShare.from_dict(state.communication)  # (not after a resize to 1 worker)
         first = not share.step_s  # the first epoch at this worker count: the advice, once
         share.step_s = config.global_batch_size / row["images_per_second"]
         state.communication = share.as_metrics()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from fer_dist import config as C
@@ -55,7 +57,8 @@ def test_the_advice_reads_the_link_back_off_the_runs_own_timings(mode):
     assert advice.predicted["float32"][2] < scaling.PAYS < advice.predicted["powersgd1"][8]
     assert advice.mode == "powersgd1" and advice.workers == 8
     assert advice.line().endswith(
-        "pays (>= 0.75) up to 8 workers: powersgd1 (--set gradient_compression=powersgd --set powersgd_rank=1)"
+        "pays (>= 0.75) up to 8 workers: powersgd1 "
+        "(--set gradient_compression=powersgd --set powersgd_rank=1 --set allreduce_dtype=float32)"
     )
     assert share.as_metrics()["advice"]["mode"] == "powersgd1"
 
@@ -73,6 +76,28 @@ def test_no_mode_pays_when_the_step_is_all_latency():
     assert advice.compute_s == pytest.approx(0.001, rel=1e-6)
     assert advice.workers == 1
     assert "no mode reaches 0.75 with 2 workers: train on one, or raise global_batch_size" in advice.line()
+
+
+def test_the_advice_names_a_mode_that_pays_somewhere_before_none():
+    # 4 workers on a slow link: at 4 no mode reaches 0.75, yet PowerSGD does at 2
+    share = measured(4, compute_s=0.03, gbit=1.0, latency_s=100e-6, mode="powersgd1")
+    advice = share.advice()
+    assert max(by[4] for by in advice.predicted.values()) < scaling.PAYS <= advice.predicted["powersgd1"][2]
+    assert advice.workers == 2 and advice.mode.startswith("powersgd")
+
+
+def test_no_bandwidth_is_read_off_a_buffer_that_takes_no_longer_than_the_vote():
+    share = measured(2, compute_s=0.2, gbit=10.0, latency_s=50e-6)
+    share.float32_s = share.vote_s  # a tiny model: the float32 all-reduce is all latency (or jitter)
+    assert share.advice() is None
+
+
+def test_a_wire_mode_is_a_dtype_or_powersgd_at_a_rank():
+    assert scaling.wire_settings("powersgd12")["powersgd_rank"] == 12
+    assert scaling.wire_settings("float16") == {"gradient_compression": "none", "allreduce_dtype": "float16"}
+    for bad in ("powersgd", "powersgd0", "powersgdx", "float64", ""):
+        with pytest.raises(ValueError, match="unknown wire mode"):
+            scaling.wire_settings(bad)
 
 
 def test_no_advice_before_the_step_time_is_known_and_none_from_old_state():
@@ -96,3 +121,27 @@ def test_every_advised_mode_is_a_valid_config(mode):
     config = C.resolve("seed", sets)
     for key, value in scaling.wire_settings(mode).items():
         assert getattr(config, key) == value
+
+
+def test_the_scaling_benchmark_takes_each_rounds_own_ratio_and_their_median():
+    """benchmarks/scaling.py `row`: p1 and w2 interleaved in rounds; the efficiency is the median of
+    the rounds' own ratios, not the ratio of the medians (a slow round of p1 alone decides nothing)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "scaling.py")
+    spec = importlib.util.spec_from_file_location("scaling_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def run(rate, allreduce=0.0):
+        return {"images_per_second": rate, "communication": {"allreduce_s": allreduce, "vote_s": 0.02}}
+
+    p1s = [run(180.0), run(174.0), run(134.0)]
+    w2s = [run(135.0, 0.007), run(120.0, 0.006), run(140.0, 0.008)]
+    row = bench.row("seed", 64, "powersgd1", p1s, w2s, run(88.0), vote_every=20)
+    assert row["efficiency_rounds"] == [0.75, 0.69, 1.045]
+    assert row["efficiency"] == 0.75 and row["p1_images_per_second"] == 174.0 and row["w2_images_per_second"] == 135.0
+    split = row["split_2_workers"]  # the 2-worker step, 64 / 135 img/s, split into its measured parts
+    assert split["compute_ms"] == round(32 / 88 * 1e3, 1) and split["allreduce_ms"] == 7.0 and split["votes_ms"] == 1.0
+    parts = split["compute_ms"] + split["allreduce_ms"] + split["votes_ms"] + split["sync_and_wait_ms"]
+    assert parts == pytest.approx(64 / 135 * 1e3, abs=0.2) == split["step_ms"]
