@@ -183,18 +183,11 @@ def predicted_step_seconds(
     return compute_s / workers + ring_allreduce_seconds(wire_bytes, workers, gbit_per_s, collectives, latency_s)
 
 
-def predicted_speedup_per_worker(
-    workers: int,
-    compute_s: float,
-    wire_bytes: float,
-    gbit_per_s: float,
-    collectives: int = 1,
-    latency_s: float = LATENCY_S,
-) -> float:
-    """The model's speed-up over one worker divided by N (1.0: perfect scaling). Measured runs
-    call theirs "efficiency" (images/s of N workers over one process's)."""
-    step = predicted_step_seconds(workers, compute_s, wire_bytes, gbit_per_s, collectives, latency_s)
-    return compute_s / (workers * step)
+def predicted_speedup_per_worker(workers: int, compute_s: float, *wire, **link) -> float:
+    """The model's speed-up over one worker divided by N (1.0: perfect scaling); `wire` and `link`
+    as `predicted_step_seconds` takes them. Measured runs call theirs "efficiency" (images/s of
+    N workers over one process's)."""
+    return compute_s / (workers * predicted_step_seconds(workers, compute_s, *wire, **link))
 
 
 def communication_share(
