@@ -163,13 +163,17 @@ def test_two_workers_stream_to_gcs_and_load_back(tmp_path, two_worker_run):
     assert metrics["test_accuracy"] > 0.5  # 7 classes: chance is 0.14
     # The run read its link off its own timed collectives and advised a wire mode and worker count.
     communication = metrics["communication"]
-    advice = communication["advice"]
-    assert set(advice["predicted"]) == set(scaling.ADVISED_MODES) and advice["mode"] in scaling.ADVISED_MODES
-    assert advice["latency_s"] == pytest.approx(communication["vote_s"] / 2)  # 2 workers: 2 ring hops
     again = scaling.CommunicationShare.from_dict(communication).advice()  # what metrics.json holds, re-read
-    assert (again.mode, again.workers) == (advice["mode"], advice["workers"])
-    assert again.predicted["float32"][2] == advice["predicted"]["float32"]["2"]
-    assert out.count("advice: predicted speed-up per worker") == 2, out[-3000:]  # after epoch 1, at the end
+    if again is None:  # this tiny model's float32 buffer can take no longer than the vote: no bandwidth to read
+        assert communication["float32_s"] <= communication["vote_s"] and "advice" not in communication
+        assert "advice: predicted speed-up per worker" not in out, out[-3000:]
+    else:
+        advice = communication["advice"]
+        assert set(advice["predicted"]) == set(scaling.ADVISED_MODES) and advice["mode"] in scaling.ADVISED_MODES
+        assert advice["latency_s"] == pytest.approx(communication["vote_s"] / 2)  # 2 workers: 2 ring hops
+        assert (again.mode, again.workers) == (advice["mode"], advice["workers"])
+        assert again.predicted["float32"][2] == advice["predicted"]["float32"]["2"]
+        assert out.count("advice: predicted speed-up per worker") == 2, out[-3000:]  # after epoch 1 and at the end
     # The exported model and the checkpoints load back from the bucket.
     evaluated = subprocess.run(
         [sys.executable, "jobs/evaluate.py", run, "--output", str(tmp_path / "eval")],
