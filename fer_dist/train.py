@@ -228,8 +228,9 @@ def fit(config: TrainConfig, session: Session, dataset=None) -> FitResult:
     if run.state.communication.get("step_s"):
         share = scaling.CommunicationShare.from_dict(run.state.communication)
         run.reporter.info("%s", share.end_line())
-        if share.advice():
-            run.reporter.info("%s", share.advice().line())
+        advice = share.advice()
+        if advice:
+            run.reporter.info("%s", advice.line())
     return result(run)
 
 
@@ -366,6 +367,7 @@ def measure_communication(run: Run) -> None:
     whole = dataclasses.replace(config, **scaling.wire_settings("float32"))
     same = steps_lib.wire_name(config) == steps_lib.wire_name(whole)
     float32_s = seconds if same else dist.time_all_reduce(variables, whole)[0]
+    modes = {mode: wire_of(shapes, config, mode) for mode in scaling.ADVISED_MODES}
     share = scaling.CommunicationShare(
         workers,
         values,
@@ -375,8 +377,8 @@ def measure_communication(run: Run) -> None:
         vote,
         collectives=len(steps_lib.wire_groups(shapes, config)),
         float32_s=float32_s,
-        float32_bytes=steps_lib.wire_bytes(shapes, whole)[1],
-        modes={mode: wire_of(shapes, config, mode) for mode in scaling.ADVISED_MODES},
+        float32_bytes=modes["float32"][0],
+        modes=modes,
     )
     state.communication = share.as_metrics()
     run.reporter.info("%s", share.start_line())
