@@ -36,7 +36,9 @@ def reducer(compression, state):
     """One replica's PowerSGD step of 2 replicas, the all-reduce an identity."""
 
     def reduce(grads):
-        return compression.reduce(grads, state, lambda x: x, 2)
+        done, updates = compression.reduce(grads, state, lambda x: x, 2)
+        compression.commit(updates, compression.all_finite(done.values()))
+        return done
 
     return reduce
 

@@ -3,7 +3,8 @@
 A checkpoint is a directory (local, or a prefix on `gs://`):
 
     model.npz       every model variable, keyed by its Keras path (`stem_conv/kernel`)
-    optimizer.npz   every optimizer variable, keyed by its path
+    optimizer.npz   every optimizer variable, keyed by its path (without the optimizer's name:
+                    `iteration`; a loss scaler's own under `loss_scale/`, fer_dist/optim.py)
     best.npz        (when the best epoch is not the last) the best epoch's model variables
     config.json     the resolved TrainConfig
     state.json      the loop state (epoch, step within the epoch, schedule, history) and format_version
@@ -46,7 +47,7 @@ import tempfile
 
 import numpy as np
 
-from fer_dist import monitor, storage
+from fer_dist import monitor, optim, storage
 from fer_dist.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def save(directory: str, *, model, optimizer, loop: dict, config_json: str, best
     best epoch's model values in `model.variables` order."""
     files = {
         MODEL_FILE: _npz_bytes(_named(model.variables)),
-        OPTIMIZER_FILE: _npz_bytes(_named(optimizer.variables, owner=optimizer.name)),
+        OPTIMIZER_FILE: _npz_bytes(_named(optimizer.variables, owner=optim.inner(optimizer).name)),
         CONFIG_FILE: config_json.encode(),
         STATE_FILE: (json.dumps(dict(loop, format_version=FORMAT_VERSION), indent=1) + "\n").encode(),
     }
@@ -457,7 +458,7 @@ def load(directory: str, *, model, optimizer) -> tuple[dict, list | None]:
         _load_npz(os.path.join(directory, OPTIMIZER_FILE)),
         directory,
         "optimizer state",
-        owner=optimizer.name,
+        owner=optim.inner(optimizer).name,
     )
     for v, a in zip(model.variables, model_values):
         v.assign(a)

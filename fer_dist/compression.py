@@ -21,7 +21,9 @@ sum (tests/test_steps.py). Other tensors (biases, BatchNorm) are all-reduced as 
 
 State: Q is the same on every replica after its all-reduce; E is each replica's own. Both are
 `ON_READ` variables made in the strategy's scope (one copy per replica, also when one process
-holds several); neither is checkpointed (a checkpoint read of an `ON_READ` variable would start
+holds several). They change only after a step whose summed gradients are all finite (`commit`;
+a float16 overflow skipped by the loss scaler leaves them as they were), and they hold gradients
+without the loss scale. Neither is checkpointed (a checkpoint read of an `ON_READ` variable would start
 a collective on the chief alone): a resumed or resized run starts from Q's seeded
 initialisation and empty error buffers. `powersgd_start_step` steps run uncompressed first.
 
@@ -101,12 +103,18 @@ def _split(flat: tf.Tensor, shapes: list[tuple[int, int]]) -> list[tf.Tensor]:
     return [tf.reshape(part, shape) for part, shape in zip(tf.split(flat, sizes), shapes)]
 
 
-def reduce(grads: list, state: State, all_reduce: Callable[[tf.Tensor], tf.Tensor], replicas: int) -> dict:
-    """{index: the summed gradient} of the compressed gradients, in replica context; updates Q and E.
-    `all_reduce` sums one float32 vector over every replica (one collective)."""
+def reduce(
+    grads: list, state: State, all_reduce: Callable[[tf.Tensor], tf.Tensor], replicas: int, scale=None
+) -> tuple[dict, list]:
+    """({index: the summed gradient} of the compressed gradients, the new (variable, value) of Q
+    and E), in replica context; `commit` assigns them. `all_reduce` sums one float32 vector over
+    every replica (one collective). `scale`: the loss scale the gradients carry (mixed
+    precision): E and Q are kept without it, so that a change of scale leaves them valid, and the
+    summed gradients carry it again, as the optimizer expects."""
     factors = state.factors
+    unscale = 1.0 if scale is None else 1.0 / tf.cast(scale, tf.float32)
     mats = [
-        tf.reshape(tf.cast(grads[f.index], tf.float32), [f.n, f.m]) + e.read_value()
+        tf.reshape(tf.cast(grads[f.index], tf.float32), [f.n, f.m]) * unscale + e.read_value()
         for f, e in zip(factors, state.error)
     ]
     ps = [tf.matmul(mat, q.read_value()) for mat, q in zip(mats, state.q)]
@@ -114,19 +122,34 @@ def reduce(grads: list, state: State, all_reduce: Callable[[tf.Tensor], tf.Tenso
     ps = [tf.linalg.qr(p).q for p in ps]
     qs = [tf.matmul(mat, p, transpose_a=True) for mat, p in zip(mats, ps)]
     qs = _split(all_reduce(_concat(qs)), [(f.m, f.rank) for f in factors])
-    out = {}
+    out, updates = {}, []
     for f, mat, p, q, q_var, e_var in zip(factors, mats, ps, qs, state.q, state.error):
         summed = tf.matmul(p, q, transpose_b=True)
-        e_var.assign(mat - summed / float(replicas))
-        q_var.assign(q)
-        out[f.index] = tf.cast(tf.reshape(summed, grads[f.index].shape), grads[f.index].dtype)
-    return out
+        updates += [(e_var, mat - summed / float(replicas)), (q_var, q)]
+        carried = summed if scale is None else summed * tf.cast(scale, tf.float32)
+        out[f.index] = tf.cast(tf.reshape(carried, grads[f.index].shape), grads[f.index].dtype)
+    return out, updates
+
+
+def all_finite(tensors) -> tf.Tensor:
+    """True when every value of every tensor is finite (a boolean scalar)."""
+    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors]))
+
+
+def commit(updates: list, keep) -> None:
+    """Assigns `reduce`'s new Q and E where `keep` (a boolean scalar: the step's summed gradients
+    are all finite), else leaves them as they were: a step the loss scaler skips (or a NaN) must
+    not poison the error buffers, which would carry it into every later step."""
+    for variable, value in updates:
+        variable.assign(tf.where(keep, value, variable.read_value()))
 
 
 __all__ = [
     "COMPRESSIONS",
     "Factor",
     "State",
+    "all_finite",
+    "commit",
     "full_rank_plan",
     "initial_q",
     "matrix_shape",

@@ -131,7 +131,7 @@ class TrainConfig:
     deterministic: bool = (
         True  # op determinism: the same seed gives the same numbers (about 6% of img/s on the demo here)
     )
-    mixed_precision: bool = False  # mixed_float16 compute, float32 logits (GPU)
+    mixed_precision: bool = False  # mixed_float16 compute, float32 logits, dynamic loss scaling (GPU)
     jit_compile: bool = False  # XLA-compile the train step
     feature_cache: bool = (
         True  # resnet50 with frozen layers: train the remainder on cached prefix features (fer_dist/features.py)

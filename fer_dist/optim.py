@@ -3,7 +3,8 @@
 `make_optimizer(config)` builds the run's optimizer (Adam, AdamW, SGD with Nesterov momentum;
 the fused Adam for the resnet50 backbone), one that applies gradients as given: the train step
 all-reduces them itself (`steps.all_reduce_gradients`), so the optimizer must not sum them over
-the replicas a second time (`pre_reduced`). `scheduled_learning_rate` is the learning rate of
+the replicas a second time (`pre_reduced`); with `mixed_precision`, wrapped in a dynamic loss
+scaler (`loss_scaled`). `scheduled_learning_rate` is the learning rate of
 any training step: plateau (the loop's decayed rate), cosine, and linear warm-up.
 """
 
@@ -13,8 +14,40 @@ import math
 
 from fer_dist.config import TrainConfig
 
+LOSS_SCALE_NAME = "loss_scale"  # the dynamic loss scaler's name: its variables' prefix in checkpoints
+
 
 def make_optimizer(config: TrainConfig):
+    """The run's optimizer; with `mixed_precision`, inside Keras's dynamic `LossScaleOptimizer`
+    (`loss_scaled`)."""
+    optimizer = _base_optimizer(config)
+    return loss_scaled(optimizer) if config.mixed_precision else optimizer
+
+
+def loss_scaled(optimizer):
+    """`optimizer` with dynamic loss scaling for float16 compute (Keras 3's `LossScaleOptimizer`:
+    the loss times a scale, 2^15 at first, before the gradients; they are divided by it before
+    the update; a step whose gradients are not all finite is skipped and halves the scale; 2000
+    finite steps double it). The train step scales the loss (`optimizer.scale_loss`) and hands the
+    optimizer gradients already summed over the replicas: finite on one replica means finite on
+    all, so every replica skips the same steps. Its variables (scale, steps since it last
+    changed) are checkpointed under `loss_scale/`."""
+    import keras
+
+    return keras.optimizers.LossScaleOptimizer(optimizer, name=LOSS_SCALE_NAME)
+
+
+def inner(optimizer):
+    """The optimizer that updates the weights: `optimizer` itself, or the one a loss scaler wraps."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def loss_scale(optimizer):
+    """The dynamic loss scale's variable, or None without loss scaling."""
+    return getattr(optimizer, "dynamic_scale", None)
+
+
+def _base_optimizer(config: TrainConfig):
     import keras
 
     decay = config.weight_decay or None

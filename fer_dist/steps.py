@@ -15,7 +15,9 @@ bfloat16 or float16: half the bytes) with the strategy's `CommunicationOptions`
 feedback (`fer_dist/compression.py`; its state made here, in the scope, one copy per replica),
 and the optimizer (`optim.make_optimizer`) does not aggregate them again. Losses and hits stay on each worker
 (`Steps.train` returns this worker's sums, without a host sync) until `sum_over_workers` adds
-them up once per epoch; the time-budget vote runs every `vote_every_steps` steps.
+them up once per epoch; the time-budget vote runs every `vote_every_steps` steps. With
+`mixed_precision` the step scales the loss (`optimizer.scale_loss`) and the loss scaler
+(`optim.loss_scaled`) skips a step whose summed gradients are not all finite.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from fer_dist import augment, compression
+from fer_dist import augment, compression, optim
 from fer_dist.config import TrainConfig
 from fer_dist.rank import is_chief, worker_rank
 
@@ -41,6 +43,7 @@ class Steps:
 
     train: Callable
     eval: Callable
+    compression: compression.State | None = None  # PowerSGD's Q and error buffers, when compressing
 
 
 @dataclasses.dataclass
@@ -161,19 +164,19 @@ class Distributed:
     ) -> Steps:
         """The train and eval steps of `net`, updating `trainable`, compiled. `factors`: the
         PowerSGD plan (default: `compression.plan` at `powersgd_rank` when compressing)."""
-        reducer = self.gradient_reducer(trainable, config, factors)
+        reducer = self.gradient_reducer(trainable, config, factors, loss_scale=optim.loss_scale(optimizer))
         replica_train, replica_eval = _replica_steps(
             net, trainable, optimizer, config, class_weights, in_graph, reducer
         )
         train_step = self._train_step(replica_train, config)
         eval_step = self._eval_step(replica_eval)
         if reducer.state is None or config.powersgd_start_step <= 0:
-            return Steps(train_step, eval_step)
+            return Steps(train_step, eval_step, reducer.state)
         plain = GradientReducer(config.allreduce_dtype, reducer.options)
         warm_up, _ = _replica_steps(net, trainable, optimizer, config, class_weights, in_graph, plain)
         first = int(optimizer.iterations.numpy())  # once, at build: the steps count from here on the host
         train = CompressFrom(self._train_step(warm_up, config), train_step, config.powersgd_start_step, first)
-        return Steps(train, eval_step)
+        return Steps(train, eval_step, reducer.state)
 
     def _train_step(self, replica_train, config: TrainConfig):
         strategy = self.strategy
@@ -196,9 +199,10 @@ class Distributed:
 
         return eval_step
 
-    def gradient_reducer(self, trainable, config: TrainConfig, factors=None) -> GradientReducer:
+    def gradient_reducer(self, trainable, config: TrainConfig, factors=None, loss_scale=None) -> GradientReducer:
         """How the step's gradients cross the network: as they are, or PowerSGD-compressed (its
-        Q and error buffers made here, one copy per replica). One replica: nothing crosses."""
+        Q and error buffers made here, one copy per replica; `loss_scale`: the scale variable the
+        gradients carry, `optim.loss_scale`). One replica: nothing crosses."""
         options = communication_options(config)
         if config.gradient_compression != "powersgd" or self.replicas == 1:
             return GradientReducer(config.allreduce_dtype, options)
@@ -216,7 +220,7 @@ class Distributed:
                 tf.Variable(tf.zeros([f.n, f.m]), trainable=False, name=f"powersgd_error{f.index}", **on_read)
                 for f in factors
             ]
-        return GradientReducer(config.allreduce_dtype, options, compression.State(factors, q, error))
+        return GradientReducer(config.allreduce_dtype, options, compression.State(factors, q, error), loss_scale)
 
 
 def _local_sum(strategy, per_replica):
@@ -227,11 +231,13 @@ def _local_sum(strategy, per_replica):
 class GradientReducer:
     """Sums a replica's gradients over every replica, in replica context: whole, in `dtype`; or,
     with a PowerSGD `state`, the matrices compressed (P's and Q's in one collective each) and
-    the other tensors whole."""
+    the other tensors whole. `loss_scale`: the loss scaler's scale variable (mixed precision),
+    which the gradients carry (PowerSGD keeps its state without it)."""
 
     dtype: str
     options: object
     state: compression.State | None = None
+    loss_scale: object = None
 
     def __call__(self, grads: list) -> list:
         context = tf.distribute.get_replica_context()
@@ -241,9 +247,12 @@ class GradientReducer:
         def sum_vector(x):
             return context.all_reduce("SUM", x, options=self.options)
 
-        done = compression.reduce(grads, self.state, sum_vector, context.num_replicas_in_sync)
+        done, updates = compression.reduce(grads, self.state, sum_vector, context.num_replicas_in_sync, self.loss_scale)
         rest = all_reduce_gradients([None if i in done else g for i, g in enumerate(grads)], self.dtype, self.options)
-        return [done.get(i, r) for i, r in enumerate(rest)]
+        summed = [done.get(i, r) for i, r in enumerate(rest)]
+        # the same on every replica (summed): every replica keeps or drops its state together
+        compression.commit(updates, compression.all_finite([g for g in summed if g is not None]))
+        return summed
 
 
 @dataclasses.dataclass
@@ -356,8 +365,9 @@ def _replica_steps(net, trainable, optimizer, config: TrainConfig, class_weights
             loss = tf.nn.compute_average_loss(example_loss, global_batch_size=config.global_batch_size)
             if net.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(net.losses))
-        grads = reducer(tape.gradient(loss, trainable))
-        optimizer.apply_gradients(zip(grads, trainable))
+            scaled = optimizer.scale_loss(loss)  # mixed precision: times the loss scale (optim.loss_scaled)
+        grads = reducer(tape.gradient(scaled, trainable))
+        optimizer.apply_gradients(zip(grads, trainable))  # a loss scaler skips a step that is not finite
         return loss, tf.reduce_sum(augment.train_hits(labels, logits, mix))
 
     def replica_eval_step(images, labels, weights):
@@ -376,5 +386,5 @@ def configure_runtime(config: TrainConfig) -> None:
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    # set either way: a policy set by an earlier run in this process (a Tune trial) must not stay
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")

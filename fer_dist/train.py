@@ -502,7 +502,14 @@ def epoch_row(run: Run, totals: EpochTotals, val_loss: float, val_correct: float
         "steps": totals.done,
         "workers": run.dist.replicas // run.dist.local_replicas,  # the size that trained its last step
         "restarts": run.state.restarts,
+        **loss_scale_of(run.optimizer),
     }
+
+
+def loss_scale_of(optimizer) -> dict:
+    """Mixed precision: the loss scale at the epoch's end (it halves at every skipped step)."""
+    scale = optim.loss_scale(optimizer)
+    return {} if scale is None else {"loss_scale": float(scale.numpy())}
 
 
 def end_epoch(run: Run, row: dict) -> bool:

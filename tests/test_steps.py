@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -44,3 +46,31 @@ def test_the_keras_hook_that_pre_reduced_replaces_still_exists():
     assert re.fullmatch(r"sgd(_\d+)?", opt.name) and type(opt).__name__ == "SGD", opt.name
     pairs = [(1.0, "v")]
     assert opt._all_reduce_sum_gradients(pairs) == pairs
+
+
+@pytest.mark.slow  # about 25 s on a 2-core CPU
+def test_mixed_precision_scales_the_loss_and_skips_a_step_that_overflows_on_every_replica():
+    """float16 compute with Keras's dynamic loss scaler (optim.loss_scaled) in fer_dist's own step
+    (tests/mixed_precision_main.py): gradients below float16's range survive, an overflowing step
+    is skipped on both replicas and halves the scale, PowerSGD's state is not poisoned by it."""
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "mixed_precision_main.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=ROOT),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    under, over = out["underflow"], out["overflow"]
+    # gradients of ~1e-8: float16 without a loss scale flushes some to 0 and is 13% off float32
+    assert under["reference_moved"] > 0.9 and under["scaled_lost"] == 0 and under["scaled_error"] < 0.05, under
+    assert under["unscaled_lost"] > 0.01 and under["unscaled_error"] > 0.08, under
+    # at a scale of 2^100 the float16 gradients are inf: no weight moves, no step counted, scale / 2
+    assert over["skipped_moved"] == 0 and over["skipped_iterations"] == 0, over
+    assert over["scale_after"] == 2.0**99, over
+    assert over["powersgd_variables"] == 4 and over["state_kept"] and over["state_finite"], over
+    # and at 2^15 the next 3 steps train
+    assert over["then_iterations"] == 3 and over["then_moved"] > 1e-4 and over["then_finite"], over
+    assert out["replicas"] < 1e-3, out  # 2 replicas equal 1 within float16's rounding

@@ -84,6 +84,31 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert straight.state.history[-1]["val_loss"] == resumed.state.history[-1]["val_loss"]
 
 
+@pytest.mark.slow  # over 15 s on a 2-core CPU
+def test_mixed_precision_trains_checkpoints_its_loss_scale_and_resumes_as_uninterrupted(tmp_path):
+    import keras
+
+    cfg = C.resolve("smoke", dict(SMOKE, deterministic="true", mixed_precision="true"))
+    data = tiny_dataset()
+    try:
+        straight = T.fit(cfg, LocalSession(str(tmp_path / "a"), show_progress=False), dataset=data)
+        with pytest.raises(Interrupt):
+            T.fit(cfg, StopAfter(str(tmp_path / "b"), 2), dataset=data)
+        resumed = T.fit(cfg, LocalSession(str(tmp_path / "b"), show_progress=False), dataset=data)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # process-wide: not for the next test
+    assert straight.state.history[-1]["val_accuracy"] > 0.6, straight.state.history
+    assert all(2**10 <= r["loss_scale"] <= 2**15 for r in straight.state.history), straight.state.history
+    optimizers = [np.load(tmp_path / r / "checkpoints" / "epoch_0003" / "optimizer.npz") for r in "ab"]
+    assert {"loss_scale/dynamic_scale", "loss_scale/step_counter", "iteration"} <= set(optimizers[0].files)
+    # the scale and the finite steps since it last changed are restored, not restarted
+    assert int(optimizers[0]["loss_scale/step_counter"]) > 0
+    for name in optimizers[0].files:
+        np.testing.assert_array_equal(optimizers[0][name], optimizers[1][name], err_msg=name)
+    for a, b in zip(straight.model.variables, resumed.model.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+
+
 def test_train_minutes_budget_ends_the_run_mid_epoch_and_stays_ended(tmp_path):
     from fer_dist import pipeline
 
