@@ -36,8 +36,8 @@ def reducer(compression, state):
     """One replica's PowerSGD step of 2 replicas, the all-reduce an identity."""
 
     def reduce(grads):
-        done, updates = compression.reduce(grads, state, lambda x: x, 2)
-        compression.commit(updates, compression.all_finite(done.values()))
+        done, updates, finite = compression.reduce(grads, state, lambda x: x, 2)
+        compression.commit(updates, finite)
         return done
 
     return reduce

@@ -105,12 +105,15 @@ def _split(flat: tf.Tensor, shapes: list[tuple[int, int]]) -> list[tf.Tensor]:
 
 def reduce(
     grads: list, state: State, all_reduce: Callable[[tf.Tensor], tf.Tensor], replicas: int, scale=None
-) -> tuple[dict, list]:
+) -> tuple[dict, list, tf.Tensor]:
     """({index: the summed gradient} of the compressed gradients, the new (variable, value) of Q
-    and E), in replica context; `commit` assigns them. `all_reduce` sums one float32 vector over
-    every replica (one collective). `scale`: the loss scale the gradients carry (mixed
-    precision): E and Q are kept without it, so that a change of scale leaves them valid, and the
-    summed gradients carry it again, as the optimizer expects."""
+    and E, whether the summed P's and Q's are all finite), in replica context; `commit` assigns
+    the new values. `all_reduce` sums one float32 vector over every replica (one collective).
+    `scale`: the loss scale the gradients carry (mixed precision): E and Q are kept without it,
+    so that a change of scale leaves them valid, and the summed gradients carry it again, as the
+    optimizer expects. A value that is not finite in any replica's matrix reaches its summed P
+    (P = M Q, Q random), so the small summed vectors stand for the matrices in the finite check
+    (the same on every replica)."""
     factors = state.factors
     unscale = 1.0 if scale is None else 1.0 / tf.cast(scale, tf.float32)
     mats = [
@@ -118,22 +121,23 @@ def reduce(
         for f, e in zip(factors, state.error)
     ]
     ps = [tf.matmul(mat, q.read_value()) for mat, q in zip(mats, state.q)]
-    ps = _split(all_reduce(_concat(ps)), [(f.n, f.rank) for f in factors])
-    ps = [tf.linalg.qr(p).q for p in ps]
+    p_sum = all_reduce(_concat(ps))
+    ps = [tf.linalg.qr(p).q for p in _split(p_sum, [(f.n, f.rank) for f in factors])]
     qs = [tf.matmul(mat, p, transpose_a=True) for mat, p in zip(mats, ps)]
-    qs = _split(all_reduce(_concat(qs)), [(f.m, f.rank) for f in factors])
+    q_sum = all_reduce(_concat(qs))
+    qs = _split(q_sum, [(f.m, f.rank) for f in factors])
     out, updates = {}, []
     for f, mat, p, q, q_var, e_var in zip(factors, mats, ps, qs, state.q, state.error):
         summed = tf.matmul(p, q, transpose_b=True)
         updates += [(e_var, mat - summed / float(replicas)), (q_var, q)]
         carried = summed if scale is None else summed * tf.cast(scale, tf.float32)
         out[f.index] = tf.cast(tf.reshape(carried, grads[f.index].shape), grads[f.index].dtype)
-    return out, updates
+    return out, updates, all_finite([p_sum, q_sum])
 
 
 def all_finite(tensors) -> tf.Tensor:
-    """True when every value of every tensor is finite (a boolean scalar)."""
-    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in tensors]))
+    """True when every value of every tensor is finite (a boolean scalar; True for none)."""
+    return tf.reduce_all(tf.stack([tf.constant(True)] + [tf.reduce_all(tf.math.is_finite(t)) for t in tensors]))
 
 
 def commit(updates: list, keep) -> None:

@@ -247,12 +247,14 @@ class GradientReducer:
         def sum_vector(x):
             return context.all_reduce("SUM", x, options=self.options)
 
-        done, updates = compression.reduce(grads, self.state, sum_vector, context.num_replicas_in_sync, self.loss_scale)
+        done, updates, finite = compression.reduce(
+            grads, self.state, sum_vector, context.num_replicas_in_sync, self.loss_scale
+        )
         rest = all_reduce_gradients([None if i in done else g for i, g in enumerate(grads)], self.dtype, self.options)
-        summed = [done.get(i, r) for i, r in enumerate(rest)]
-        # the same on every replica (summed): every replica keeps or drops its state together
-        compression.commit(updates, compression.all_finite([g for g in summed if g is not None]))
-        return summed
+        # summed, so the same on every replica: every replica keeps or drops its state together
+        finite = tf.logical_and(finite, compression.all_finite([r for r in rest if r is not None]))
+        compression.commit(updates, finite)
+        return [done.get(i, r) for i, r in enumerate(rest)]
 
 
 @dataclasses.dataclass

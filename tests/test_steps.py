@@ -74,3 +74,49 @@ def test_mixed_precision_scales_the_loss_and_skips_a_step_that_overflows_on_ever
     # and at 2^15 the next 3 steps train
     assert over["then_iterations"] == 3 and over["then_moved"] > 1e-4 and over["then_finite"], over
     assert out["replicas"] < 1e-3, out  # 2 replicas equal 1 within float16's rounding
+
+
+def _compression_state(shapes, rank):
+    import tensorflow as tf
+
+    from fer_dist import compression
+
+    factors = compression.plan(shapes, rank)
+    q = [tf.Variable(compression.initial_q(f, 0)) for f in factors]
+    error = [tf.Variable(tf.zeros([f.n, f.m])) for f in factors]
+    return compression.State(factors, q, error)
+
+
+def test_powersgd_units_plan_scale_and_the_finite_check():
+    """compression.reduce on one replica (the all-reduce an identity): what it compresses, the
+    loss scale carried through with the state kept without it, a NaN anywhere seen by the small
+    summed vectors, and `commit` keeping the old state when told to."""
+    import numpy as np
+    import tensorflow as tf
+
+    from fer_dist import compression
+
+    shapes = [(3, 3, 8, 16), (16,), (4, 2)]  # a conv kernel, a bias, a matrix too small to gain
+    assert [(f.index, f.n, f.m, f.rank) for f in compression.plan(shapes, 2)] == [(0, 72, 16, 2)]
+    rng = np.random.default_rng(0)
+    grads = [tf.constant(rng.normal(size=s).astype(np.float32)) for s in shapes]
+
+    def run(grads, scale=None):
+        state = _compression_state(shapes, 2)
+        done, updates, finite = compression.reduce(grads, state, tf.identity, 1, scale)
+        compression.commit(updates, finite)
+        return done, state, bool(finite)
+
+    plain, plain_state, finite = run(grads)
+    assert finite and set(plain) == {0}
+    scaled, scaled_state, _ = run([g * 1024.0 for g in grads], scale=tf.constant(1024.0))
+    np.testing.assert_allclose(scaled[0].numpy(), 1024.0 * plain[0].numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(scaled_state.error[0].numpy(), plain_state.error[0].numpy(), atol=1e-5)
+    assert float(tf.norm(plain_state.error[0])) > 0.1  # rank 2 of a 72 x 16 matrix: a residual kept
+    poisoned = grads[0].numpy().copy()
+    poisoned[1, 2, 3, 4] = np.nan
+    _, kept, finite = run([tf.constant(poisoned)] + grads[1:])
+    assert not finite
+    assert not np.any(kept.error[0].numpy()) and np.array_equal(
+        kept.q[0].numpy(), compression.initial_q(kept.factors[0], 0)
+    )
