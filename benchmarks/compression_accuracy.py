@@ -1,5 +1,5 @@
 """python benchmarks/compression_accuracy.py [--data PATH] [--seeds 1,2,3] [--modes none,powersgd4,powersgd1]
-    [--optimizers adam,sgd] [--steps 100] [--epochs 4] [--output benchmarks/compression_accuracy.json]
+    [--optimizers adam,sgd] [--steps 100] [--epochs 4] [--resume-after N] [--output benchmarks/compression_accuracy.json]
 
 Does PowerSGD cost accuracy? The seed recipe (`weights=none`: ImageNet weights cannot be
 downloaded here; the frozen trunk's features cached) trained by `jobs/train.py --workers 2` on
@@ -7,6 +7,11 @@ FER-2013 (Training rows; PublicTest, 3,589 faces, as validation) with the same s
 
   none        every gradient all-reduced whole (float32)
   powersgdR   PowerSGD at rank R after `--start-step` uncompressed steps
+
+`--resume-after N`: every run stops after epoch N and is resumed (`jobs/train.py --resume`) for
+the rest, as after a lost driver: PowerSGD's Q and error buffers are not checkpointed, so a
+resumed compressed run restarts them; compared with the same runs uninterrupted, that is the
+reset's effect on accuracy (an uncompressed run resumes exactly).
 
 Prints a table (mean and spread over the seeds per mode and optimizer) and writes JSON. The runs
 differ only in `gradient_compression`/`powersgd_rank`: the same seed gives the same data order,
@@ -46,15 +51,18 @@ def optimizer_args(optimizer: str) -> list[str]:
     return ["--set", "optimizer=adam"]
 
 
-def run(name: str, args: list[str], storage: str) -> dict:
+def run(name: str, args: list[str], storage: str, resume_after: int = 0) -> dict:
+    """One training run; `resume_after` > 0: stopped after that epoch (`--epochs N`), then resumed."""
     cmd = [sys.executable, os.path.join(REPO, "jobs", "train.py"), "--workers", "2", "--address", "local"]
     cmd += ["--storage", storage, "--name", name, *args]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("RAY_ADDRESS", None)
     start = time.time()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"error: {name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    parts = [cmd + ["--epochs", str(resume_after)], cmd + ["--resume"]] if resume_after else [cmd]
+    for part in parts:  # a later --epochs wins (Typer keeps the last)
+        proc = subprocess.run(part, cwd=REPO, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"error: {name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     import pandas as pd
 
     history = pd.read_csv(os.path.join(storage, name, "history.csv"))
@@ -104,8 +112,11 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--start-step", type=int, default=50, help="powersgd_start_step of the compressed runs")
+    parser.add_argument("--resume-after", type=int, default=0, help="stop every run after this epoch and resume it")
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "compression_accuracy.json"))
     args = parser.parse_args(argv)
+    if not 0 <= args.resume_after < args.epochs:
+        parser.exit(2, f"error: --resume-after {args.resume_after}: an epoch before the last ({args.epochs})\n")
     results, summary = [], []
     with tempfile.TemporaryDirectory(prefix="fer_compression_") as work:
         data, described = args.data, f"{args.data}: Training rows, PublicTest as validation"
@@ -116,7 +127,12 @@ def main(argv=None) -> int:
                 for mode in args.modes.split(","):
                     name = f"{optimizer}-s{seed}-{mode}"
                     extra = [*optimizer_args(optimizer), *mode_args(mode, args.start_step), "--set", f"seed={seed}"]
-                    row = {"optimizer": optimizer, "seed": seed, "mode": mode, **run(name, [*common, *extra], work)}
+                    row = {
+                        "optimizer": optimizer,
+                        "seed": seed,
+                        "mode": mode,
+                        **run(name, [*common, *extra], work, args.resume_after),
+                    }
                     results.append(row)
                     print(json.dumps(row), flush=True)
                     summary = write_report(args, argv, described, results)  # after every run: a partial one counts
