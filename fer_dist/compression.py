@@ -25,7 +25,8 @@ holds several). They change only after a step whose summed gradients are all fin
 a float16 overflow skipped by the loss scaler leaves them as they were), and they hold gradients
 without the loss scale. Neither is checkpointed (a checkpoint read of an `ON_READ` variable would start
 a collective on the chief alone): a resumed or resized run starts from Q's seeded
-initialisation and empty error buffers. `powersgd_start_step` steps run uncompressed first.
+initialisation and empty error buffers (measured: 0.4 points of val accuracy per resume at 300
+steps, docs/scaling.md). `powersgd_start_step` steps run uncompressed first.
 
 The pure parts (shapes, the plan, the maths) are here; the collectives come in as a function
 from `steps.py`, the one place that touches the strategy.
