@@ -11,7 +11,9 @@ FER-2013 (Training rows; PublicTest, 3,589 faces, as validation) with the same s
 `--resume-after N`: every run stops after epoch N and is resumed (`jobs/train.py --resume`) for
 the rest, as after a lost driver: PowerSGD's Q and error buffers are not checkpointed, so a
 resumed compressed run restarts them; compared with the same runs uninterrupted, that is the
-reset's effect on accuracy (an uncompressed run resumes exactly).
+reset's effect on accuracy (an uncompressed run resumes exactly). The first part runs with
+`--epochs N`, which the seed recipe's plateau schedule does not depend on (a cosine schedule
+would: it spans `epochs`).
 
 Prints a table (mean and spread over the seeds per mode and optimizer) and writes JSON. The runs
 differ only in `gradient_compression`/`powersgd_rank`: the same seed gives the same data order,

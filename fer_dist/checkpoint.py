@@ -411,8 +411,11 @@ def _is_positional(arrays: dict[str, np.ndarray]) -> bool:
     return bool(arrays) and set(arrays) == {f"arr_{i}" for i in range(len(arrays))}
 
 
-def _values_for(variables, arrays: dict[str, np.ndarray], where: str, what: str, owner: str = "") -> list[np.ndarray]:
-    """`arrays` in `variables` order, matched by name (or by position in the legacy format)."""
+def _values_for(
+    variables, arrays: dict[str, np.ndarray], where: str, what: str, owner: str = "", optional: str = ""
+) -> list[np.ndarray | None]:
+    """`arrays` in `variables` order, matched by name (or by position in the legacy format). A
+    variable whose name starts with `optional` and that the checkpoint lacks gets None."""
     mismatch = f"checkpoint {where}: its {what} does not match this config's model (was the config changed?)"
     if _is_positional(arrays):
         values = [arrays[f"arr_{i}"] for i in range(len(arrays))]
@@ -426,6 +429,8 @@ def _values_for(variables, arrays: dict[str, np.ndarray], where: str, what: str,
         return values
     names = variable_names(variables, owner)
     for n, v in zip(names, variables):
+        if n not in arrays and optional and n.startswith(optional):
+            continue
         if n not in arrays:
             raise CheckpointError(f"{mismatch}: first mismatch {n}: missing from the checkpoint")
         if arrays[n].shape != tuple(v.shape):
@@ -435,7 +440,7 @@ def _values_for(variables, arrays: dict[str, np.ndarray], where: str, what: str,
     extra = sorted(set(arrays) - set(names))
     if extra:
         raise CheckpointError(f"{mismatch}: first mismatch {extra[0]}: in the checkpoint, not in the model")
-    return [arrays[n] for n in names]
+    return [arrays.get(n) for n in names]
 
 
 def load(directory: str, *, model, optimizer) -> tuple[dict, list | None]:
@@ -459,11 +464,17 @@ def load(directory: str, *, model, optimizer) -> tuple[dict, list | None]:
         directory,
         "optimizer state",
         owner=optim.inner(optimizer).name,
+        optional=optim.LOSS_SCALE_NAME + "/",  # mixed-precision checkpoints written before the loss scaler
     )
     for v, a in zip(model.variables, model_values):
         v.assign(a)
     for v, a in zip(optimizer.variables, optimizer_values):
-        v.assign(a)
+        if a is not None:
+            v.assign(a)
+    if any(a is None for a in optimizer_values):
+        log.warning(
+            "checkpoint %s holds no loss scale (written before fer_dist scaled the loss): it starts afresh", directory
+        )
     best = None
     if os.path.exists(os.path.join(directory, BEST_FILE)):
         best = _values_for(model.variables, _load_npz(os.path.join(directory, BEST_FILE)), directory, "best weights")

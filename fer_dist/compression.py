@@ -142,11 +142,18 @@ def all_finite(tensors) -> tf.Tensor:
 
 
 def commit(updates: list, keep) -> None:
-    """Assigns `reduce`'s new Q and E where `keep` (a boolean scalar: the step's summed gradients
+    """Assigns `reduce`'s new Q and E when `keep` (a boolean scalar: the step's summed gradients
     are all finite), else leaves them as they were: a step the loss scaler skips (or a NaN) must
-    not poison the error buffers, which would carry it into every later step."""
-    for variable, value in updates:
-        variable.assign(tf.where(keep, value, variable.read_value()))
+    not poison the error buffers, which would carry it into every later step. A `tf.cond`, not a
+    `tf.where`: no pass over the buffers beyond the assignment itself (the variables are each
+    replica's own, so no collective runs inside it)."""
+
+    def assign():
+        for variable, value in updates:
+            variable.assign(value)
+        return tf.constant(True)
+
+    tf.cond(keep, assign, lambda: tf.constant(False))
 
 
 __all__ = [

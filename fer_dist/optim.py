@@ -30,8 +30,10 @@ def loss_scaled(optimizer):
     the update; a step whose gradients are not all finite is skipped and halves the scale; 2000
     finite steps double it). The train step scales the loss (`optimizer.scale_loss`) and hands the
     optimizer gradients already summed over the replicas: finite on one replica means finite on
-    all, so every replica skips the same steps. Its variables (scale, steps since it last
-    changed) are checkpointed under `loss_scale/`."""
+    all, so every replica skips the same steps. Its variables (the scale, the finite steps since
+    it last changed, and Keras's unused `iteration` and `learning_rate` of the wrapper) are
+    checkpointed under `loss_scale/`; the inner optimizer's keep a plain run's names. A skipped
+    step leaves `iterations` (the inner optimizer's) where it was."""
     import keras
 
     return keras.optimizers.LossScaleOptimizer(optimizer, name=LOSS_SCALE_NAME)

@@ -26,14 +26,17 @@ tf.config.set_logical_device_configuration(
 
 import keras  # noqa: E402
 
+from fer_dist import compression, optim  # noqa: E402
 from fer_dist import config as C  # noqa: E402
-from fer_dist import optim  # noqa: E402
 from fer_dist.steps import Distributed, configure_runtime  # noqa: E402
 
 BATCH = 16
 
 
-def setup(strategy, sets: dict, rescale: float = 1.0, scaler: bool = True):
+SGD = {"optimizer": "sgd", "learning_rate": 0.5, "momentum": 0.0}  # the update is the gradient: a wrong scale shows
+
+
+def setup(strategy, sets: dict, rescale: float = 1.0, scaler: bool = True, full_rank: bool = False):
     config = C.resolve("smoke", dict({"global_batch_size": BATCH, "deterministic": "false"}, **sets))
     configure_runtime(config)  # the dtype policy
     replicas = strategy.num_replicas_in_sync
@@ -52,7 +55,10 @@ def setup(strategy, sets: dict, rescale: float = 1.0, scaler: bool = True):
         if not scaler:
             opt = optim.inner(opt)
         opt.build(net.trainable_variables)
-    steps = dist.build_steps(net, net.trainable_variables, opt, config, class_weights=None, in_graph=False)
+    factors = compression.full_rank_plan([v.shape for v in net.trainable_variables]) if full_rank else None
+    steps = dist.build_steps(
+        net, net.trainable_variables, opt, config, class_weights=None, in_graph=False, factors=factors
+    )
     rng = np.random.default_rng(0)
     x = rng.normal(size=(BATCH * 8, 12)).astype(np.float32)
     y = rng.integers(0, 7, size=BATCH * 8).astype(np.int32)
@@ -88,12 +94,7 @@ def underflow() -> dict:
 
 
 def overflow(two) -> dict:
-    sets = {
-        "mixed_precision": "true",
-        "gradient_compression": "powersgd",
-        "powersgd_rank": 1,
-        "powersgd_start_step": 0,
-    }
+    sets = dict(SGD, mixed_precision="true", gradient_compression="powersgd", powersgd_rank=1, powersgd_start_step=0)
     net, opt, steps, batches, _ = setup(two, sets)
     opt.dynamic_scale.assign(2.0**100)
     before, iterations = weights(net), int(opt.iterations.numpy())
@@ -114,6 +115,7 @@ def overflow(two) -> dict:
     out["then_moved"] = largest(before, weights(net))
     out["then_finite"] = bool(all(np.isfinite(w).all() for w in weights(net)))
     out["then_iterations"] = int(opt.iterations.numpy()) - iterations
+    out["then_state_moved"] = bool(all(not np.array_equal(_replicas(v), b) for v, b in zip(powersgd, state_before)))
     return out
 
 
@@ -121,14 +123,26 @@ def _replicas(variable) -> np.ndarray:
     return np.stack([np.array(x.numpy()) for x in variable.values])
 
 
-def replicas(two) -> float:
-    runs = []
-    for strategy in (tf.distribute.get_strategy(), two):
-        net, _, steps, batches, _ = setup(strategy, {"mixed_precision": "true"})
+def replicas(two) -> dict:
+    """4 SGD steps in mixed precision: 1 replica against 2, uncompressed and with PowerSGD at full
+    rank (exact: its sum is the sum); each difference relative to how far the weights moved."""
+    runs = {}
+    for name, strategy, sets, full in (
+        ("one", tf.distribute.get_strategy(), {}, False),
+        ("two", two, {}, False),
+        ("two_powersgd_full", two, {"gradient_compression": "powersgd", "powersgd_start_step": 0}, True),
+    ):
+        net, _, steps, batches, _ = setup(strategy, dict(SGD, mixed_precision="true", **sets), full_rank=full)
+        start = weights(net)
         for _ in range(4):
             steps.train(batches)
-        runs.append(weights(net))
-    return largest(*runs)
+        runs[name] = weights(net)
+    moved = largest(start, runs["one"])
+    return {
+        "moved": moved,
+        "two": largest(runs["one"], runs["two"]) / moved,
+        "two_powersgd_full": largest(runs["one"], runs["two_powersgd_full"]) / moved,
+    }
 
 
 TWO = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])  # one: a second one's collectives collide with it

@@ -37,6 +37,35 @@ def _save(directory, model, optimizer, epoch=1, val_accuracy=0.5, best=None):
     return str(directory)
 
 
+def test_a_loss_scaled_optimizer_saves_its_scale_and_loads_a_checkpoint_without_one(tmp_path, caplog):
+    """Mixed precision's loss scaler (optim.loss_scaled, on a float32 model here: the names are
+    what matters): its own variables under loss_scale/, the inner optimizer's as a plain run's;
+    a checkpoint written before the scaler existed loads, the scale starting afresh."""
+    model, plain = _model_and_optimizer(seed=1)
+    plain.iterations.assign(5)
+    old = _save(tmp_path / "old", model, plain)
+    scaled = optim.loss_scaled(optim.make_optimizer(SMOKE))
+    scaled.build(model.trainable_variables)
+    scaled.dynamic_scale.assign(64.0)
+    scaled.iterations.assign(9)
+    new = _save(tmp_path / "new", model, scaled)
+    with np.load(os.path.join(new, "optimizer.npz")) as saved, np.load(os.path.join(old, "optimizer.npz")) as before:
+        assert float(saved["loss_scale/dynamic_scale"]) == 64.0 and int(saved["iteration"]) == 9
+        assert set(saved.files) - {n for n in saved.files if n.startswith("loss_scale/")} == set(before.files)
+
+    other, fresh = _model_and_optimizer(seed=2)
+    fresh = optim.loss_scaled(fresh)
+    fresh.build(other.trainable_variables)
+    checkpoint.load(new, model=other, optimizer=fresh)
+    assert float(fresh.dynamic_scale.numpy()) == 64.0 and int(fresh.iterations.numpy()) == 9
+    caplog.set_level(logging.WARNING, logger="fer_dist")
+    checkpoint.load(old, model=other, optimizer=fresh)
+    assert int(fresh.iterations.numpy()) == 5 and float(fresh.dynamic_scale.numpy()) == 64.0  # left as it was
+    assert "holds no loss scale" in caplog.text
+    with pytest.raises(checkpoint.CheckpointError, match="loss_scale/dynamic_scale: in the checkpoint, not in"):
+        checkpoint.load(new, model=other, optimizer=_model_and_optimizer(seed=3)[1])
+
+
 def test_round_trip_by_name_into_a_model_built_later(tmp_path):
     model, optimizer = _model_and_optimizer(seed=1)
     optimizer.iterations.assign(7)

@@ -71,9 +71,14 @@ def test_mixed_precision_scales_the_loss_and_skips_a_step_that_overflows_on_ever
     assert over["skipped_moved"] == 0 and over["skipped_iterations"] == 0, over
     assert over["scale_after"] == 2.0**99, over
     assert over["powersgd_variables"] == 4 and over["state_kept"] and over["state_finite"], over
-    # and at 2^15 the next 3 steps train
-    assert over["then_iterations"] == 3 and over["then_moved"] > 1e-4 and over["then_finite"], over
-    assert out["replicas"] < 1e-3, out  # 2 replicas equal 1 within float16's rounding
+    # and at 2^15 the next 3 steps train (SGD, lr 0.5: ~0.2), updating PowerSGD's state
+    assert over["then_iterations"] == 3 and over["then_moved"] > 0.05 and over["then_finite"], over
+    assert over["then_state_moved"], over
+    # 4 SGD steps (the update is the gradient: a scale applied twice or not at all, or a double
+    # sum, would be off by the move itself): 2 replicas equal 1 within float16's rounding
+    # (measured 4e-4 of the move), uncompressed and with PowerSGD at full rank
+    rep = out["replicas"]
+    assert rep["moved"] > 0.05 and rep["two"] < 0.01 and rep["two_powersgd_full"] < 0.01, rep
 
 
 def _compression_state(shapes, rank):
