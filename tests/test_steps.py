@@ -15,9 +15,11 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_two_replicas_equal_one_and_gradients_are_summed_once():
+def _helper_json(script: str) -> dict:
+    """Runs tests/<script> in a process of its own (it sets logical devices and a dtype policy)
+    and returns the JSON of its last line."""
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "steps_replicas_main.py")],
+        [sys.executable, os.path.join(ROOT, "tests", script)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -25,7 +27,11 @@ def test_two_replicas_equal_one_and_gradients_are_summed_once():
         env=dict(os.environ, PYTHONPATH=ROOT),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    diff = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_two_replicas_equal_one_and_gradients_are_summed_once():
+    diff = _helper_json("steps_replicas_main.py")
     assert diff["float32"] < 1e-6 and diff["sgd"] < 1e-6, diff  # exact up to float rounding
     # 4 Adam steps at lr 1e-3 move weights by ~4e-3; a 16-bit all-reduce stays within 1e-3 of float32.
     assert diff["bfloat16"] < 1e-3 and diff["float16"] < 1e-3, diff
@@ -53,16 +59,7 @@ def test_mixed_precision_scales_the_loss_and_skips_a_step_that_overflows_on_ever
     """float16 compute with Keras's dynamic loss scaler (optim.loss_scaled) in fer_dist's own step
     (tests/mixed_precision_main.py): gradients below float16's range survive, an overflowing step
     is skipped on both replicas and halves the scale, PowerSGD's state is not poisoned by it."""
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "tests", "mixed_precision_main.py")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, PYTHONPATH=ROOT),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _helper_json("mixed_precision_main.py")
     under, over = out["underflow"], out["overflow"]
     # gradients of ~1e-8: float16 without a loss scale flushes some to 0 and is 13% off float32
     assert under["reference_moved"] > 0.9 and under["scaled_lost"] == 0 and under["scaled_error"] < 0.05, under
