@@ -289,9 +289,13 @@ class Fence:
     nonce: str
 
     def check(self) -> None:
-        """Raises LeaseLost when the lease is no longer this one."""
+        """Raises LeaseLost when the lease is no longer this one. On gs:// the record is read
+        with `_read` (a generation and its content in one consistent pair, looked up again when
+        the holder's renewal replaced it between the two requests): a plain read racing a
+        renewal could see no record and fence a healthy run (once in CI, under load, with a
+        4 s lease renewed every second)."""
         try:
-            record = _parse_lease(storage.read_bytes(self.uri))
+            record = _parse_lease(_current_record(self.uri))
         except FileNotFoundError:
             record = {}
         if record.get("nonce") != self.nonce:
@@ -473,6 +477,16 @@ def _lease_record(owner: str, nonce: str) -> bytes:
     now = time.time()
     record = {"owner": owner, "nonce": nonce, "renewed_at": now, "expires_at": now + expire_seconds()}
     return json.dumps(record).encode("utf-8")
+
+
+def _current_record(uri: str) -> bytes:
+    """The lease record's bytes as they are now; FileNotFoundError when there is none."""
+    if not storage.is_gcs(uri):
+        return storage.read_bytes(uri)
+    found = _read(uri, _retry())
+    if found is None:
+        raise FileNotFoundError(uri)
+    return found[0]
 
 
 def _parse_lease(data: bytes) -> dict:
