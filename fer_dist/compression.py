@@ -116,11 +116,11 @@ def reduce(
     (P = M Q, Q random), so the small summed vectors stand for the matrices in the finite check
     (the same on every replica)."""
     factors = state.factors
-    unscale = 1.0 if scale is None else 1.0 / tf.cast(scale, tf.float32)
-    mats = [
-        tf.reshape(tf.cast(grads[f.index], tf.float32), [f.n, f.m]) * unscale + e.read_value()
-        for f, e in zip(factors, state.error)
-    ]
+    unscale = None if scale is None else 1.0 / tf.cast(scale, tf.float32)
+    mats = [tf.reshape(tf.cast(grads[f.index], tf.float32), [f.n, f.m]) for f in factors]
+    if unscale is not None:  # no pass over the matrices without a loss scale (float32 runs)
+        mats = [mat * unscale for mat in mats]
+    mats = [mat + e.read_value() for mat, e in zip(mats, state.error)]
     ps = [tf.matmul(mat, q.read_value()) for mat, q in zip(mats, state.q)]
     p_sum = all_reduce(_concat(ps))
     ps = [tf.linalg.qr(p).q for p in _split(p_sum, [(f.n, f.rank) for f in factors])]

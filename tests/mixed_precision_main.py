@@ -79,7 +79,7 @@ def underflow() -> dict:
     """The first layer's move after one SGD step (lr 1, momentum 0), three ways."""
     moves = {}
     for name, mixed, scaler in (("float32", "false", True), ("scaled", "true", True), ("unscaled", "true", False)):
-        sets = {"mixed_precision": mixed, "optimizer": "sgd", "learning_rate": 1.0, "momentum": 0.0}
+        sets = dict(SGD, learning_rate=1.0, mixed_precision=mixed)
         net, _, steps, batches, _ = setup(tf.distribute.get_strategy(), sets, rescale=1e-5, scaler=scaler)
         before = weights(net)[0]
         steps.train(batches)
@@ -126,18 +126,18 @@ def _replicas(variable) -> np.ndarray:
 def replicas(two) -> dict:
     """4 SGD steps in mixed precision: 1 replica against 2, uncompressed and with PowerSGD at full
     rank (exact: its sum is the sum); each difference relative to how far the weights moved."""
-    runs = {}
+    starts, runs = {}, {}
     for name, strategy, sets, full in (
         ("one", tf.distribute.get_strategy(), {}, False),
         ("two", two, {}, False),
         ("two_powersgd_full", two, {"gradient_compression": "powersgd", "powersgd_start_step": 0}, True),
     ):
         net, _, steps, batches, _ = setup(strategy, dict(SGD, mixed_precision="true", **sets), full_rank=full)
-        start = weights(net)
+        starts[name] = weights(net)
         for _ in range(4):
             steps.train(batches)
         runs[name] = weights(net)
-    moved = largest(start, runs["one"])
+    moved = largest(starts["one"], runs["one"])
     return {
         "moved": moved,
         "two": largest(runs["one"], runs["two"]) / moved,
