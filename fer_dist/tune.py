@@ -40,9 +40,10 @@ TRIALS_DIR = "trials"
 # ---------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Dim:
-    """One searched field: `choice` values, or a `uniform`/`loguniform` range."""
+    """One searched field: `choice` values (one drawn per trial), `grid` values (every one tried,
+    in order), or a `uniform`/`loguniform` range."""
 
-    kind: str  # choice | uniform | loguniform
+    kind: str  # choice | grid | uniform | loguniform
     values: tuple
 
     def to_tune(self):
@@ -50,14 +51,18 @@ class Dim:
 
         if self.kind == "choice":
             return tune.choice(list(self.values))
+        if self.kind == "grid":
+            return tune.grid_search(list(self.values))
         low, high = self.values
         return tune.loguniform(low, high) if self.kind == "loguniform" else tune.uniform(low, high)
 
     def describe(self) -> str:
-        if self.kind == "choice":
-            return "{" + ", ".join(map(str, self.values)) + "}"
+        if self.kind in ("choice", "grid"):
+            return ("grid" if self.kind == "grid" else "") + "{" + ", ".join(map(str, self.values)) + "}"
         return f"{self.kind}[{self.values[0]:g}, {self.values[1]:g}]"
 
+
+SPACE_FORMS = "key=a,b,c | key=grid:a,b,c | key=lo:hi | key=log:lo:hi | key=off"
 
 SPACES: dict[str, dict[str, Dim]] = {
     # The seed found smaller batches better: powers of two from 16.
@@ -80,15 +85,16 @@ SPACES["quick"] = dict(SPACES["demo"], global_batch_size=Dim("choice", (16, 32, 
 
 
 def parse_space(preset: str, specs: list[str] | None, start: dict[str, Dim] | None = None) -> dict[str, Dim]:
-    """The preset's space (or `start`) with `key=spec` edits: `a,b,c` (choice), `lo:hi`
-    (uniform), `log:lo:hi` (log-uniform), `off` (drop the key: it keeps its config value)."""
+    """The preset's space (or `start`) with `key=spec` edits: `a,b,c` (choice), `grid:a,b,c` (every
+    value, in order), `lo:hi` (uniform), `log:lo:hi` (log-uniform), `off` (drop the key: it keeps
+    its config value)."""
     space = dict(start if start is not None else SPACES.get(preset, SPACES["seed"]))
     types = field_types()
     for item in specs or []:
         key, sep, spec = item.partition("=")
         key, spec = key.strip(), spec.strip()
         if not sep or not spec:
-            raise UserError(f"--space {item!r}: expected key=a,b,c | key=lo:hi | key=log:lo:hi | key=off")
+            raise UserError(f"--space {item!r}: expected {SPACE_FORMS}")
         if key not in types:
             raise UserError(f"--space {item!r}: unknown config key {key!r}")
         if spec == "off":
@@ -96,7 +102,11 @@ def parse_space(preset: str, specs: list[str] | None, start: dict[str, Dim] | No
             continue
         parts = spec.split(":")
         try:
-            if parts[0] == "log" and len(parts) == 3:
+            if parts[0] == "grid":
+                if len(parts) != 2 or not parts[1]:
+                    raise UserError(f"--space {item!r}: expected key=grid:a,b,c")
+                dim = Dim("grid", tuple(coerce(key, v, types[key], "--space") for v in parts[1].split(",")))
+            elif parts[0] == "log" and len(parts) == 3:
                 dim = Dim("loguniform", (float(parts[1]), float(parts[2])))
             elif len(parts) == 2:
                 dim = Dim("uniform", (float(parts[0]), float(parts[1])))
@@ -104,7 +114,7 @@ def parse_space(preset: str, specs: list[str] | None, start: dict[str, Dim] | No
                 dim = Dim("choice", tuple(coerce(key, v, types[key], "--space") for v in spec.split(",")))
         except ValueError:
             raise UserError(f"--space {item!r}: range bounds must be numbers") from None
-        if dim.kind != "choice" and not dim.values[0] < dim.values[1]:
+        if dim.kind not in ("choice", "grid") and not dim.values[0] < dim.values[1]:
             raise UserError(f"--space {item!r}: expected low < high")
         if dim.kind == "loguniform" and dim.values[0] <= 0:
             raise UserError(f"--space {item!r}: log-uniform bounds must be > 0")
@@ -131,6 +141,11 @@ def check_space(base: TrainConfig, space: dict[str, Dim], workers_per_trial: int
             raise UserError(
                 f"--space global_batch_size: {batch} is smaller than --workers-per-trial {workers_per_trial}"
             )
+
+
+def trial_count(space: dict[str, Dim], samples: int) -> int:
+    """Tune's count: every sample runs the whole grid (the product of the `grid` dims' sizes)."""
+    return samples * math.prod(len(d.values) for d in space.values() if d.kind == "grid")
 
 
 BASE_CONFIG_FILE = "base_config.json"
@@ -343,9 +358,9 @@ def search(
         else:
             tuner = _new_tuner(trainable, base, space, spec, search_uri=search_uri, name=name, path=path, fs=fs)
         log.info(
-            "search %s: %d samples, %s worker(s)/trial, space %s",
+            "search %s: %d trial(s), %s worker(s)/trial, space %s",
             search_uri,
-            spec.samples,
+            trial_count(space, spec.samples),
             spec.workers_per_trial,
             ", ".join(f"{k}={d.describe()}" for k, d in space.items()),
         )
@@ -380,11 +395,15 @@ def _new_tuner(trainable, base: TrainConfig, space: dict[str, Dim], spec: Search
 
     mode = monitor.mode(spec.metric)
     storage.write_text(storage.join(search_uri, SPACE_FILE), space_json(space))  # base_config.json: `prepare`
-    search_alg = None
     if spec.searcher == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        search_alg = OptunaSearch(seed=base.seed)
+        search_alg, max_concurrent = OptunaSearch(seed=base.seed), spec.max_concurrent
+    else:  # random, drawn from the base config's seed: the same flags give the same trials
+        from ray.tune.search import BasicVariantGenerator
+
+        search_alg = BasicVariantGenerator(max_concurrent=spec.max_concurrent, random_state=base.seed)
+        max_concurrent = None  # the generator limits itself; Tune only wraps a Searcher
     return tune.Tuner(
         trainable,
         param_space={k: d.to_tune() for k, d in space.items()},
@@ -392,7 +411,7 @@ def _new_tuner(trainable, base: TrainConfig, space: dict[str, Dim], spec: Search
             metric=spec.metric,
             mode=mode,
             num_samples=spec.samples,
-            max_concurrent_trials=spec.max_concurrent,
+            max_concurrent_trials=max_concurrent,
             search_alg=search_alg,
             scheduler=ASHAScheduler(
                 time_attr="epoch",

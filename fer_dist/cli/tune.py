@@ -39,9 +39,14 @@ def main(
         None, "--set", metavar="KEY=VALUE", help="key=value for the base config; repeatable."
     ),
     space: list[str] | None = typer.Option(
-        None, "--space", metavar="KEY=V1,V2,...", help="key=a,b,c | key=lo:hi | key=log:lo:hi | key=off."
+        None,
+        "--space",
+        metavar="KEY=V1,V2,...",
+        help="key=a,b,c (one drawn per trial) | key=grid:a,b,c (every value) | key=lo:hi | key=log:lo:hi | key=off.",
     ),
-    samples: int = typer.Option(8, "--samples", metavar="N", help="Trials to run."),
+    samples: int = typer.Option(
+        8, "--samples", metavar="N", help="Trials to run (with grid: dims, each sample runs the whole grid)."
+    ),
     workers_per_trial: str = typer.Option(
         "1",
         "--workers-per-trial",
@@ -116,11 +121,6 @@ def main(
             raise cli.UserError(message)
     if resume and not name:
         raise cli.UserError("--resume needs --name NAME (the search to continue)")
-    if searcher == "optuna":
-        try:
-            import optuna  # noqa: F401
-        except ImportError:
-            raise cli.UserError('--searcher optuna needs optuna: pip install -e ".[tune]"') from None
     sets = values.parse_overrides(overrides)
     if data is not None:
         sets["data"] = data
@@ -130,6 +130,14 @@ def main(
         sets["monitor"] = metric
     base, search_space = tune_lib.resolve_search(preset, sets, space, storage_uri, name, resume)
     tune_lib.check_space(base, search_space, workers_per_trial)
+    grid = [key for key, dim in search_space.items() if dim.kind == "grid"]
+    if grid and searcher == "optuna":
+        raise cli.UserError(f"--space {grid[0]}=grid:...: Optuna does not search grids; use --searcher random")
+    if searcher == "optuna":
+        try:
+            import optuna  # noqa: F401
+        except ImportError:
+            raise cli.UserError('--searcher optuna needs optuna: pip install -e ".[tune]"') from None
     spec = tune_lib.SearchSpec(
         samples=samples,
         workers_per_trial=workers_per_trial,
