@@ -382,6 +382,9 @@ def measure_communication(run: Run) -> None:
     )
     state.communication = share.as_metrics()
     run.reporter.info("%s", share.start_line())
+    note = scaling.optimizer_note(config.optimizer, config.gradient_compression)
+    if note:
+        run.reporter.info("%s", note)
 
 
 def wire_of(shapes: list, config: TrainConfig, mode: str) -> list[int]:

@@ -145,3 +145,10 @@ def test_the_scaling_benchmark_takes_each_rounds_own_ratio_and_their_median():
     assert split["compute_ms"] == round(32 / 88 * 1e3, 1) and split["allreduce_ms"] == 7.0 and split["votes_ms"] == 1.0
     parts = split["compute_ms"] + split["allreduce_ms"] + split["votes_ms"] + split["sync_and_wait_ms"]
     assert parts == pytest.approx(64 / 135 * 1e3, abs=0.2) == split["step_ms"]
+
+
+def test_the_run_notes_what_compression_cost_its_optimizer():
+    note = scaling.optimizer_note("adam", "powersgd")
+    assert "3.9 points" in note and "--set optimizer=sgd" in note
+    assert scaling.optimizer_note("sgd", "powersgd") is None
+    assert scaling.optimizer_note("adam", "none") is None
