@@ -58,7 +58,8 @@ class Dim:
 
     def describe(self) -> str:
         if self.kind in ("choice", "grid"):
-            return ("grid" if self.kind == "grid" else "") + "{" + ", ".join(map(str, self.values)) + "}"
+            prefix = "grid" if self.kind == "grid" else ""
+            return prefix + "{" + ", ".join(map(str, self.values)) + "}"
         return f"{self.kind}[{self.values[0]:g}, {self.values[1]:g}]"
 
 
@@ -122,14 +123,19 @@ def parse_space(preset: str, specs: list[str] | None, start: dict[str, Dim] | No
     return space
 
 
-def check_space(base: TrainConfig, space: dict[str, Dim], workers_per_trial: int | str) -> None:
+def check_space(
+    base: TrainConfig, space: dict[str, Dim], workers_per_trial: int | str, searcher: str = "random"
+) -> None:
     """Every corner of the space must make a valid config; batch sizes must not be smaller than the
-    workers (any other size splits, unevenly if need be)."""
+    workers (any other size splits, unevenly if need be); grids are the random searcher's."""
     from fer_dist.launch import Workers
 
     most = Workers.parse(workers_per_trial, "--workers-per-trial").max
     if "monitor" in space:
         raise UserError("--space monitor: trials are ranked by one metric; choose it with --metric")
+    grid = [key for key, dim in space.items() if dim.kind == "grid"]
+    if grid and searcher == "optuna":
+        raise UserError(f"--space {grid[0]}=grid:...: Optuna does not search grids; use --searcher random")
     for key, dim in space.items():
         for value in dim.values:
             try:

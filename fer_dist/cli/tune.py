@@ -129,10 +129,7 @@ def main(
             raise cli.UserError(f"--metric {metric} and --set monitor={sets['monitor']}: give one of them")
         sets["monitor"] = metric
     base, search_space = tune_lib.resolve_search(preset, sets, space, storage_uri, name, resume)
-    tune_lib.check_space(base, search_space, workers_per_trial)
-    grid = [key for key, dim in search_space.items() if dim.kind == "grid"]
-    if grid and searcher == "optuna":
-        raise cli.UserError(f"--space {grid[0]}=grid:...: Optuna does not search grids; use --searcher random")
+    tune_lib.check_space(base, search_space, workers_per_trial, searcher)
     if searcher == "optuna":
         try:
             import optuna  # noqa: F401
