@@ -5,8 +5,9 @@ MultiWorkerMirroredStrategy (`ray_worker` is the worker side, `ray_cluster` the 
     python jobs/train.py --workers 8 --gpus-per-worker 1 \\
         --data gs://BUCKET/fer2013.csv.gz --storage gs://BUCKET/fer/runs  # on a Ray cluster
 
-`run_on_ray` builds a Train V2 `TensorflowTrainer` (Ray sets TF_CONFIG on every worker;
-`train.make_strategy` turns that into MWMS). Checkpoints are ours, not Ray's: the chief
+`run_on_ray` builds a Train V2 `DataParallelTrainer` whose backend (`ray_backend`) sets TF_CONFIG
+on every worker (what Ray's `TensorflowTrainer` does, without its import of TensorFlow in Train's
+controller); `train.make_strategy` turns it into MWMS. Checkpoints are ours, not Ray's: the chief
 publishes each one through `checkpoint.publish` (storage's retries, the run's fence, the
 manifest exclusively) to `<storage>/<name>/checkpoints/`, and `ray.train.report` carries
 metrics only. `FailureConfig(max_failures)` restarts a failed worker group, and the chief
@@ -80,12 +81,13 @@ def make_trainer(
     record_workers: bool = False,
     fence: exclusive.Fence | None = None,
 ):
-    """The TensorflowTrainer for one run; `tune.py` calls this for every trial (with
+    """The Ray Train trainer for one run; `tune.py` calls this for every trial (with
     `record_workers`, so that `stop_run` can end it). `fence`: the lease its writes are fenced by."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from fer_dist.errors import UserError
+    from fer_dist.ray_backend import MultiWorkerConfig
 
     workers = num_workers if isinstance(num_workers, Workers) else Workers.parse(num_workers)
     if config.global_batch_size < workers.max:  # any size splits it (pipeline.pipeline_slice), if not too small
@@ -99,8 +101,9 @@ def make_trainer(
     env = worker_env()
     from fer_dist.ray_worker import train_loop_per_worker
 
-    return TensorflowTrainer(
+    return DataParallelTrainer(
         train_loop_per_worker,
+        backend_config=MultiWorkerConfig(),
         train_loop_config={
             "config_json": config.to_json(),
             "run_dir": run_dir,

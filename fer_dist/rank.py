@@ -1,7 +1,7 @@
 """Which worker this process is, read in one place, and the one decision of who is chief.
 
-Ray Train sets TF_CONFIG on every worker of a TensorflowTrainer, its task index being the
-worker's world rank; a plain process has none and is rank 0. Light on purpose (no TensorFlow,
+Ray Train sets TF_CONFIG on every worker (`ray_backend`), its task index being the worker's
+world rank; a plain process has none and is rank 0. Light on purpose (no TensorFlow,
 no Ray): logging reads it before either is imported.
 """
 

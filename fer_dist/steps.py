@@ -329,7 +329,7 @@ def all_reduce_gradients(grads: list, dtype: str, options=None) -> list:
 def per_example_loss_fn(config: TrainConfig) -> Callable:
     """Cross-entropy on logits per example (with `label_smoothing` when set), against class
     indices [B] or against soft targets [B, K] (FER+ votes, label_mode=probability)."""
-    import keras  # Keras 3 itself: Ray sets TF_USE_LEGACY_KERAS=1 in its workers, where TF's alias is tf_keras
+    import keras  # Keras 3 itself: where TF_USE_LEGACY_KERAS=1, TF's alias is tf_keras
 
     smoothing = config.label_smoothing
     sparse = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="none")
