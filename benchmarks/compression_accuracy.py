@@ -1,5 +1,5 @@
 """python benchmarks/compression_accuracy.py [--data PATH] [--seeds 1,2,3] [--modes none,powersgd4,powersgd1]
-    [--optimizers adam,sgd] [--steps 100] [--epochs 4] [--resume-after N] [--output benchmarks/compression_accuracy.json]
+    [--optimizers adam,adam-frozen,sgd] [--steps 100] [--epochs 4] [--resume-after N] [--output benchmarks/compression_accuracy.json]
 
 Does PowerSGD cost accuracy? The seed recipe (`weights=none`: ImageNet weights cannot be
 downloaded here; the frozen trunk's features cached) trained by `jobs/train.py --workers 2` on
@@ -7,6 +7,10 @@ FER-2013 (Training rows; PublicTest, 3,589 faces, as validation) with the same s
 
   none        every gradient all-reduced whole (float32)
   powersgdR   PowerSGD at rank R after `--start-step` uncompressed steps
+
+Optimizers: `adam` (the seed recipe's), `adam-frozen` (Adam with `adam_variance=frozen`: its
+second moment held from step `--start-step` on, also in the uncompressed runs), `sgd` (momentum
+0.9, learning rate 0.01, as the PowerSGD paper).
 
 `--resume-after N`: every run stops after epoch N and is resumed (`jobs/train.py --resume`) for
 the rest, as after a lost driver: PowerSGD's Q and error buffers are not checkpointed, so a
@@ -47,9 +51,21 @@ def mode_args(mode: str, start_step: int) -> list[str]:
     return [a for s in sets for a in ("--set", s)]
 
 
-def optimizer_args(optimizer: str) -> list[str]:
+OPTIMIZERS = ("adam", "adam-frozen", "sgd")
+
+
+def optimizer_args(optimizer: str, start_step: int) -> list[str]:
     if optimizer == "sgd":  # SGD with momentum, as the PowerSGD paper; a learning rate for it
         return ["--set", "optimizer=sgd", "--set", "momentum=0.9", "--set", "learning_rate=0.01"]
+    if optimizer == "adam-frozen":  # Adam's second moment held from step --start-step on, in every mode
+        return [
+            "--set",
+            "optimizer=adam",
+            "--set",
+            "adam_variance=frozen",
+            "--set",
+            f"powersgd_start_step={start_step}",
+        ]
     return ["--set", "optimizer=adam"]
 
 
@@ -117,6 +133,9 @@ def main(argv=None) -> int:
     parser.add_argument("--resume-after", type=int, default=0, help="stop every run after this epoch and resume it")
     parser.add_argument("--output", default=os.path.join(REPO, "benchmarks", "compression_accuracy.json"))
     args = parser.parse_args(argv)
+    for optimizer in args.optimizers.split(","):
+        if optimizer not in OPTIMIZERS:
+            parser.exit(2, f"error: --optimizers {optimizer!r}: expected some of {', '.join(OPTIMIZERS)}\n")
     if not 0 <= args.resume_after < args.epochs:
         parser.exit(2, f"error: --resume-after {args.resume_after}: an epoch before the last ({args.epochs})\n")
     results, summary = [], []
@@ -128,7 +147,12 @@ def main(argv=None) -> int:
             for seed in [int(s) for s in args.seeds.split(",")]:
                 for mode in args.modes.split(","):
                     name = f"{optimizer}-s{seed}-{mode}"
-                    extra = [*optimizer_args(optimizer), *mode_args(mode, args.start_step), "--set", f"seed={seed}"]
+                    extra = [
+                        *optimizer_args(optimizer, args.start_step),
+                        *mode_args(mode, args.start_step),
+                        "--set",
+                        f"seed={seed}",
+                    ]
                     row = {
                         "optimizer": optimizer,
                         "seed": seed,

@@ -26,6 +26,7 @@ from fer_dist.values import coerce, parse_overrides
 
 BACKBONES = ("resnet50", "compact")
 OPTIMIZERS = ("adam", "sgd")
+ADAM_VARIANCES = ("running", "frozen")
 POOLINGS = ("flatten", "avg")
 FEATURE_DTYPES = ("float16", "float32")
 ALLREDUCE_DTYPES = ("float32", "bfloat16", "float16")
@@ -158,6 +159,9 @@ class TrainConfig:
     gradient_compression: str = "none"  # none | powersgd
     powersgd_rank: int = 4  # R: values sent per matrix (n + m) * R instead of n * m
     powersgd_start_step: int = 200  # optimizer steps all-reduced uncompressed first (a warm-up: 50 of them gave +1.0 point at 300 steps, docs/scaling.md)
+    # Adam's second moment: "running" (Adam), or "frozen" from optimizer step powersgd_start_step
+    # on (1-bit Adam's remedy for compressed gradients, Tang et al. 2021; docs/scaling.md).
+    adam_variance: str = "running"
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -270,6 +274,20 @@ def validate(c: TrainConfig) -> TrainConfig:
     )
     need(c.powersgd_rank >= 1, f"powersgd_rank={c.powersgd_rank}: must be >= 1")
     need(c.powersgd_start_step >= 0, f"powersgd_start_step={c.powersgd_start_step}: must be >= 0")
+    need(
+        c.adam_variance in ADAM_VARIANCES,
+        f"adam_variance={c.adam_variance!r}: expected one of {', '.join(ADAM_VARIANCES)}",
+    )
+    if c.adam_variance == "frozen":
+        need(
+            c.optimizer == "adam" and not c.weight_decay,
+            f"adam_variance=frozen: needs optimizer=adam without weight_decay (have {c.optimizer}, "
+            f"weight_decay={c.weight_decay:g})",
+        )
+        need(
+            c.powersgd_start_step >= 1,
+            "adam_variance=frozen: needs powersgd_start_step >= 1 (the steps that estimate the variance it holds)",
+        )
     need(c.freeze_layers >= 0, f"freeze_layers={c.freeze_layers}: must be >= 0")
     need(c.unfreeze_epoch >= 0, f"unfreeze_epoch={c.unfreeze_epoch}: must be >= 0 (0 = one phase)")
     if c.unfreeze_epoch:

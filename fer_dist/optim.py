@@ -59,6 +59,8 @@ def _base_optimizer(config: TrainConfig):
         )
     if decay:
         return pre_reduced(keras.optimizers.AdamW)(config.learning_rate, weight_decay=decay)
+    if config.adam_variance == "frozen":
+        return pre_reduced(_fused_adam_class())(config.learning_rate, variance_frozen_after=config.powersgd_start_step)
     if config.backbone == "resnet50":  # 24M trainable parameters in the seed recipe: the update matters
         return pre_reduced(_fused_adam_class())(config.learning_rate)
     return pre_reduced(keras.optimizers.Adam)(config.learning_rate)
@@ -123,6 +125,11 @@ def _fused_adam_class():
     100k parameters gain nothing, and its short test runs keep plain Adam's exact rounding. Where
     the fused op cannot be used (sparse gradients, amsgrad, a variable without a resource handle)
     the plain update runs.
+
+    `variance_frozen_after=F` (`adam_variance=frozen`): from optimizer step F + 1 on, the second
+    moment v stays as step F left it, bias-corrected as at step F (1-bit Adam's frozen variance,
+    Tang et al. 2021: PowerSGD's low-rank gradients with fed-back errors are not the true
+    gradients' per-coordinate variance); the first moment runs on. It needs the fused kernel.
     """
     global _FUSED_ADAM
     if _FUSED_ADAM is not None:
@@ -131,27 +138,40 @@ def _fused_adam_class():
     import tensorflow as tf
 
     class FusedAdam(keras.optimizers.Adam):
+        def __init__(self, *args, variance_frozen_after: int | None = None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.variance_frozen_after = variance_frozen_after
+
         def update_step(self, gradient, variable, learning_rate):
+            frozen_after = self.variance_frozen_after
             if self.amsgrad or not isinstance(gradient, tf.Tensor):
+                if frozen_after is not None:
+                    raise ValueError(f"adam_variance=frozen: no fused Adam update for {variable.path}")
                 return super().update_step(gradient, variable, learning_rate)
             m = self._momentums[self._get_variable_index(variable)]
             v = self._velocities[self._get_variable_index(variable)]
             try:
                 handles = variable.handle, m.handle, v.handle
             except (AttributeError, ValueError):
+                if frozen_after is not None:
+                    raise
                 return super().update_step(gradient, variable, learning_rate)
             dtype = variable.dtype
             local_step = tf.cast(self.iterations + 1, dtype)
             beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+            beta_2_step, beta_2_now = local_step, beta_2
+            if frozen_after is not None:  # v *= 1, + 0 * g^2; its bias correction as at step F
+                beta_2_step = tf.minimum(local_step, tf.cast(frozen_after, dtype))
+                beta_2_now = tf.where(local_step > tf.cast(frozen_after, dtype), tf.ones_like(beta_2), beta_2)
             tf.raw_ops.ResourceApplyAdam(
                 var=handles[0],
                 m=handles[1],
                 v=handles[2],
                 beta1_power=tf.pow(beta_1, local_step),
-                beta2_power=tf.pow(beta_2, local_step),
+                beta2_power=tf.pow(beta_2, beta_2_step),
                 lr=tf.cast(learning_rate, dtype),
                 beta1=beta_1,
-                beta2=beta_2,
+                beta2=beta_2_now,
                 epsilon=tf.cast(self.epsilon, dtype),
                 grad=tf.cast(gradient, dtype),
                 use_locking=False,

@@ -50,14 +50,17 @@ def wire_settings(mode: str) -> dict:
     raise ValueError(f"unknown wire mode {mode!r} (one of {', '.join(ALLREDUCE_DTYPES)}, or powersgdR: rank R >= 1)")
 
 
-def optimizer_note(optimizer: str, gradient_compression: str) -> str | None:
+def optimizer_note(optimizer: str, gradient_compression: str, adam_variance: str = "running") -> str | None:
     """What was measured of this optimizer under gradient compression, where it costs accuracy
-    (docs/scaling.md, `benchmarks/compression_accuracy_adam_rank4.json`); None where it does not."""
-    if gradient_compression == "powersgd" and optimizer == "adam":
+    (docs/scaling.md, `benchmarks/compression_accuracy_adam_rank4.json`, `..._adam_frozen.json`);
+    None where it does not, or where the run already holds Adam's variance."""
+    if gradient_compression == "powersgd" and optimizer == "adam" and adam_variance == "running":
         return (
             "gradient_compression=powersgd with optimizer=adam: over 3 seeds of 300 steps, PowerSGD cost Adam "
             "3.9 points of val accuracy at rank 4 (every seed lower), where SGD with momentum kept its accuracy "
-            "(+0.8 at rank 4); --set optimizer=sgd suits it (docs/scaling.md)"
+            "(+0.8 at rank 4); --set optimizer=sgd suits it; --set adam_variance=frozen (Adam's second moment "
+            "held after the warm-up) recovered the mean (+0.5) but swung from -8.1 to +6.2 points by seed "
+            "(docs/scaling.md)"
         )
     return None
 

@@ -382,7 +382,7 @@ def measure_communication(run: Run) -> None:
     )
     state.communication = share.as_metrics()
     run.reporter.info("%s", share.start_line())
-    note = scaling.optimizer_note(config.optimizer, config.gradient_compression)
+    note = scaling.optimizer_note(config.optimizer, config.gradient_compression, config.adam_variance)
     if note:
         run.reporter.info("%s", note)
 

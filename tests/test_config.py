@@ -41,6 +41,10 @@ def test_overrides_are_typed():
         ({"head_units": "64,x"}, "comma-separated integers"),
         ({"image_size": "20"}, "image_size=20"),
         ({"decay_factor": "0"}, "decay_factor=0.0"),
+        ({"adam_variance": "still"}, "adam_variance='still': expected one of running, frozen"),
+        ({"adam_variance": "frozen", "optimizer": "sgd"}, "adam_variance=frozen: needs optimizer=adam"),
+        ({"adam_variance": "frozen", "weight_decay": "0.01"}, "without weight_decay"),
+        ({"adam_variance": "frozen", "powersgd_start_step": "0"}, "needs powersgd_start_step >= 1"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, needle):

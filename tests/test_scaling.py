@@ -149,6 +149,7 @@ def test_the_scaling_benchmark_takes_each_rounds_own_ratio_and_their_median():
 
 def test_the_run_notes_what_compression_cost_its_optimizer():
     note = scaling.optimizer_note("adam", "powersgd")
-    assert "3.9 points" in note and "--set optimizer=sgd" in note
+    assert "3.9 points" in note and "--set optimizer=sgd" in note and "--set adam_variance=frozen" in note
+    assert scaling.optimizer_note("adam", "powersgd", "frozen") is None  # the remedy is on
     assert scaling.optimizer_note("sgd", "powersgd") is None
     assert scaling.optimizer_note("adam", "none") is None

@@ -54,6 +54,39 @@ def test_the_keras_hook_that_pre_reduced_replaces_still_exists():
     assert opt._all_reduce_sum_gradients(pairs) == pairs
 
 
+def test_adam_with_a_frozen_variance_holds_it_from_powersgd_start_step_on():
+    """adam_variance=frozen: Adam's formula for steps 1..F, then v (and its bias correction) as
+    step F left them while the first moment runs on; `running` is plain Adam throughout."""
+    import numpy as np
+    import tensorflow as tf
+
+    from fer_dist import optim
+    from fer_dist.config import TrainConfig, validate
+
+    grads = [[1.0, -2.0, 0.5], [3.0, 1.0, -1.0], [0.1, 0.1, 0.1], [-5.0, 2.0, 4.0]]
+    lr, b1, b2 = 0.1, 0.9, 0.999
+
+    def expected(frozen_after):
+        m, v, w, out = 0.0, 0.0, np.zeros(3), []
+        for t, g in enumerate(np.array(grads), 1):
+            m = b1 * m + (1 - b1) * g
+            if frozen_after is None or t <= frozen_after:
+                v = b2 * v + (1 - b2) * g * g
+            t2 = t if frozen_after is None else min(t, frozen_after)
+            w = w - lr * np.sqrt(1 - b2**t2) / (1 - b1**t) * m / (np.sqrt(v) + 1e-7)
+            out.append(w.copy())
+        return out
+
+    for variance, frozen_after in (("frozen", 2), ("running", None)):
+        config = validate(TrainConfig(adam_variance=variance, powersgd_start_step=2, learning_rate=lr))
+        opt = optim.make_optimizer(config)
+        var = tf.Variable(np.zeros(3, np.float32))
+        for g, want in zip(grads, expected(frozen_after)):
+            opt.apply_gradients([(tf.constant(g), var)])
+            np.testing.assert_allclose(var.numpy(), want, rtol=1e-5, err_msg=variance)
+    assert np.abs(expected(2)[-1] - expected(None)[-1]).max() > 1e-2  # the two differ after step 2
+
+
 @pytest.mark.slow  # about 25 s on a 2-core CPU
 def test_mixed_precision_scales_the_loss_and_skips_a_step_that_overflows_on_every_replica():
     """float16 compute with Keras's dynamic loss scaler (optim.loss_scaled) in fer_dist's own step
