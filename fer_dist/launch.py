@@ -6,8 +6,8 @@ MultiWorkerMirroredStrategy (`ray_worker` is the worker side, `ray_cluster` the 
         --data gs://BUCKET/fer2013.csv.gz --storage gs://BUCKET/fer/runs  # on a Ray cluster
 
 `run_on_ray` builds a Train V2 `DataParallelTrainer` whose backend (`ray_backend`) sets TF_CONFIG
-on every worker (what Ray's `TensorflowTrainer` does, without its import of TensorFlow in Train's
-controller); `train.make_strategy` turns it into MWMS. Checkpoints are ours, not Ray's: the chief
+on every worker (what Ray's `TensorflowTrainer` does, without its import of TensorFlow in the
+driver and Train's controller); `train.make_strategy` turns it into MWMS. Checkpoints are ours, not Ray's: the chief
 publishes each one through `checkpoint.publish` (storage's retries, the run's fence, the
 manifest exclusively) to `<storage>/<name>/checkpoints/`, and `ray.train.report` carries
 metrics only. `FailureConfig(max_failures)` restarts a failed worker group, and the chief

@@ -132,5 +132,6 @@ def test_the_gpu_benchmark_needs_a_gpu_or_says_so_and_runs_its_cases_on_the_cpu_
     assert report["gpu"] is None and report["command"].startswith("python benchmarks/gpu.py")
     (case,) = report["cases"]
     assert (case["recipe"], case["variant"], case["batch"], case["peak_gpu_mb"]) == ("seed", "mixed_xla", 16, None)
-    assert case["images_per_second"] == pytest.approx(16 / case["ms_per_step"] * 1e3, rel=0.01)
+    # the report rounds images/s to 0.1: on a slow CPU (2.9 img/s) that alone is over 1%
+    assert case["images_per_second"] == pytest.approx(16 / case["ms_per_step"] * 1e3, rel=0.01, abs=0.05)
     assert "fastest for seed: mixed_xla" in proc.stdout
