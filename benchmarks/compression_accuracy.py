@@ -43,29 +43,21 @@ DEFAULT_DATA = os.path.join(os.path.dirname(REPO), "shared", "data", "fer2013", 
 BASE = ["--preset", "seed", "--set", "weights=none", "--set", "early_stop_patience=0", "--quiet"]
 
 
-def mode_args(mode: str, start_step: int) -> list[str]:
+def mode_args(mode: str) -> list[str]:
     if mode == "none":
         return []
     sets = ["gradient_compression=powersgd", f"powersgd_rank={int(mode.removeprefix('powersgd'))}"]
-    sets.append(f"powersgd_start_step={start_step}")
     return [a for s in sets for a in ("--set", s)]
 
 
 OPTIMIZERS = ("adam", "adam-frozen", "sgd")
 
 
-def optimizer_args(optimizer: str, start_step: int) -> list[str]:
+def optimizer_args(optimizer: str) -> list[str]:
     if optimizer == "sgd":  # SGD with momentum, as the PowerSGD paper; a learning rate for it
         return ["--set", "optimizer=sgd", "--set", "momentum=0.9", "--set", "learning_rate=0.01"]
     if optimizer == "adam-frozen":  # Adam's second moment held from step --start-step on, in every mode
-        return [
-            "--set",
-            "optimizer=adam",
-            "--set",
-            "adam_variance=frozen",
-            "--set",
-            f"powersgd_start_step={start_step}",
-        ]
+        return ["--set", "optimizer=adam", "--set", "adam_variance=frozen"]
     return ["--set", "optimizer=adam"]
 
 
@@ -142,17 +134,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="fer_compression_") as work:
         data, described = args.data, f"{args.data}: Training rows, PublicTest as validation"
         common = [*BASE, "--data", data, "--epochs", str(args.epochs), "--set", f"steps_per_epoch={args.steps}"]
-        common += ["--set", f"global_batch_size={args.batch}"]
+        # the compressed runs' warm-up, and where adam-frozen holds the variance (no-op otherwise)
+        common += ["--set", f"global_batch_size={args.batch}", "--set", f"powersgd_start_step={args.start_step}"]
         for optimizer in args.optimizers.split(","):
             for seed in [int(s) for s in args.seeds.split(",")]:
                 for mode in args.modes.split(","):
                     name = f"{optimizer}-s{seed}-{mode}"
-                    extra = [
-                        *optimizer_args(optimizer, args.start_step),
-                        *mode_args(mode, args.start_step),
-                        "--set",
-                        f"seed={seed}",
-                    ]
+                    extra = [*optimizer_args(optimizer), *mode_args(mode), "--set", f"seed={seed}"]
                     row = {
                         "optimizer": optimizer,
                         "seed": seed,
