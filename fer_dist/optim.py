@@ -144,17 +144,10 @@ def _fused_adam_class():
 
         def update_step(self, gradient, variable, learning_rate):
             frozen_after = self.variance_frozen_after
-            if self.amsgrad or not isinstance(gradient, tf.Tensor):
+            handles = self._fusable(gradient, variable)
+            if handles is None:
                 if frozen_after is not None:
                     raise ValueError(f"adam_variance=frozen: no fused Adam update for {variable.path}")
-                return super().update_step(gradient, variable, learning_rate)
-            m = self._momentums[self._get_variable_index(variable)]
-            v = self._velocities[self._get_variable_index(variable)]
-            try:
-                handles = variable.handle, m.handle, v.handle
-            except (AttributeError, ValueError):
-                if frozen_after is not None:
-                    raise
                 return super().update_step(gradient, variable, learning_rate)
             dtype = variable.dtype
             local_step = tf.cast(self.iterations + 1, dtype)
@@ -176,6 +169,16 @@ def _fused_adam_class():
                 grad=tf.cast(gradient, dtype),
                 use_locking=False,
             )
+
+        def _fusable(self, gradient, variable):
+            """(variable, m, v) resource handles for the fused kernel, or None where it cannot run."""
+            if self.amsgrad or not isinstance(gradient, tf.Tensor):
+                return None
+            index = self._get_variable_index(variable)
+            try:
+                return variable.handle, self._momentums[index].handle, self._velocities[index].handle
+            except (AttributeError, ValueError):
+                return None
 
     _FUSED_ADAM = FusedAdam
     return FusedAdam
